@@ -1,0 +1,49 @@
+"""pipecat-rxdrain: back-pressure for Pipecat phone bots.
+
+Public names are imported lazily so that light entry points (the emulator CLI,
+the caller simulator) do not pay for importing Pipecat.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # RX back-pressure
+    "RxBackpressure": "pipecat_rxdrain.rx_backpressure",
+    "RxStats": "pipecat_rxdrain.rx_backpressure",
+    "RxDrainProcessor": "pipecat_rxdrain.rx_processor",
+    "RxDrainParams": "pipecat_rxdrain.rx_processor",
+    # shared
+    "AudioSink": "pipecat_rxdrain.sink",
+    "FakeClock": "pipecat_rxdrain.clock",
+    # Google STT
+    "StreamingSTTSession": "pipecat_rxdrain.stt.session",
+    "GoogleSTTService": "pipecat_rxdrain.stt.service",
+    # emulator
+    "SpeechEmulator": "pipecat_rxdrain.emulator",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipecat_rxdrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .clock import FakeClock
+    from .emulator import SpeechEmulator
+    from .rx_backpressure import RxBackpressure, RxStats
+    from .rx_processor import RxDrainParams, RxDrainProcessor
+    from .sink import AudioSink
+    from .stt.service import GoogleSTTService
+    from .stt.session import StreamingSTTSession

@@ -1,0 +1,157 @@
+"""Build official Google Speech clients for real Google or for the local emulator.
+
+Emulator convention (like ``PUBSUB_EMULATOR_HOST``): when ``SPEECH_EMULATOR_HOST``
+is set (``host:port``), or an explicit endpoint override is given, clients talk
+to that address over an **insecure** channel and need no credentials. Only
+loopback addresses are accepted for insecure channels, so a typo can never send
+unauthenticated audio across a network.
+
+The returned objects are the unmodified ``google-cloud-speech`` clients
+(``speech_v1.SpeechClient``, ``speech_v2.SpeechClient`` and their async twins).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+EMULATOR_ENV = "SPEECH_EMULATOR_HOST"
+Api = Literal["v1", "v2"]
+
+
+def emulator_host(override: str | None = None) -> str | None:
+    """The emulator address to use: ``override`` if given, else ``$SPEECH_EMULATOR_HOST``, else None."""
+    host = override if override else os.environ.get(EMULATOR_ENV, "").strip()
+    return host or None
+
+
+def regional_endpoint(location: str) -> str | None:
+    """Google's endpoint for ``location`` (None means the library default, the global endpoint)."""
+    if not location or location == "global":
+        return None
+    return f"{location}-speech.googleapis.com"
+
+
+def _check_loopback(target: str) -> None:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(
+        f"refusing an insecure (credential-less) Speech channel to {target!r}: "
+        "emulator addresses must be loopback (127.0.0.0/8, ::1 or localhost)"
+    )
+
+
+def _check_target(target: str) -> str:
+    if ":" not in target or not target.rsplit(":", 1)[1].isdigit():
+        raise ValueError(f"emulator address must be host:port, got {target!r}")
+    _check_loopback(target)
+    return target
+
+
+# Keep-alive and message-size options shared by every channel we open. Pings let
+# a dead peer surface as UNAVAILABLE within seconds instead of hanging.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class ClientTarget:
+    """Where a client connects: the emulator (insecure loopback) or Google (credentials)."""
+
+    emulator: str | None
+    endpoint: str | None
+
+    @property
+    def is_emulator(self) -> bool:
+        return self.emulator is not None
+
+    def describe(self) -> str:
+        if self.emulator:
+            return f"emulator at {self.emulator}"
+        return f"Google at {self.endpoint or 'speech.googleapis.com'}"
+
+
+def resolve_target(*, location: str = "global", endpoint: str | None = None) -> ClientTarget:
+    """Decide where to connect. ``endpoint`` overrides everything; the emulator env var comes next."""
+    if endpoint:
+        # An explicit override pointing at loopback is treated as an emulator.
+        try:
+            _check_loopback(endpoint)
+            return ClientTarget(emulator=_check_target(endpoint), endpoint=None)
+        except ValueError:
+            return ClientTarget(emulator=None, endpoint=endpoint)
+    host = emulator_host()
+    if host:
+        return ClientTarget(emulator=_check_target(host), endpoint=None)
+    return ClientTarget(emulator=None, endpoint=regional_endpoint(location))
+
+
+def insecure_channel(target: str, *, asynchronous: bool = False, options=CHANNEL_OPTIONS):
+    _check_target(target)
+    opts = list(options)
+    if asynchronous:
+        return grpc.aio.insecure_channel(target, options=opts)
+    return grpc.insecure_channel(target, options=opts)
+
+
+def build_speech_client(
+    *,
+    api: Api = "v2",
+    asynchronous: bool = False,
+    target: ClientTarget | None = None,
+    credentials: Any = None,
+    location: str = "global",
+    endpoint: str | None = None,
+):
+    """Return an official Speech client for ``api`` ("v1"/"v2").
+
+    Emulator target: an insecure loopback channel, ``credentials`` ignored.
+    Google target: ``credentials`` (google-auth credentials) and the regional
+    endpoint for ``location``.
+    """
+    if api not in ("v1", "v2"):
+        raise ValueError(f"api must be 'v1' or 'v2', got {api!r}")
+    target = target or resolve_target(location=location, endpoint=endpoint)
+    if api == "v2":
+        from google.cloud import speech_v2 as speech
+        from google.cloud.speech_v2.services.speech.transports import (
+            SpeechGrpcAsyncIOTransport as AsyncTransport,
+            SpeechGrpcTransport as SyncTransport,
+        )
+    else:
+        from google.cloud import speech_v1 as speech
+        from google.cloud.speech_v1.services.speech.transports import (
+            SpeechGrpcAsyncIOTransport as AsyncTransport,
+            SpeechGrpcTransport as SyncTransport,
+        )
+    client_cls = speech.SpeechAsyncClient if asynchronous else speech.SpeechClient
+    if target.is_emulator:
+        channel = insecure_channel(target.emulator, asynchronous=asynchronous)
+        transport = (AsyncTransport if asynchronous else SyncTransport)(channel=channel)
+        return client_cls(transport=transport)
+    from google.api_core.client_options import ClientOptions
+
+    options = ClientOptions(api_endpoint=target.endpoint) if target.endpoint else None
+    return client_cls(credentials=credentials, client_options=options)
+
+
+def emulator_client(address: str | None = None, *, api: Api = "v2", asynchronous: bool = False):
+    """Convenience: an official client for the emulator at ``address`` (default ``$SPEECH_EMULATOR_HOST``)."""
+    host = emulator_host(address)
+    if not host:
+        raise ValueError(f"no emulator address: pass one or set {EMULATOR_ENV}=127.0.0.1:<port>")
+    return build_speech_client(api=api, asynchronous=asynchronous, target=ClientTarget(emulator=_check_target(host), endpoint=None))
