@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from .clock import Clock, monotonic
@@ -83,8 +84,14 @@ class TelemetryWindow:
         now = self._clock() if now is None else now
         return max(0.0, self._start + self.interval_s - now)
 
+    def peek(self, now: float | None = None) -> WindowSample:
+        """The current window's numbers so far, without starting a new window."""
+        return self._sample(self._clock() if now is None else now, reset=False)
+
     def roll(self, now: float | None = None) -> WindowSample:
-        now = self._clock() if now is None else now
+        return self._sample(self._clock() if now is None else now, reset=True)
+
+    def _sample(self, now: float, reset: bool) -> WindowSample:
         with self._lock:
             elapsed = max(now - self._start, 1e-9)
             # fps over a full window is the plain count; scale if the window ran long/short.
@@ -98,8 +105,39 @@ class TelemetryWindow:
                 write_count=self._write_count,
                 elapsed_s=elapsed,
             )
-            self._start = now
-            self._events = 0
-            self._write_total_s = 0.0
-            self._write_count = 0
+            if reset:
+                self._start = now
+                self._events = 0
+                self._write_total_s = 0.0
+                self._write_count = 0
             return sample
+
+
+class SlidingCount:
+    """How many events happened in the last ``window_s`` seconds, exactly (by timestamp).
+
+    Used for ``fps_in``: "frames offered in the last second" stays meaningful on
+    an extra line logged mid-window (e.g. at a mode change), where a per-window
+    rate would be scaled from a few milliseconds. Memory is bounded by the
+    events of one window. Not thread-safe.
+    """
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window must be > 0 s, got {window_s}")
+        self.window_s = float(window_s)
+        self._times: deque[float] = deque()
+
+    def add(self, now: float, n: int = 1) -> None:
+        self._times.extend([now] * n)
+        self._expire(now)
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._times)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        times = self._times
+        while times and times[0] <= horizon:
+            times.popleft()

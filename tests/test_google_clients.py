@@ -1,0 +1,68 @@
+"""The shared client builder: emulator vs Google routing and the loopback-only guard."""
+
+import pytest
+
+from pipecat_rxdrain.google_clients import (
+    EMULATOR_ENV,
+    ClientTarget,
+    build_speech_client,
+    emulator_client,
+    regional_endpoint,
+    resolve_target,
+)
+
+
+def test_regional_endpoint():
+    assert regional_endpoint("global") is None
+    assert regional_endpoint("us-central1") == "us-central1-speech.googleapis.com"
+
+
+def test_env_var_selects_emulator(monkeypatch):
+    monkeypatch.setenv(EMULATOR_ENV, "127.0.0.1:50051")
+    target = resolve_target(location="us-central1")
+    assert target.is_emulator and target.emulator == "127.0.0.1:50051"
+
+
+def test_without_env_var_google_regional(monkeypatch):
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    target = resolve_target(location="us-central1")
+    assert not target.is_emulator
+    assert target.endpoint == "us-central1-speech.googleapis.com"
+
+
+def test_loopback_endpoint_override_is_emulator(monkeypatch):
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    assert resolve_target(endpoint="localhost:1234").emulator == "localhost:1234"
+    assert resolve_target(endpoint="[::1]:1234").emulator == "[::1]:1234"
+    # A non-loopback override is a (secure) Google-style endpoint, never an insecure channel.
+    target = resolve_target(endpoint="eu-speech.googleapis.com")
+    assert not target.is_emulator and target.endpoint == "eu-speech.googleapis.com"
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.5:50051", "192.168.1.2:1", "8.8.8.8:443", "example.com:50051"])
+def test_insecure_channel_refuses_non_loopback(monkeypatch, bad):
+    monkeypatch.setenv(EMULATOR_ENV, bad)
+    with pytest.raises(ValueError, match="loopback"):
+        resolve_target()
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "127.0.0.1:port"])
+def test_emulator_address_needs_port(bad):
+    with pytest.raises(ValueError, match="host:port"):
+        emulator_client(bad)
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_emulator_clients_are_official_and_need_no_credentials(monkeypatch, api, asynchronous):
+    # No ADC on this machine: building must not consult google.auth at all.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    client = build_speech_client(api=api, asynchronous=asynchronous, target=ClientTarget("127.0.0.1:9", None))
+    assert type(client).__module__.startswith(f"google.cloud.speech_{api}")
+    if not asynchronous:
+        client.transport.close()
+
+
+def test_bad_api_rejected():
+    with pytest.raises(ValueError, match="api must be"):
+        build_speech_client(api="v3", target=ClientTarget("127.0.0.1:9", None))

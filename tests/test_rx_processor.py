@@ -1,0 +1,391 @@
+"""RxDrainProcessor in real Pipecat pipelines (PipelineWorker + WorkerRunner, no mocks).
+
+Pacing runs on real asyncio time here, so these tests assert semantics (order,
+what arrives before what, counts), never speed. The exact timing rules are
+tested on the mechanism with a FakeClock in test_rx_backpressure.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from loguru import logger
+from pipecat.frames.frames import (
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    StartFrame,
+    TextFrame,
+)
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
+from pipecat_rxdrain.telemetry import RX_LINE_RE
+
+DOWN = FrameDirection.DOWNSTREAM
+UP = FrameDirection.UPSTREAM
+
+# A slow, non-draining queue so that a backlog stays around long enough to observe.
+SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, catchup_speed=1.0)
+
+
+def audio(k: int) -> InputAudioRawFrame:
+    return InputAudioRawFrame(audio=k.to_bytes(2, "little") * 160, sample_rate=8000, num_channels=1)
+
+
+def audio_id(frame: InputAudioRawFrame) -> int:
+    return int.from_bytes(frame.audio[:2], "little")
+
+
+class Recorder(FrameProcessor):
+    """Records every frame it sees, in the order it sees them (direct mode: no queue of its own)."""
+
+    def __init__(self, watch: RxDrainProcessor | None = None, **kwargs):
+        super().__init__(enable_direct_mode=True, **kwargs)
+        self.seen: list[tuple[FrameDirection, Frame]] = []
+        self.q_at_arrival: list[int] = []
+        self._watch = watch
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, StartFrame):
+            self.seen.append((direction, frame))
+            self.q_at_arrival.append(self._watch.stats.q if self._watch else -1)
+        await self.push_frame(frame, direction)
+
+    def down(self) -> list[Frame]:
+        return [f for d, f in self.seen if d is DOWN]
+
+    def up(self) -> list[Frame]:
+        return [f for d, f in self.seen if d is UP]
+
+
+def labels(frames: list[Frame]) -> list:
+    return [audio_id(f) if isinstance(f, InputAudioRawFrame) else type(f).__name__ for f in frames]
+
+
+async def run_pipeline(proc: RxDrainProcessor, script, *, timeout: float = 30.0):
+    """Run [src, proc, dst] in a real PipelineWorker; ``script(worker, src, dst)`` queues frames and ends it."""
+    src = Recorder(watch=proc, name="src")
+    dst = Recorder(watch=proc, name="dst")
+    worker = PipelineWorker(
+        Pipeline([src, proc, dst]),
+        params=PipelineParams(audio_in_sample_rate=8000),
+        cancel_on_idle_timeout=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker, _frame):
+        started.set()
+
+    async def drive():
+        await asyncio.wait_for(started.wait(), 10)
+        await script(worker, src, dst)
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.wait_for(asyncio.gather(runner.run(), drive()), timeout)
+    return src, dst
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def tasks_now() -> set:
+    """The test's own task and whatever the loop already had: the baseline for leak checks."""
+    return set(asyncio.all_tasks())
+
+
+async def assert_no_leaked_tasks(baseline: set) -> None:
+    for _ in range(50):
+        extra = {t for t in asyncio.all_tasks() if t not in baseline and not t.done()}
+        if not extra:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"leaked tasks: {[t.get_name() for t in extra]}")
+
+
+# -- order ---------------------------------------------------------------------
+
+
+async def test_data_frames_keep_their_place_among_queued_audio():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(60)])
+        await wait_until(lambda: proc.stats.frames_in == 60)
+        assert proc.stats.q > 10  # the text frame really arrives behind a backlog
+        await worker.queue_frame(TextFrame("between"))
+        await asyncio.sleep(0.05)
+        await worker.queue_frames([audio(k) for k in range(60, 100)])
+        await wait_until(lambda: proc.stats.frames_in == 100)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(60)) + ["TextFrame"] + list(range(60, 100)) + ["EndFrame"]
+    s = proc.stats
+    assert (s.frames_in, s.frames_out, s.drops, s.q) == (100, 100, 0, 0)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_drain_burst_arrives_complete_and_in_order():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor()  # defaults: 200 / 100 / 20
+    modes: list[str] = []
+
+    @proc.event_handler("on_rx_mode_changed")
+    async def _mode(_proc, mode):
+        modes.append(mode)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(180)])
+        await wait_until(lambda: proc.stats.frames_out >= 170)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(180)) + ["EndFrame"]
+    s = proc.stats
+    assert s.drain_episodes == 1 and s.peak_q >= 100 and s.drops == 0
+    await wait_until(lambda: modes == ["drain", "normal"], timeout=5)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+# -- system frames ---------------------------------------------------------------
+
+
+async def test_system_frames_are_not_delayed_behind_the_backlog():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(150)])
+        await wait_until(lambda: proc.stats.frames_in == 150)
+        await worker.queue_frame(InputDTMFFrame(button=KeypadEntry.ONE))
+        await wait_until(lambda: any(isinstance(f, InputDTMFFrame) for f in dst.down()))
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    got = labels(dst.down())
+    dtmf_at = got.index("InputDTMFFrame")
+    assert dtmf_at < 75, f"DTMF arrived behind {dtmf_at} audio frames"
+    assert dst.q_at_arrival[dtmf_at] > 50  # it overtook a real backlog
+    # ... and audio order is untouched, all of it flushed before EndFrame.
+    assert [x for x in got if isinstance(x, int)] == list(range(150))
+    assert got[-1] == "EndFrame"
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_upstream_frames_pass_immediately():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(100)])
+        await wait_until(lambda: proc.stats.frames_in == 100)
+        await worker.queue_frame(TextFrame("to the transport"), UP)
+        await wait_until(lambda: any(isinstance(f, TextFrame) for f in src.up()))
+        await worker.queue_frame(EndFrame())
+
+    src, dst = await run_pipeline(proc, script)
+    ups = [i for i, (d, f) in enumerate(src.seen) if d is UP and isinstance(f, TextFrame)]
+    assert len(ups) == 1
+    assert src.q_at_arrival[ups[0]] > 50  # passed while the audio backlog was still queued
+    assert labels(dst.down()) == list(range(100)) + ["EndFrame"]
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=20, **SLOW))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(40)])
+        await wait_until(lambda: proc.stats.frames_in == 40)
+        await worker.queue_frame(TextFrame("stale"))  # interruptible, queued behind audio
+        await asyncio.sleep(0.03)
+        await worker.queue_frame(InterruptionFrame())
+        await asyncio.sleep(0.03)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    got = labels(dst.down())
+    assert got.index("InterruptionFrame") < 20
+    assert [x for x in got if isinstance(x, int)] == list(range(40))  # no audio dropped
+    assert "TextFrame" not in got  # dropped like Pipecat drops queued interruptible frames
+    assert got[-1] == "EndFrame"
+    assert proc.stats.passengers_dropped == 1 and proc.stats.drops == 0
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+# -- EndFrame / CancelFrame ----------------------------------------------------------
+
+
+async def test_end_frame_flushes_the_queued_audio_first():
+    baseline_tasks = tasks_now()
+    # 20 ms cadence, no drain: without the flush this backlog would take 3 s to leave.
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(150)])
+        await wait_until(lambda: proc.stats.frames_in == 150)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(150)) + ["EndFrame"]
+    s = proc.stats
+    assert (s.frames_out, s.q, s.drops, s.discarded_on_end) == (150, 0, 0, 0)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_cancel_is_prompt_and_discards_the_backlog():
+    baseline_tasks = tasks_now()
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))  # 150 frames = 3 s at 20 ms
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(150)])
+        await wait_until(lambda: proc.stats.frames_in == 150)
+        await asyncio.sleep(0.1)
+        await worker.cancel()
+
+    t0 = time.monotonic()
+    _, dst = await run_pipeline(proc, script, timeout=15)
+    elapsed = time.monotonic() - t0
+    s = proc.stats
+    assert s.frames_out < 150
+    assert s.discarded_on_cancel == 150 - s.frames_out
+    assert s.drops == 0 and s.q == 0
+    got = labels(dst.down())
+    assert "CancelFrame" in got
+    assert [x for x in got if isinstance(x, int)] == list(range(s.frames_out))
+    assert not any(isinstance(x, int) for x in got[got.index("CancelFrame") :])
+    # Generous bound (noisy shared box): a flush at 20 ms cadence would take ~3 s more.
+    assert elapsed < 10
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+# -- sink acceptance ---------------------------------------------------------------
+
+
+class GateSink:
+    """A tiny real AudioSink: accepts audio only while open."""
+
+    def __init__(self, open_: bool = False):
+        self.open = open_
+        self.calls = 0
+
+    def can_accept_audio(self) -> bool:
+        self.calls += 1
+        return self.open
+
+
+async def test_sink_holds_frames_until_it_accepts():
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=5), sink=sink)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(30)])
+        await wait_until(lambda: proc.stats.frames_in == 30)
+        await wait_until(lambda: sink.calls >= 5)
+        s = proc.stats
+        assert (s.frames_out, s.q, s.drops) == (0, 30, 0)
+        assert s.refusals >= 5
+        sink.open = True
+        await wait_until(lambda: proc.stats.frames_out == 30)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(30)) + ["EndFrame"]
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_end_flush_gives_up_on_a_sink_that_never_accepts():
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=0.3), sink=sink)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(10)])
+        await wait_until(lambda: proc.stats.frames_in == 10)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == ["EndFrame"]
+    s = proc.stats
+    assert (s.discarded_on_end, s.frames_out, s.drops, s.q) == (10, 0, 0, 0)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+def test_a_sink_without_the_protocol_is_rejected():
+    with pytest.raises(TypeError, match="can_accept_audio"):
+        RxDrainProcessor(sink=object())
+
+
+def test_bad_params_raise_value_error():
+    with pytest.raises(ValueError, match="low_watermark=30, high_watermark=30"):
+        RxDrainParams(high_watermark=30, low_watermark=30)
+
+
+# -- overflow and telemetry ------------------------------------------------------------
+
+
+async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=False)
+    params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, telemetry_interval_s=0.2)
+    proc = RxDrainProcessor(params=params, sink=sink)
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(m.record["message"]), filter=lambda r: r["message"].startswith("[RX]"))
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(80)])
+        await wait_until(lambda: proc.stats.frames_in == 80)
+        await asyncio.sleep(0.45)  # at least two periodic lines while stuck
+        sink.open = True
+        await wait_until(lambda: proc.stats.frames_out == 50)
+        await worker.queue_frame(EndFrame())
+
+    try:
+        _, dst = await run_pipeline(proc, script)
+    finally:
+        logger.remove(handler)
+    assert labels(dst.down()) == list(range(30, 80)) + ["EndFrame"]
+    s = proc.stats
+    assert (s.drops, s.frames_out, s.peak_q) == (30, 50, 50)
+    assert lines and all(RX_LINE_RE.match(line) for line in lines)
+    parsed = [RX_LINE_RE.match(line).groupdict() for line in lines]
+    assert any(p["mode"] == "drain" and p["q"] == "50" and p["drops"] == "30" for p in parsed)
+    assert parsed[-1]["mode"] == "normal" or any(p["mode"] == "normal" for p in parsed[1:])
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+# -- the interim demo ---------------------------------------------------------------------
+
+
+def test_rx_demo_shows_drain_start_and_end(capsys):
+    from pipecat_rxdrain.rx_demo import main
+
+    # A 3 s cut of the bundled call with a 1.2 s stall: 60 held frames, so drain at 40/10.
+    rc = main(["--seconds", "3", "--stall-at", "0.5", "--stall-s", "1.2", "--high", "40", "--low", "10"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rx_lines = [line.split(" ", 1)[1] for line in out.splitlines() if " [RX] " in line]
+    assert rx_lines and all(RX_LINE_RE.match(line) for line in rx_lines)
+    modes = [RX_LINE_RE.match(line)["mode"] for line in rx_lines]
+    assert "drain" in modes and modes[modes.index("drain") + 1 :].count("normal") >= 1
+    assert "drain started" in out and "drain ended" in out
+    assert "RX summary" in out and "drops                0" in out
