@@ -1,0 +1,232 @@
+"""The two wire dialects the emulator speaks: Speech v1 and v2 StreamingRecognize.
+
+Each adapter validates the first request's config the way Google does and builds
+responses with the official ``google-cloud-speech`` message classes.
+
+Error codes and texts (sources: ``google-stt-twilio-facts.md`` §4 and public user reports):
+
+* config missing / sent twice / audio before config: ``INVALID_ARGUMENT``,
+  ``Malordered Data Received. Send exactly one config, followed by audio data.``
+  (text as seen in user reports of the real service; the v2 text is a best guess).
+* bad encoding / sample rate: ``INVALID_ARGUMENT`` ``Invalid recognition 'config': bad encoding..`` /
+  ``... bad sample rate hertz.`` (v1 texts from user reports; v2 reuses them — best guess).
+* per-request audio above the limit: ``INVALID_ARGUMENT`` (code is a best guess; the
+  quotas pages say only "Each request in the stream is limited to 25 KB of audio",
+  older v2 pages "Exceeding this limit will throw an error").
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.cloud.speech_v1.types import cloud_speech as v1
+from google.cloud.speech_v2.types import cloud_speech as v2
+
+MALORDERED = "Malordered Data Received. Send exactly one config, followed by audio data."
+MIN_RATE, MAX_RATE = 8000, 48000
+MAX_CHANNELS = 8
+_RECOGNIZER_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/recognizers/[^/]+$")
+
+
+class StreamError(Exception):
+    """Ends the stream with ``code``/``details`` (recorded with ``reason``)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str = "invalid_argument") -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
+
+
+def invalid(details: str) -> StreamError:
+    return StreamError(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+@dataclass
+class StreamConfig:
+    """What the first request asked for, normalised across v1 and v2."""
+
+    encoding: str  # "LINEAR16" | "MULAW" | "ALAW" | "AUTO" (v2 auto_decoding_config: WAV header expected)
+    sample_rate: int
+    channels: int
+    language: str
+    interim_results: bool
+    voice_activity_events: bool
+    single_utterance: bool = False
+    recognizer: str = ""
+    as_dict: dict[str, Any] | None = None
+
+
+def check_rate_channels(rate: int, channels: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise invalid(f"Invalid recognition 'config': bad sample rate hertz. (got {rate}; {MIN_RATE}-{MAX_RATE} supported)")
+    if not 0 <= channels <= MAX_CHANNELS:
+        raise invalid(f"Invalid recognition 'config': audio_channel_count must be 1-{MAX_CHANNELS} (got {channels})")
+
+
+def parse_wav_header(data: bytes) -> tuple[str, int, int, int]:
+    """(encoding, sample_rate, channels, header_length) of a RIFF/WAVE header at the start of ``data``."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise invalid("Audio can not be decoded: auto_decoding_config needs a self-describing header (WAV); "
+                      "use explicit_decoding_config for headerless LINEAR16/MULAW/ALAW")
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if cid == b"fmt ":
+            fmt = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
+        elif cid == b"data":
+            if fmt is None:
+                break
+            tag, channels, rate, _, _, bits = fmt
+            encoding = {(1, 16): "LINEAR16", (7, 8): "MULAW", (6, 8): "ALAW"}.get((tag, bits))
+            if encoding is None:
+                raise invalid(f"Audio can not be decoded: WAV format {tag}/{bits} bit not supported by the emulator")
+            return encoding, rate, channels, pos + 8
+        pos += 8 + size + (size & 1)
+    raise invalid("Audio can not be decoded: the WAV header must be complete in the first audio request")
+
+
+class V1Api:
+    name = "v1"
+    service = "google.cloud.speech.v1.Speech"
+    request_cls = v1.StreamingRecognizeRequest
+    response_cls = v1.StreamingRecognizeResponse
+    # facts §4: v1 idle error (googleapis/python-speech#489, twilio/media-streams#72)
+    inactivity = (
+        grpc.StatusCode.OUT_OF_RANGE,
+        "Audio Timeout Error: Long duration elapsed without audio. Audio should be sent close to real time.",
+    )
+
+    @staticmethod
+    def kind(request) -> str | None:
+        return type(request).pb(request).WhichOneof("streaming_request")
+
+    @staticmethod
+    def audio(request) -> bytes:
+        return request.audio_content
+
+    @staticmethod
+    def parse_config(request) -> StreamConfig:
+        if V1Api.kind(request) != "streaming_config":
+            raise invalid(MALORDERED)
+        sc = request.streaming_config
+        cfg = sc.config
+        enc = v1.RecognitionConfig.AudioEncoding(cfg.encoding).name
+        if enc not in ("LINEAR16", "MULAW"):
+            raise invalid(f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the emulator; "
+                          "use LINEAR16 or MULAW)")
+        check_rate_channels(cfg.sample_rate_hertz, cfg.audio_channel_count)
+        if not cfg.language_code:
+            raise invalid("Invalid recognition 'config': language_code is required.")
+        return StreamConfig(
+            encoding=enc,
+            sample_rate=cfg.sample_rate_hertz,
+            channels=max(1, cfg.audio_channel_count),
+            language=cfg.language_code,
+            interim_results=sc.interim_results,
+            voice_activity_events=sc.enable_voice_activity_events,
+            single_utterance=sc.single_utterance,
+            as_dict=type(sc).to_dict(sc),
+        )
+
+    @staticmethod
+    def result(transcript: str, *, is_final: bool, stability: float, end_s: float, language: str):
+        alt = v1.SpeechRecognitionAlternative(transcript=transcript, confidence=0.92 if is_final else 0.0)
+        res = v1.StreamingRecognitionResult(
+            alternatives=[alt],
+            is_final=is_final,
+            stability=0.0 if is_final else stability,
+            result_end_time=timedelta(seconds=end_s),
+            language_code=language.lower(),
+        )
+        return v1.StreamingRecognizeResponse(results=[res])
+
+    @staticmethod
+    def event(kind: str, offset_s: float):
+        T = v1.StreamingRecognizeResponse.SpeechEventType
+        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
+                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
+        return v1.StreamingRecognizeResponse(speech_event_type=etype, speech_event_time=timedelta(seconds=offset_s))
+
+
+class V2Api:
+    name = "v2"
+    service = "google.cloud.speech.v2.Speech"
+    request_cls = v2.StreamingRecognizeRequest
+    response_cls = v2.StreamingRecognizeResponse
+    # facts §4: v2 idle error is 409 Aborted (pipecat #2180, PR #2001)
+    inactivity = (grpc.StatusCode.ABORTED, "Stream timed out after receiving no more client requests.")
+
+    @staticmethod
+    def kind(request) -> str | None:
+        return type(request).pb(request).WhichOneof("streaming_request")
+
+    @staticmethod
+    def audio(request) -> bytes:
+        return request.audio
+
+    @staticmethod
+    def parse_config(request) -> StreamConfig:
+        if V2Api.kind(request) != "streaming_config":
+            raise invalid(MALORDERED)
+        if not _RECOGNIZER_RE.match(request.recognizer or ""):
+            raise invalid(
+                f"Invalid resource field value in the request: recognizer {request.recognizer!r} "
+                "(expected projects/{project}/locations/{location}/recognizers/{recognizer})"
+            )
+        sc = request.streaming_config
+        cfg = sc.config
+        which = type(cfg).pb(cfg).WhichOneof("decoding_config")
+        if which == "explicit_decoding_config":
+            d = cfg.explicit_decoding_config
+            enc = v2.ExplicitDecodingConfig.AudioEncoding(d.encoding).name
+            if enc not in ("LINEAR16", "MULAW", "ALAW"):
+                raise invalid(f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the "
+                              "emulator; use LINEAR16, MULAW or ALAW)")
+            check_rate_channels(d.sample_rate_hertz, d.audio_channel_count)
+            rate, channels = d.sample_rate_hertz, max(1, d.audio_channel_count)
+        elif which == "auto_decoding_config":
+            enc, rate, channels = "AUTO", 0, 1
+        else:
+            raise invalid("Invalid recognition 'config': one of auto_decoding_config or explicit_decoding_config "
+                          "is required.")
+        if not cfg.language_codes or not all(cfg.language_codes):
+            raise invalid("Invalid recognition 'config': language_codes is required.")
+        feats = sc.streaming_features
+        return StreamConfig(
+            encoding=enc,
+            sample_rate=rate,
+            channels=channels,
+            language=cfg.language_codes[0],
+            interim_results=feats.interim_results,
+            voice_activity_events=feats.enable_voice_activity_events,
+            recognizer=request.recognizer,
+            as_dict=type(sc).to_dict(sc),
+        )
+
+    @staticmethod
+    def result(transcript: str, *, is_final: bool, stability: float, end_s: float, language: str):
+        alt = v2.SpeechRecognitionAlternative(transcript=transcript, confidence=0.92 if is_final else 0.0)
+        res = v2.StreamingRecognitionResult(
+            alternatives=[alt],
+            is_final=is_final,
+            stability=0.0 if is_final else stability,
+            result_end_offset=timedelta(seconds=end_s),
+            language_code=language.lower(),
+        )
+        return v2.StreamingRecognizeResponse(results=[res])
+
+    @staticmethod
+    def event(kind: str, offset_s: float):
+        T = v2.StreamingRecognizeResponse.SpeechEventType
+        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
+                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
+        return v2.StreamingRecognizeResponse(speech_event_type=etype, speech_event_offset=timedelta(seconds=offset_s))
+
+
+APIS = {"v1": V1Api, "v2": V2Api}

@@ -1,0 +1,171 @@
+"""Runtime control of a running emulator: a tiny loopback HTTP/JSON endpoint, and the fault-spec parser
+shared with the CLI.
+
+Endpoints (JSON bodies and answers)::
+
+    GET  /faults                 armed faults
+    GET  /streams                one summary per stream
+    POST /faults/<kind>          kind: latency|stall|abort|close|refuse|down|clear; body = its parameters
+    POST /reset                  forget records, sessions and faults
+
+e.g. ``curl -XPOST 127.0.0.1:8099/faults/abort -d '{"after_chunks": 50, "code": "UNAVAILABLE"}'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import SpeechEmulator
+
+FAULT_KINDS = ("latency", "stall", "abort", "close", "refuse", "down", "clear")
+_PARAMS = {
+    "latency": {"seconds"},
+    "stall": {"seconds", "after_s", "after_chunks", "times", "session"},
+    "abort": {"after_s", "after_chunks", "code", "details", "times", "session"},
+    "close": {"after_s", "after_chunks", "times", "session"},
+    "refuse": {"count", "code", "details"},
+    "down": {"seconds"},
+    "clear": set(),
+}
+
+
+def _coerce(value: str) -> Any:
+    if value.lower() in ("none", "persistent"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_fault_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"abort:after_chunks=50,code=UNAVAILABLE"`` -> ``("abort", {...})``; ``"latency:1.5"`` works too."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+    params: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:  # bare value: the kind's main parameter
+            key, value = ("count" if kind == "refuse" else "seconds"), part
+        params[key.strip()] = _coerce(value.strip())
+    return kind, params
+
+
+def apply_fault(emulator: "SpeechEmulator", kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Arm fault ``kind`` with ``params`` (as from JSON or a CLI spec). Raises ValueError on bad input."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+    unknown = set(params) - _PARAMS[kind]
+    if unknown:
+        raise ValueError(f"fault {kind!r} takes {sorted(_PARAMS[kind])}, not {sorted(unknown)}")
+    f = emulator.faults
+    if kind == "latency":
+        f.latency(float(params.get("seconds", 0)))
+        return {"ok": True}
+    if kind == "clear":
+        f.clear()
+        return {"ok": True}
+    if kind == "refuse":
+        f.refuse(int(params.get("count", 1)), **{k: v for k, v in params.items() if k != "count"})
+        return {"ok": True}
+    if kind == "down":
+        if "seconds" not in params:
+            raise ValueError("down needs seconds")
+        emulator.go_down(float(params["seconds"]), wait=False)
+        return {"ok": True}
+    if kind == "stall":
+        if "seconds" not in params:
+            raise ValueError("stall needs seconds")
+        fid = f.stall(float(params.pop("seconds")), **params)
+    else:
+        fid = getattr(f, kind)(**params)
+    return {"ok": True, "id": fid}
+
+
+def stream_summary(record) -> dict[str, Any]:
+    end = record.end
+    return {
+        "id": record.id,
+        "api": record.api,
+        "peer": record.peer,
+        "session": record.session,
+        "requests": record.requests,
+        "chunks": len(record.chunks),
+        "audio_bytes": record.audio_bytes,
+        "finals": record.transcripts,
+        "ended": None if end is None else {"code": end.code.name, "details": end.details, "reason": end.reason},
+    }
+
+
+class ControlServer:
+    """Minimal HTTP/1.1 JSON server on the emulator's loop (one request per connection)."""
+
+    def __init__(self, emulator: "SpeechEmulator") -> None:
+        self.emulator = emulator
+        self._server: asyncio.AbstractServer | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await asyncio.wait_for(self._handle(reader), 5.0)
+        except Exception as exc:  # malformed request: answer, never crash the emulator
+            status, body = 400, {"ok": False, "error": str(exc) or type(exc).__name__}
+        data = json.dumps(body).encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+        )
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
+        request_line = (await reader.readline()).decode("latin-1").split()
+        if len(request_line) < 2:
+            raise ValueError("bad request line")
+        method, path = request_line[0].upper(), request_line[1].split("?")[0].rstrip("/")
+        length = 0
+        while True:
+            line = (await reader.readline()).decode("latin-1").strip()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length > 65536:
+            raise ValueError("body too large")
+        raw = await reader.readexactly(length) if length else b""
+        params = json.loads(raw) if raw.strip() else {}
+        if not isinstance(params, dict):
+            raise ValueError("body must be a JSON object")
+        emu = self.emulator
+        if method == "GET" and path == "/faults":
+            return 200, emu.faults.describe()
+        if method == "GET" and path == "/streams":
+            return 200, [stream_summary(s) for s in emu.streams]
+        if method == "POST" and path == "/reset":
+            emu.reset()
+            return 200, {"ok": True}
+        if method == "POST" and path.startswith("/faults/"):
+            return 200, apply_fault(emu, path.removeprefix("/faults/"), params)
+        return 404, {"ok": False, "error": f"no route {method} {path}"}

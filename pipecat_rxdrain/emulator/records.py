@@ -1,0 +1,180 @@
+"""What the emulator observed on each stream: thread-safe records for tests and benchmarks.
+
+Every ``StreamRecord`` is written on the emulator's event-loop thread and read
+from anywhere through :meth:`StreamRecord.snapshot` (an immutable copy taken
+under the emulator's lock). Receive times are ``time.monotonic()`` stamped the
+moment a request is read off the wire, before any processing, so they can be
+compared with ``time.monotonic()`` stamps taken by a client in the same process
+(audio age = server receive time - client enqueue time).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+
+# Metadata keys whose values are secrets and never recorded.
+_REDACTED_KEYS = frozenset({"authorization", "x-goog-api-key", "x-goog-iam-authorization-token", "cookie"})
+
+
+def redact_metadata(items) -> dict[str, str]:
+    """gRPC invocation metadata as a dict, with credentials replaced by ``"<redacted>"``."""
+    out: dict[str, str] = {}
+    for key, value in items or ():
+        if isinstance(value, bytes):
+            value = f"<{len(value)} bytes>"
+        out[key] = "<redacted>" if key.lower() in _REDACTED_KEYS else str(value)
+    return out
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One audio request: its size, server receive time and byte offset in the stream."""
+
+    index: int  # 0-based index among the stream's audio requests
+    size: int  # audio bytes in this request
+    received_at: float  # server time.monotonic() on receipt
+    offset: int  # byte offset of this chunk's first byte in the stream's audio
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One response written to the client.
+
+    ``kind`` is ``"interim"``, ``"final"``, ``"speech_begin"``, ``"speech_end"``
+    or ``"end_of_single_utterance"``. ``end_offset_s`` is ``result_end_time``
+    (v1) / ``result_end_offset`` (v2), or the event offset for events.
+    ``segment`` is the 0-based segment index within the stream.
+    """
+
+    kind: str
+    sent_at: float  # server time.monotonic() when written
+    produced_at: float = 0.0  # when the emulator produced it (sent_at - produced_at = latency fault)
+    transcript: str = ""
+    is_final: bool = False
+    stability: float = 0.0
+    end_offset_s: float = 0.0
+    segment: int = -1
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """How a stream ended: the gRPC status the server returned (or CANCELLED), and why."""
+
+    code: grpc.StatusCode
+    details: str
+    at: float  # server time.monotonic()
+    reason: str  # "half_close", "abort_fault", "close_fault", "refused", "invalid_argument",
+    #              "max_duration", "inactivity", "client_cancelled", "server_stopped", "error"
+
+
+@dataclass
+class StreamRecord:
+    """Everything seen on one StreamingRecognize call. Use :meth:`snapshot` for a stable copy."""
+
+    id: int
+    api: str  # "v1" | "v2"
+    peer: str
+    session: str  # recognition session key: x-rxdrain-session metadata, else the peer
+    metadata: dict[str, str]
+    started_at: float
+    recognizer: str = ""  # v2 resource name
+    config: dict[str, Any] | None = None
+    requests: int = 0
+    chunks: list[ChunkRecord] | tuple[ChunkRecord, ...] = field(default_factory=list)
+    results: list[ResultRecord] | tuple[ResultRecord, ...] = field(default_factory=list)
+    end: StreamEnd | None = None
+    stalls: list[tuple[float, float]] | tuple[tuple[float, float], ...] = field(default_factory=list)  # (start, end)
+
+    @property
+    def ended(self) -> bool:
+        return self.end is not None
+
+    @property
+    def audio_bytes(self) -> int:
+        return sum(c.size for c in self.chunks)
+
+    @property
+    def finals(self) -> list[ResultRecord]:
+        return [r for r in self.results if r.kind == "final"]
+
+    @property
+    def interims(self) -> list[ResultRecord]:
+        return [r for r in self.results if r.kind == "interim"]
+
+    @property
+    def transcripts(self) -> list[str]:
+        """The final transcripts, in order."""
+        return [r.transcript for r in self.results if r.kind == "final"]
+
+    def snapshot(self) -> "StreamRecord":
+        return replace(
+            self,
+            metadata=dict(self.metadata),
+            chunks=tuple(self.chunks),
+            results=tuple(self.results),
+            stalls=tuple(self.stalls),
+        )
+
+
+class StreamLog:
+    """The emulator's list of stream records, guarded by one lock.
+
+    Writers call :meth:`update`; readers take :meth:`snapshot`s or poll in
+    :meth:`wait_for` with a bounded timeout (polling, not notification, so a
+    waiting test never slows the emulator down with a wake-up per audio chunk).
+    """
+
+    POLL_S = 0.01
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._streams: list[StreamRecord] = []
+        self._next_id = 1
+
+    def new(self, **kwargs: Any) -> StreamRecord:
+        with self._lock:
+            rec = StreamRecord(id=self._next_id, **kwargs)
+            self._next_id += 1
+            self._streams.append(rec)
+            return rec
+
+    def update(self, fn) -> None:
+        """Run ``fn()`` (a mutation of records) under the lock."""
+        with self._lock:
+            fn()
+
+    def snapshot(self) -> list[StreamRecord]:
+        with self._lock:
+            return [s.snapshot() for s in self._streams]
+
+    def one(self, index: int) -> StreamRecord:
+        with self._lock:
+            return self._streams[index].snapshot()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._streams.clear()
+
+    def wait_for(self, predicate, timeout: float, subject: Any):
+        """Poll ``predicate(subject)`` every 10 ms until truthy; return its value.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(subject)
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            time.sleep(self.POLL_S)

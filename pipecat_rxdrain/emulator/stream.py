@@ -1,0 +1,337 @@
+"""One StreamingRecognize call inside the emulator (runs on the emulator's event loop).
+
+Three coroutines per call: a *reader* that pulls requests off the wire and
+stamps their receive time (it stops pulling while a stall fault is active, so
+HTTP/2 flow control pushes back on the client), the *processor* that validates,
+segments audio, produces results and enforces limits and faults, and a *sender*
+that writes responses (after the configured latency fault, if any).
+
+Limits (sources in ``google-stt-twilio-facts.md`` §4):
+
+* stream duration: Google docs "A stream can remain open for up to 5 minutes";
+  the real cut is ``Exceeded maximum allowed stream duration of 305 seconds.``
+  (jambonz-feature-server#919). Code OUT_OF_RANGE is a best guess.
+* no requests for the inactivity timeout (~10 s, not documented by Google):
+  v1 ``OUT_OF_RANGE`` ``Audio Timeout Error: Long duration elapsed without audio. Audio
+  should be sent close to real time.`` (googleapis/python-speech#489); v2 ``ABORTED``
+  ``Stream timed out after receiving no more client requests.`` (pipecat #2180).
+* per-request audio: 25 KB ("Each request in the stream is limited to 25 KB of audio").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from .apis import MALORDERED, StreamConfig, StreamError, check_rate_channels, invalid, parse_wav_header
+from .faults import StreamFaultState
+from .records import ChunkRecord, ResultRecord, StreamEnd, StreamRecord
+from .segmenter import AudioDecoder, EnergySegmenter, SegmentEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import _Shared
+
+_TICK_S = 0.05  # how often time-based faults are re-checked
+_SENDER_FLUSH_S = 5.0  # bound on waiting for queued responses at the end of a stream
+
+
+@dataclass(frozen=True)
+class EmulatorLimits:
+    """Google-like limits; shrink them in tests (e.g. ``max_stream_s=2``)."""
+
+    max_stream_s: float = 305.0  # Google's hard cut (docs say "up to 5 minutes")
+    inactivity_timeout_s: float = 10.0  # no request at all for this long ends the stream
+    max_request_bytes: int = 25 * 1024  # audio bytes per request (docs: 25 KB)
+
+
+def _fmt_s(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+class StreamRun:
+    def __init__(self, shared: "_Shared", api, context, record: StreamRecord) -> None:
+        self.shared = shared
+        self.api = api
+        self.context = context
+        self.record = record
+        self.inq: asyncio.Queue = asyncio.Queue(maxsize=4)
+        self.outq: asyncio.Queue = asyncio.Queue()
+        self.killed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.started = record.started_at
+        self.last_rx = record.started_at
+        self.stall_until = 0.0
+        self.fstate = StreamFaultState(session=record.session, started_at=record.started_at)
+        self.config: StreamConfig | None = None
+        self.decoder: AudioDecoder | None = None
+        self.segmenter: EnergySegmenter | None = None
+        self.audio_offset = 0
+        self.segment = -1
+        self.next_interim_s = 0.0
+        self.interims_in_segment = 0
+        self.single_done = False
+        self._get_task: asyncio.Task | None = None
+
+    # --- public -------------------------------------------------------
+    def kill(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+        """End this stream from outside (emulator stop / down)."""
+        if not self.killed.done():
+            self.killed.set_result((code, details, reason))
+
+    async def run(self) -> None:
+        refusal = self.shared.faults.take_refusal()
+        if refusal is not None:
+            self._finish(refusal[0], refusal[1], "refused")
+            return
+        reader = asyncio.create_task(self._read_loop())
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            try:
+                code, details, reason = await self._process()
+            except StreamError as exc:
+                code, details, reason = exc.code, exc.details, exc.reason
+            finally:
+                reader.cancel()
+                if self._get_task is not None:
+                    self._get_task.cancel()
+            if code != grpc.StatusCode.OK:  # results not yet written are lost, as with a real failure
+                while not self.outq.empty():
+                    self.outq.get_nowait()
+            # Never cancel a write in flight: gRPC would refuse the status batch
+            # (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS) and the client would hang.
+            await self.outq.put(None)
+            done, _ = await asyncio.wait({sender}, timeout=_SENDER_FLUSH_S)
+            if not done:  # the client stopped reading responses; give up on them
+                sender.cancel()
+        except asyncio.CancelledError:
+            reader.cancel()
+            sender.cancel()
+            stopping = self.shared.stopping
+            self._finish(
+                grpc.StatusCode.CANCELLED,
+                "server stopped" if stopping else "cancelled by the client",
+                "server_stopped" if stopping else "client_cancelled",
+                abort=False,
+            )
+            raise
+        self._finish(code, details, reason)
+
+    # --- reader / sender ----------------------------------------------
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                while self.stall_until > time.monotonic():
+                    await asyncio.sleep(self.stall_until - time.monotonic())
+                msg = await self.context.read()
+                received = time.monotonic()
+                if msg is grpc.aio.EOF:
+                    await self.inq.put((received, None))
+                    return
+                await self.inq.put((received, msg))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the call broke underneath us
+            await self.inq.put((time.monotonic(), exc))
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self.outq.get()
+            if item is None:
+                return
+            produced, due, response, result = item
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.context.write(response)
+            sent = ResultRecord(sent_at=time.monotonic(), produced_at=produced, **result)
+            self.shared.log.update(lambda: self.record.results.append(sent))
+
+    def _emit(self, response, **result: Any) -> None:
+        now = time.monotonic()
+        self.outq.put_nowait((now, now + self.shared.faults.latency_s, response, result))
+
+    # --- processing ---------------------------------------------------
+    async def _next(self, timeout: float):
+        if self._get_task is None:
+            self._get_task = asyncio.ensure_future(self.inq.get())
+        done, _ = await asyncio.wait({self._get_task, self.killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if self.killed.done():
+            raise StreamError(*self.killed.result())
+        if self._get_task in done:
+            task, self._get_task = self._get_task, None
+            return task.result()
+        return None
+
+    def _timeout(self, now: float) -> float:
+        limits = self.shared.limits
+        deadlines = [self.started + limits.max_stream_s]
+        if self.stall_until > now:
+            deadlines.append(self.stall_until)
+        else:
+            deadlines.append(max(self.last_rx, self.stall_until) + limits.inactivity_timeout_s)
+        timeout = min(deadlines) - now
+        if self.shared.faults.has_timed_rules:
+            timeout = min(timeout, _TICK_S)
+        return max(0.0, timeout)
+
+    def _check_limits(self, now: float) -> None:
+        limits = self.shared.limits
+        if now - self.started >= limits.max_stream_s:
+            raise StreamError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"Exceeded maximum allowed stream duration of {_fmt_s(limits.max_stream_s)} seconds.",
+                "max_duration",
+            )
+        if self.stall_until <= now and now - max(self.last_rx, self.stall_until) >= limits.inactivity_timeout_s:
+            code, details = self.api.inactivity
+            raise StreamError(code, details, "inactivity")
+
+    def _apply_faults(self, now: float) -> None:
+        for action in self.shared.faults.check(self.fstate, now):
+            if action.kind == "abort":
+                raise StreamError(action.code, action.details, "abort_fault")
+            if action.kind == "close":
+                raise StreamError(grpc.StatusCode.OK, "", "close_fault")
+            if action.kind == "stall":
+                start, end = now, now + action.seconds
+                self.stall_until = max(self.stall_until, end)
+                self.shared.log.update(lambda: self.record.stalls.append((start, end)))
+
+    async def _process(self) -> tuple[grpc.StatusCode, str, str]:
+        self._apply_faults(time.monotonic())
+        while True:
+            now = time.monotonic()
+            self._check_limits(now)
+            item = await self._next(self._timeout(now))
+            now = time.monotonic()
+            if item is None:
+                self._apply_faults(now)
+                continue
+            received, msg = item
+            if isinstance(msg, Exception):
+                raise StreamError(grpc.StatusCode.CANCELLED, f"stream broken: {msg!r}", "error")
+            self.last_rx = received
+            self._check_limits(received)
+            if msg is None:  # client half-closed
+                if self.config is None:
+                    raise invalid(MALORDERED)
+                await self._finalize()
+                return grpc.StatusCode.OK, "", "half_close"
+            self.shared.log.update(self._count_request)
+            if self.config is None:
+                self._configure(msg)
+            else:
+                await self._audio(msg, received)
+            self._apply_faults(time.monotonic())
+
+    def _count_request(self) -> None:
+        self.record.requests += 1
+
+    def _configure(self, msg) -> None:
+        config = self.api.parse_config(msg)
+        self.config = config
+
+        def save() -> None:
+            self.record.config = config.as_dict
+            self.record.recognizer = config.recognizer
+
+        self.shared.log.update(save)
+        if config.encoding != "AUTO":
+            self._start_decoding(config.encoding, config.sample_rate, config.channels)
+
+    def _start_decoding(self, encoding: str, rate: int, channels: int) -> None:
+        settings = self.shared.segmenter_settings
+        if self.shared.recognizer.needs_audio and not settings.keep_audio:
+            settings = replace(settings, keep_audio=True)
+        self.config.sample_rate = rate
+        self.decoder = AudioDecoder(encoding, channels)
+        self.segmenter = EnergySegmenter(rate, settings)
+
+    async def _audio(self, msg, received: float) -> None:
+        if self.api.kind(msg) != "audio" and self.api.kind(msg) != "audio_content":
+            raise invalid(MALORDERED)
+        audio = self.api.audio(msg)
+        limit = self.shared.limits.max_request_bytes
+        if len(audio) > limit:
+            raise invalid(
+                f"Request audio is {len(audio)} bytes; each request in the stream is limited to "
+                f"{limit} bytes (25 KB) of audio."
+            )
+        chunk = ChunkRecord(len(self.record.chunks), len(audio), received, self.audio_offset)
+        self.audio_offset += len(audio)
+        self.fstate.chunks += 1
+        self.shared.log.update(lambda: self.record.chunks.append(chunk))
+        if self.single_done:
+            return
+        if self.decoder is None:  # v2 auto_decoding_config: a WAV header must come first
+            encoding, rate, channels, header = parse_wav_header(audio)
+            check_rate_channels(rate, channels)
+            self._start_decoding(encoding, rate, channels)
+            audio = audio[header:]
+        for event in self.segmenter.feed(self.decoder.decode(audio)):
+            await self._on_event(event)
+
+    async def _finalize(self) -> None:
+        if self.segmenter is not None and not self.single_done:
+            for event in self.segmenter.flush():
+                await self._on_event(event)
+
+    async def _on_event(self, ev: SegmentEvent) -> None:
+        cfg = self.config
+        if self.single_done:
+            return
+        if ev.kind == "begin":
+            self.segment += 1
+            self.next_interim_s = self.shared.interim_every_s
+            self.interims_in_segment = 0
+            if cfg.voice_activity_events:
+                self._emit(self.api.event("speech_begin", ev.start_s), kind="speech_begin", end_offset_s=ev.start_s,
+                           segment=self.segment)
+        elif ev.kind == "speech":
+            if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
+                self.next_interim_s += self.shared.interim_every_s
+                text = self.shared.recognizer.interim(self.record.session, ev.speech_s)
+                if text:
+                    self.interims_in_segment += 1
+                    stability = min(0.9, 0.1 * self.interims_in_segment)
+                    self._emit(
+                        self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language),
+                        kind="interim", transcript=text, stability=stability, end_offset_s=ev.offset_s,
+                        segment=self.segment,
+                    )
+        elif ev.kind == "end":
+            if cfg.voice_activity_events:
+                self._emit(self.api.event("speech_end", ev.end_s), kind="speech_end", end_offset_s=ev.end_s,
+                           segment=self.segment)
+            text = await self._final_text(ev)
+            if cfg.single_utterance:
+                self._emit(self.api.event("end_of_single_utterance", ev.end_s), kind="end_of_single_utterance",
+                           end_offset_s=ev.end_s, segment=self.segment)
+                self.single_done = True
+            self._emit(
+                self.api.result(text, is_final=True, stability=0.0, end_s=ev.end_s, language=cfg.language),
+                kind="final", transcript=text, is_final=True, end_offset_s=ev.end_s, segment=self.segment,
+            )
+
+    async def _final_text(self, ev: SegmentEvent) -> str:
+        rec = self.shared.recognizer
+        args = (self.record.session, ev.audio, self.config.sample_rate, self.config.language)
+        if rec.blocking:
+            return await asyncio.get_running_loop().run_in_executor(self.shared.executor(), rec.final, *args)
+        return rec.final(*args)
+
+    # --- ending -------------------------------------------------------
+    def _finish(self, code: grpc.StatusCode, details: str, reason: str, abort: bool = True) -> None:
+        end = StreamEnd(code, details, time.monotonic(), reason)
+
+        def save() -> None:
+            if self.record.end is None:
+                self.record.end = end
+
+        self.shared.log.update(save)
+        if abort and code != grpc.StatusCode.OK:
+            self.context.set_code(code)
+            self.context.set_details(details)
