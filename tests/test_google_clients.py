@@ -54,12 +54,15 @@ def test_emulator_address_needs_port(bad):
 
 @pytest.mark.parametrize("api", ["v1", "v2"])
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_emulator_clients_are_official_and_need_no_credentials(monkeypatch, api, asynchronous):
+async def test_emulator_clients_are_official_and_need_no_credentials(monkeypatch, api, asynchronous):
     # No ADC on this machine: building must not consult google.auth at all.
+    # (async so that a grpc.aio channel has a running loop to bind to)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     client = build_speech_client(api=api, asynchronous=asynchronous, target=ClientTarget("127.0.0.1:9", None))
     assert type(client).__module__.startswith(f"google.cloud.speech_{api}")
-    if not asynchronous:
+    if asynchronous:
+        await client.transport.close()
+    else:
         client.transport.close()
 
 

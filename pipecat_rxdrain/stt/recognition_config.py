@@ -1,0 +1,157 @@
+"""What one recognition stream is opened with, for Speech v2 (default) and v1.
+
+A :class:`StreamSpec` is immutable and knows how to build the first request
+(recognizer + config) and the audio requests of a stream, and how many bytes
+of audio make a millisecond (for the session's audio clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+Api = Literal["v1", "v2"]
+
+# Google's per-request cap: "Each request in the stream is limited to 25 KB of audio."
+MAX_REQUEST_BYTES = 25 * 1024
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream's fixed parameters: API, audio format and the streaming config proto.
+
+    ``streaming_config`` is a ``speech_v2.types.StreamingRecognitionConfig``
+    (then ``recognizer`` is required) or a ``speech_v1.types.StreamingRecognitionConfig``.
+    Audio is LINEAR16 (PCM16 little endian) with ``channels`` interleaved channels.
+    """
+
+    api: Api
+    sample_rate: int
+    streaming_config: Any
+    recognizer: str | None = None
+    channels: int = 1
+    language_codes: tuple[str, ...] = field(default=("en-US",))
+
+    def __post_init__(self) -> None:
+        if self.api not in ("v1", "v2"):
+            raise ValueError(f"api must be 'v1' or 'v2', got {self.api!r}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if self.api == "v2" and not self.recognizer:
+            raise ValueError("Speech v2 needs a recognizer path (projects/<p>/locations/<l>/recognizers/_)")
+
+    @property
+    def frame_bytes(self) -> int:
+        return 2 * self.channels
+
+    @property
+    def bytes_per_ms(self) -> float:
+        return self.sample_rate * self.frame_bytes / 1000.0
+
+    def config_request(self) -> Any:
+        if self.api == "v2":
+            from google.cloud.speech_v2.types import cloud_speech
+
+            return cloud_speech.StreamingRecognizeRequest(recognizer=self.recognizer, streaming_config=self.streaming_config)
+        from google.cloud.speech_v1.types import cloud_speech as v1
+
+        return v1.StreamingRecognizeRequest(streaming_config=self.streaming_config)
+
+    def audio_request(self, audio: bytes) -> Any:
+        if self.api == "v2":
+            from google.cloud.speech_v2.types import cloud_speech
+
+            return cloud_speech.StreamingRecognizeRequest(audio=audio)
+        from google.cloud.speech_v1.types import cloud_speech as v1
+
+        return v1.StreamingRecognizeRequest(audio_content=audio)
+
+
+def recognizer_path(project_id: str, location: str) -> str:
+    return f"projects/{project_id}/locations/{location}/recognizers/_"
+
+
+def build_v2_spec(
+    *,
+    sample_rate: int,
+    recognizer: str,
+    language_codes: Sequence[str],
+    model: str | None,
+    interim_results: bool = True,
+    voice_activity_events: bool = False,
+    features: dict[str, Any] | None = None,
+    adaptation: Any = None,
+    denoiser_config: Any = None,
+) -> StreamSpec:
+    """The same v2 config Pipecat's stock service sends (LINEAR16 mono explicit decoding)."""
+    from google.cloud.speech_v2.types import cloud_speech
+
+    config = cloud_speech.RecognitionConfig(
+        explicit_decoding_config=cloud_speech.ExplicitDecodingConfig(
+            encoding=cloud_speech.ExplicitDecodingConfig.AudioEncoding.LINEAR16,
+            sample_rate_hertz=sample_rate,
+            audio_channel_count=1,
+        ),
+        language_codes=list(language_codes),
+        model=model or "",
+        features=cloud_speech.RecognitionFeatures(**(features or {})),
+    )
+    if denoiser_config is not None:
+        config.denoiser_config = denoiser_config
+    if adaptation is not None:
+        config.adaptation = adaptation
+    streaming = cloud_speech.StreamingRecognitionConfig(
+        config=config,
+        streaming_features=cloud_speech.StreamingRecognitionFeatures(
+            enable_voice_activity_events=voice_activity_events,
+            interim_results=interim_results,
+        ),
+    )
+    return StreamSpec(
+        api="v2", sample_rate=sample_rate, streaming_config=streaming, recognizer=recognizer,
+        language_codes=tuple(language_codes),
+    )
+
+
+_V1_FEATURES = (
+    "enable_automatic_punctuation",
+    "enable_spoken_punctuation",
+    "enable_spoken_emojis",
+    "profanity_filter",
+    "enable_word_time_offsets",
+    "enable_word_confidence",
+)
+
+
+def build_v1_spec(
+    *,
+    sample_rate: int,
+    language_codes: Sequence[str],
+    model: str | None,
+    interim_results: bool = True,
+    voice_activity_events: bool = False,
+    features: dict[str, Any] | None = None,
+    use_enhanced: bool = False,
+) -> StreamSpec:
+    """A v1 config (for the classic ``phone_call`` / ``latest_*`` models)."""
+    from google.cloud.speech_v1.types import cloud_speech as v1
+
+    codes = list(language_codes) or ["en-US"]
+    feats = {k: v for k, v in (features or {}).items() if k in _V1_FEATURES and v is not None}
+    for k in ("enable_spoken_punctuation", "enable_spoken_emojis"):
+        if k in feats:  # BoolValue wrappers in v1
+            feats[k] = bool(feats[k])
+    config = v1.RecognitionConfig(
+        encoding=v1.RecognitionConfig.AudioEncoding.LINEAR16,
+        sample_rate_hertz=sample_rate,
+        audio_channel_count=1,
+        language_code=codes[0],
+        alternative_language_codes=codes[1:],
+        model=model or "",
+        use_enhanced=use_enhanced,
+        **feats,
+    )
+    streaming = v1.StreamingRecognitionConfig(
+        config=config, interim_results=interim_results, enable_voice_activity_events=voice_activity_events
+    )
+    return StreamSpec(api="v1", sample_rate=sample_rate, streaming_config=streaming, language_codes=tuple(codes))
