@@ -1,0 +1,453 @@
+"""Run one scenario through one pipeline: emulator, websocket server, caller simulator, samplers.
+
+Everything runs in one process (the machine has 2 cores, shared):
+
+* the :class:`~pipecat_rxdrain.emulator.SpeechEmulator` on its own thread and event loop;
+* a FastAPI app served by uvicorn on 127.0.0.1, on the benchmark's main event loop, where
+  each call's Pipecat pipeline runs (``FastAPIWebsocketTransport`` + a Twilio serializer);
+* the caller simulator (:func:`pipecat_rxdrain.twilio.caller.simulate_call`, exact Twilio
+  messages, absolute 20 ms schedule) on a separate thread with its own event loop, so a
+  blocked pipeline loop cannot slow the caller down: its frames queue in the socket, as
+  Twilio's would.
+
+``time.monotonic()`` is one clock for all of them, so the emulator's per-chunk receive
+times can be subtracted from the pipeline's per-frame stamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from fastapi import FastAPI, WebSocket
+from loguru import logger
+
+from .pipelines import BUILDERS, BuildOptions, CallProbe, HiccupProcessor, TranscriptCollector, stamping_serializer
+
+FRAME_S = 0.02
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One workload. Times are seconds of call audio (the caller sends in real time)."""
+
+    key: str
+    title: str
+    audio_s: float  # caller speech (call_en looped), followed by 1 s of silence
+    calls: int = 1
+    net_stall: tuple[float, float] | None = None  # (at_s, duration_s): caller sends nothing, then a burst
+    bunch: int = 1  # frames sent in clumps of N
+    hiccup: tuple[float, float] | None = None  # (every_s, block_s): a processor blocks the loop
+    server_stall: tuple[float, float] | None = None  # (after_s, duration_s): emulator stops reading
+    abort_at_s: float | None = None  # emulator aborts the stream (UNAVAILABLE) at this stream time
+    max_stream_s: float | None = None  # emulator's stream duration limit (Google: 305 s)
+    small_window: bool = False  # emulator with small HTTP/2 windows (real back-pressure)
+    stagger_s: float = 0.0  # spread call starts over this many seconds
+    plot: bool = False
+    group: str = "fault"  # "fault" | "scale"
+
+    @property
+    def fault_window(self) -> tuple[float, float] | None:
+        """(start, end) of the injected fault in call seconds, for recovery metrics."""
+        if self.net_stall:
+            return self.net_stall[0], self.net_stall[0] + self.net_stall[1]
+        if self.server_stall:
+            return self.server_stall[0], self.server_stall[0] + self.server_stall[1]
+        if self.abort_at_s is not None:
+            return self.abort_at_s, self.abort_at_s
+        return None
+
+
+@dataclass
+class RunData:
+    """Raw observations of one (scenario, pipeline) run; :mod:`benchmarks.metrics` turns them into numbers."""
+
+    scenario: Scenario
+    pipeline: str
+    probes: list[CallProbe]
+    streams: list[Any]  # emulator StreamRecord snapshots
+    schedules: dict[str, list[float]]  # call_id -> caller send offsets (s) per frame
+    q_timeline: dict[str, list[tuple[float, int | None, int | None]]]
+    lag: list[tuple[float, float]]  # (monotonic, loop lag s)
+    rss: list[tuple[float, int]]
+    threads: list[tuple[float, int]]
+    threads_before: int
+    cpu_s: float  # process CPU minus the emulator's and the caller's threads
+    wall_s: float
+    t_begin: float
+    caller_errors: list[str] = field(default_factory=list)
+    call_durations: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- caller
+
+
+def _loop_frames(audio_s: float) -> list[bytes]:
+    from pipecat_rxdrain.samples import sample_path
+    from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
+
+    base = wav_to_twilio_frames(sample_path("call_en"))
+    n = int(round(audio_s / FRAME_S))
+    return [base[i % len(base)] for i in range(n)]
+
+
+class Callers:
+    """N simulated Twilio callers in a child process (:mod:`benchmarks.caller_proc`)."""
+
+    def __init__(self, url: str, scenario: Scenario, pipeline: str, call_ids: list[str], frames: list[bytes]) -> None:
+        from pipecat_rxdrain.twilio.audio import silence_frames
+        from pipecat_rxdrain.twilio.caller import send_schedule
+
+        from .caller_proc import options_for
+
+        self.spec = {
+            "url": url,
+            "call_ids": call_ids,
+            "pipeline": pipeline,
+            "audio_s": scenario.audio_s,
+            "stall_at_s": scenario.net_stall[0] if scenario.net_stall else None,
+            "stall_s": scenario.net_stall[1] if scenario.net_stall else 0.0,
+            "bunch": scenario.bunch,
+            "stagger_s": scenario.stagger_s,
+        }
+        tail = len(silence_frames(1.0))
+        self.schedules = {
+            o.custom_parameters["call"]: send_schedule(len(frames) + tail, o)[0] for o in options_for(self.spec, frames)
+        }
+        self.summaries: list[dict] = []
+        self.error: str | None = None
+        self._proc = None
+
+    async def start(self) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.caller_proc", cwd=root, env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        self._proc.stdin.write(json.dumps(self.spec).encode())
+        self._proc.stdin.close()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            out, err = await asyncio.wait_for(self._proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+            self.error = f"caller process did not finish within {timeout:.0f} s"
+            return
+        if self._proc.returncode != 0:
+            self.error = f"caller process exited {self._proc.returncode}: {err.decode(errors='replace')[-500:]}"
+            return
+        self.summaries = json.loads(out.decode())
+
+
+# ----------------------------------------------------------------------------- server
+
+
+class BenchServer:
+    """A FastAPI websocket endpoint that runs the pipeline named in ``start.customParameters``."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[CallProbe, BuildOptions, Scenario]] = {}
+        self.live: dict[str, CallProbe] = {}
+        self.finished: dict[str, CallProbe] = {}
+        self.failures: list[str] = []
+        self._server = None
+        self._task: asyncio.Task | None = None
+        self.app = self._make_app()
+
+    def _make_app(self):
+        app = FastAPI()
+
+        @app.websocket("/ws")
+        async def media(websocket: WebSocket):
+            await websocket.accept()
+            from pipecat_rxdrain.twilio.messages import Start, TwilioStreamParser
+
+            parser = TwilioStreamParser()
+            start = None
+            for _ in range(10):
+                raw = await websocket.receive_text()
+                parsed = parser.feed(raw)
+                if isinstance(parsed, Start):
+                    start = parsed
+                    break
+            if start is None:
+                await websocket.close(code=1008)
+                return
+            t_start = time.monotonic()
+            call_id = start.custom_parameters.get("call", "")
+            entry = self.pending.pop(call_id, None)
+            if entry is None:
+                await websocket.close(code=1008)
+                return
+            probe, opts, scenario = entry
+            probe.start_at = t_start
+            self.live[call_id] = probe
+            try:
+                await self._run_call(websocket, start, parser, probe, opts, scenario)
+            except Exception as e:
+                self.failures.append(f"{probe.pipeline}/{call_id}: {type(e).__name__}: {e}")
+                logger.exception("bench call failed")
+            finally:
+                probe.ended_at = time.monotonic()
+                self.live.pop(call_id, None)
+                self.finished[call_id] = probe
+
+        return app
+
+    async def _run_call(self, websocket, start, parser, probe: CallProbe, opts: BuildOptions, scenario: Scenario):
+        from pipecat.frames.frames import EndFrame
+        from pipecat.pipeline.pipeline import Pipeline
+        from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+        from pipecat.serializers.twilio import TwilioFrameSerializer
+        from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+        from pipecat.workers.runner import WorkerRunner
+
+        from pipecat_rxdrain.twilio.serializer import HardenedTwilioFrameSerializer
+
+        state = {"ending": False, "worker": None, "input": None}
+
+        async def end_call():
+            if not state["ending"] and state["worker"] is not None:
+                state["ending"] = True
+                # Pipecat's input transport cancels its audio task on EndFrame and drops what is
+                # still in its audio queue (base_input.py stop()); let that queue drain first so
+                # the last frames of the call are not lost in the harness (bounded).
+                q = getattr(state["input"], "_audio_in_queue", None)
+                if q is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(q.join(), 3.0)
+                await state["worker"].queue_frame(EndFrame())
+
+        common = dict(stream_sid=start.stream_sid, call_sid=start.call_sid, params=TwilioFrameSerializer.InputParams(auto_hang_up=False))
+        if probe.pipeline.startswith("ours"):
+            serializer = stamping_serializer(HardenedTwilioFrameSerializer, probe, end_call, parser=parser, **common)
+        else:
+            serializer = stamping_serializer(TwilioFrameSerializer, probe, end_call, **common)
+        transport = FastAPIWebsocketTransport(
+            websocket,
+            FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=False, add_wav_header=False, serializer=serializer),
+        )
+        state["input"] = transport.input()
+        procs = [state["input"], *BUILDERS[probe.pipeline](probe, opts)]
+        if opts.hiccup:
+            procs.append(HiccupProcessor(*opts.hiccup))
+        procs.append(TranscriptCollector(probe))
+        worker = PipelineWorker(
+            Pipeline(procs),
+            params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+            idle_timeout_secs=None,
+            cancel_on_idle_timeout=False,
+        )
+        state["worker"] = worker
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(transport, ws):
+            await end_call()
+
+        async def watchdog():
+            while not state["ending"]:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(12.0)
+            if not worker.has_finished():
+                probe.errors += 1
+                await worker.cancel()
+
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        dog = asyncio.create_task(watchdog())
+        try:
+            await runner.run()
+        finally:
+            dog.cancel()
+            await asyncio.gather(dog, return_exceptions=True)
+            probe.finish()
+
+    async def start(self) -> str:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        try:
+            import websockets.asyncio.server  # noqa: F401
+
+            ws_impl = "websockets-sansio"
+        except ImportError:  # pragma: no cover
+            ws_impl = "websockets"
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, ws=ws_impl, ws_ping_interval=None, log_config=None,
+            access_log=False, lifespan="off", backlog=1024,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if self._task.done() or time.monotonic() > deadline:
+                raise RuntimeError("bench websocket server did not start")
+            await asyncio.sleep(0.02)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _script(n: int) -> list[str]:
+    """Unique per position (so lost / repeated finals are visible), real words from call_en."""
+    from pipecat_rxdrain.samples import load_sample
+
+    segs = load_sample("call_en").segments
+    return [f"{segs[i % len(segs)]} u{i}" for i in range(n)]
+
+
+def _thread_cpu(proc: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+
+
+async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeline: str) -> RunData:
+    """One scenario through one pipeline; returns the raw observations."""
+    from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
+
+    limits = EmulatorLimits(max_stream_s=scenario.max_stream_s) if scenario.max_stream_s else None
+    emu = SpeechEmulator(script=_script(400), small_window=scenario.small_window, limits=limits)
+    emu.start()
+    notes: list[str] = []
+    try:
+        if scenario.server_stall:
+            emu.faults.stall(scenario.server_stall[1], after_s=scenario.server_stall[0], times=scenario.calls)
+        if scenario.abort_at_s is not None:
+            emu.faults.abort(after_s=scenario.abort_at_s, code="UNAVAILABLE", times=scenario.calls)
+
+        opts = BuildOptions(address=emu.address, hiccup=scenario.hiccup)
+        if scenario.max_stream_s:
+            # Scale the clients' proactive rotation like Google's: 240 s (+30 s grace) of 305 s.
+            opts.stream_limit_s = scenario.max_stream_s * 240 / 305
+            opts.rotate_grace_s = scenario.max_stream_s * 30 / 305
+
+        frames = _loop_frames(scenario.audio_s)
+        tag = uuid.uuid4().hex[:6]
+        call_ids = [f"{pipeline}-{tag}-{i}" for i in range(scenario.calls)]
+        probes = []
+        for cid in call_ids:
+            probe = CallProbe(call_id=cid, pipeline=pipeline)
+            probes.append(probe)
+            server.pending[cid] = (probe, opts, scenario)
+
+        proc = psutil.Process()
+        threads_before = proc.num_threads()
+        caller = Callers(url, scenario, pipeline, call_ids, frames)
+        q_timeline: dict[str, list] = {cid: [] for cid in call_ids}
+        lag: list[tuple[float, float]] = []
+        rss: list[tuple[float, int]] = []
+        threads: list[tuple[float, int]] = []
+
+        async def sample_q():
+            while True:
+                now = time.monotonic()
+                for cid, probe in list(server.live.items()):
+                    if cid in q_timeline and probe.q_fn is not None:
+                        try:
+                            rx_q, stt_q = probe.q_fn()
+                        except Exception:
+                            continue
+                        q_timeline[cid].append((now, rx_q, stt_q))
+                await asyncio.sleep(0.05)
+
+        async def sample_lag():
+            while True:
+                t0 = time.monotonic()
+                await asyncio.sleep(0.01)
+                lag.append((t0, max(0.0, time.monotonic() - t0 - 0.01)))
+
+        async def sample_proc():
+            while True:
+                rss.append((time.monotonic(), proc.memory_info().rss))
+                threads.append((time.monotonic(), proc.num_threads()))
+                await asyncio.sleep(0.5)
+
+        excluded_names = ("emulator",)
+        cpu0 = _thread_cpu(proc)
+        t_begin = time.monotonic()
+        samplers = [asyncio.create_task(c()) for c in (sample_q, sample_lag, sample_proc)]
+        await caller.start()
+        try:
+            await caller.wait(timeout=scenario.audio_s + scenario.stagger_s + 60)
+            # The calls end after the caller's stop; bound the wait for the pipelines to finish.
+            deadline = time.monotonic() + 20
+            while any(cid in server.live for cid in call_ids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            for t in samplers:
+                t.cancel()
+            await asyncio.gather(*samplers, return_exceptions=True)
+        wall = time.monotonic() - t_begin
+        cpu1 = _thread_cpu(proc)
+        excluded = {t.native_id for t in threading.enumerate() if t.name.startswith(excluded_names) and t.native_id}
+        emu_thread = getattr(emu, "_thread", None)
+        if emu_thread is not None and emu_thread.native_id:
+            excluded.add(emu_thread.native_id)
+        cpu = 0.0
+        for tid, v in cpu1.items():
+            if tid not in excluded:
+                cpu += v - cpu0.get(tid, 0.0)
+        stuck = [cid for cid in call_ids if cid in server.live]
+        if stuck:
+            notes.append(f"{len(stuck)} call(s) had not finished 20 s after the caller hung up")
+        never = [cid for cid in call_ids if cid in server.pending]
+        if never:
+            notes.append(f"{len(never)} call(s) never reached the pipeline")
+        for cid in call_ids:
+            server.pending.pop(cid, None)
+        await asyncio.sleep(0.3)  # last results / stream ends recorded by the emulator
+        streams = emu.streams
+    finally:
+        await asyncio.to_thread(emu.stop)
+
+    errors = [s["error"] for s in caller.summaries if s.get("error")] + ([caller.error] if caller.error else [])
+    return RunData(
+        scenario=scenario,
+        pipeline=pipeline,
+        probes=probes,
+        streams=streams,
+        schedules=caller.schedules,
+        q_timeline=q_timeline,
+        lag=lag,
+        rss=rss,
+        threads=threads,
+        threads_before=threads_before,
+        cpu_s=cpu,
+        wall_s=wall,
+        t_begin=t_begin,
+        caller_errors=errors,
+        call_durations=[s["duration_s"] for s in caller.summaries],
+        notes=notes + _take(server.failures),
+    )
+
+
+def _take(items: list) -> list:
+    out = list(items)
+    items.clear()
+    return out

@@ -1,0 +1,604 @@
+"""The three pipelines the benchmark compares, and the probes that time each audio frame through them.
+
+* ``stock``: ``transport.input() -> pipecat.services.google.stt.GoogleSTTService`` (Pipecat 1.14,
+  unmodified). It is constructed with a generated service-account JSON (an RSA key made on
+  the spot, never sent anywhere) so that its constructor succeeds offline; its ``_client`` is
+  then replaced by ``emulator_client(addr, api="v2", asynchronous=True)``, the official
+  ``SpeechAsyncClient`` on an insecure loopback channel. The only other change is that
+  ``_client.streaming_recognize`` is wrapped to add ``x-rxdrain-session`` metadata, so the
+  emulator can tell concurrent calls apart (all channels in one process share a peer).
+* ``blocking``: the pattern the project started from. :class:`PacedRxQueue` holds at most
+  200 frames (drop-oldest) and releases one frame, then sleeps 20 ms, whatever the backlog;
+  :class:`BlockingSyncWriter` hands each frame to a *synchronous* ``streaming_recognize``
+  through a one-slot ``queue.Queue`` and waits, on the event loop, until gRPC takes it.
+* ``ours``: ``transport.input() -> RxDrainProcessor(sink=stt) -> pipecat_rxdrain GoogleSTTService``.
+
+All three get the caller simulator's Twilio frames through ``FastAPIWebsocketTransport``
+with a serializer that stamps every audio frame (``time.monotonic()``, right after
+deserialization) into the call's :class:`CallProbe`. The probe also records, per pipeline,
+the exact order in which audio bytes went into gRPC streams (the *ledger*) and where each
+stream starts in it, so :mod:`benchmarks.metrics` can map the emulator's per-chunk receive
+times back to frames by byte offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    StartFrame,
+    TranscriptionFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from pipecat_rxdrain.stt.replay import ReplayBuffer
+
+SESSION_KEY = "x-rxdrain-session"
+PCM_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
+PIPELINES = ("stock", "blocking", "ours")
+
+# --- ours: where each new gRPC stream starts in the session's byte sequence ------------------
+# StreamingSTTSession computes a stream's origin and calls ReplayBuffer.pieces() exactly once
+# per stream it opens; recording the buffer position there gives the origin without touching
+# the session's code. Keyed by id(ReplayBuffer).
+_REPLAY_ORIGINS: dict[int, list[int]] = {}
+_orig_pieces = ReplayBuffer.pieces
+
+
+def _recording_pieces(self: ReplayBuffer, max_piece: int):
+    _REPLAY_ORIGINS.setdefault(id(self), []).append(self.start if len(self) else self.end)
+    return _orig_pieces(self, max_piece)
+
+
+ReplayBuffer.pieces = _recording_pieces  # benchmark-only instrumentation
+
+
+@dataclass
+class CallProbe:
+    """Everything measured for one call in one pipeline (written on the loop and the STT threads)."""
+
+    call_id: str
+    pipeline: str
+    start_at: float = 0.0  # monotonic time the harness read Twilio's `start` (≈ caller's t0)
+    stamps: list[float] = field(default_factory=list)  # frame index -> time it entered the pipeline
+    by_id: dict[int, int] = field(default_factory=dict)  # id(frame.audio) -> frame index (while in flight)
+    ledger: list[tuple[int, int]] = field(default_factory=list)  # (frame index, bytes) in gRPC byte order
+    origins: list[int] = field(default_factory=list)  # ledger byte position of each stream's first byte
+    dropped: list[int] = field(default_factory=list)  # frame indexes dropped by an STT-side queue
+    stt_at: dict[int, float] = field(default_factory=dict)  # frame index -> time the STT step got it
+    session_key: str = ""
+    enqueue_us: list[float] = field(default_factory=list)  # time of the STT enqueue step per frame
+    push_audio_us: list[float] = field(default_factory=list)  # ours: the raw push_audio call
+    write_ms: list[float] = field(default_factory=list)  # time gRPC took to accept one request
+    finals: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, text) delivered to the pipeline
+    interims: int = 0
+    errors: int = 0
+    rx_drops: int = 0
+    stt_drops: int = 0
+    time_in_drain_s: float = 0.0
+    reconnects: int = 0
+    rx_refusals: int = 0
+    ended_at: float = 0.0
+    q_fn: object = None  # () -> (rx_q, stt_q), sampled by the harness
+    stats_fn: object = None  # () -> None: fill the counters above at the end
+    replay_buffer_id: int | None = None
+
+    def stamp(self, frame: InputAudioRawFrame, now: float) -> None:
+        idx = len(self.stamps)
+        self.stamps.append(now)
+        self.by_id[id(frame.audio)] = idx
+
+    def take(self, audio: bytes) -> int:
+        return self.by_id.pop(id(audio), -1)
+
+    def at_stt(self, audio: bytes, now: float) -> None:
+        idx = self.by_id.get(id(audio))
+        if idx is not None:
+            self.stt_at[idx] = now
+
+    def finish(self) -> None:
+        if self.stats_fn is not None:
+            try:
+                self.stats_fn()
+            except Exception as e:  # a probe problem must not hide the other numbers
+                logger.warning(f"bench: stats for {self.pipeline}/{self.call_id} failed: {e!r}")
+        if self.replay_buffer_id is not None:
+            self.origins = list(_REPLAY_ORIGINS.pop(self.replay_buffer_id, []))
+
+
+def stamping_serializer(base_cls, probe: CallProbe, on_stop, **kwargs):
+    """An instance of a subclass of ``base_cls`` (a Twilio serializer) that stamps audio frames."""
+
+    class Stamping(base_cls):
+        async def deserialize(self, data):
+            frame = await super().deserialize(data)
+            if isinstance(frame, InputAudioRawFrame):
+                probe.stamp(frame, time.monotonic())
+            elif isinstance(data, str) and '"stop"' in data:
+                try:
+                    if json.loads(data).get("event") == "stop":
+                        await on_stop()
+                except ValueError:
+                    pass
+            return frame
+
+    return Stamping(**kwargs)
+
+
+class TranscriptCollector(FrameProcessor):
+    """Last in the pipeline: records delivered finals (time, text), interims and errors."""
+
+    def __init__(self, probe: CallProbe, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._probe = probe
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            self._probe.finals.append((time.monotonic(), frame.text))
+        elif isinstance(frame, InterimTranscriptionFrame):
+            self._probe.interims += 1
+        elif isinstance(frame, ErrorFrame):
+            self._probe.errors += 1
+        await self.push_frame(frame, direction)
+
+
+class HiccupProcessor(FrameProcessor):
+    """Another processor that blocks the event loop for ``block_s`` every ``every_s`` (time.sleep)."""
+
+    def __init__(self, every_s: float, block_s: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._every_s, self._block_s = every_s, block_s
+        self._task: asyncio.Task | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame) and self._task is None:
+            self._task = self.create_task(self._run(), name="hiccup")
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._stop()
+        await self.push_frame(frame, direction)
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(self._every_s)
+            time.sleep(self._block_s)  # the point: a blocking call on the loop
+
+    async def _stop(self):
+        task, self._task = self._task, None
+        if task is not None:
+            await self.cancel_task(task)
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._stop()
+
+
+# ---------------------------------------------------------------------------------- blocking
+
+
+class PacedRxQueue(FrameProcessor):
+    """The original receive queue: bounded (drop-oldest), releasing one frame then sleeping 20 ms, always.
+
+    Even when 200 frames are waiting it releases at (slightly below) real time, so a
+    backlog never shrinks and the per-frame ``asyncio.sleep`` overshoot makes it grow.
+    """
+
+    def __init__(self, probe: CallProbe, max_queue: int = 200, interval_s: float = 0.02, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._probe = probe
+        self._q: deque[InputAudioRawFrame] = deque()
+        self._max = max_queue
+        self._interval_s = interval_s
+        self.drops = 0
+        self.peak_q = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._end: EndFrame | None = None
+
+    @property
+    def q(self) -> int:
+        return len(self._q)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            self._task = self.create_task(self._pace(), name="paced_rx")
+        elif isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
+            if len(self._q) >= self._max:
+                self._q.popleft()
+                self.drops += 1
+            self._q.append(frame)
+            self.peak_q = max(self.peak_q, len(self._q))
+            self._wake.set()
+        elif isinstance(frame, EndFrame):
+            self._end = frame
+            self._wake.set()
+        elif isinstance(frame, CancelFrame):
+            self._q.clear()
+            await self._stop()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _pace(self):
+        while True:
+            if self._q:
+                await self.push_frame(self._q.popleft())
+                if self._end is None:
+                    await asyncio.sleep(self._interval_s)  # "real time", whatever the backlog
+                else:
+                    await asyncio.sleep(0)  # ending: flush
+            elif self._end is not None:
+                await self.push_frame(self._end)
+                return
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _stop(self):
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            await self.cancel_task(task)
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._stop()
+
+
+class _SyncStream:
+    """One synchronous StreamingRecognize call fed from a one-slot queue, with a reader thread."""
+
+    _END = object()
+
+    def __init__(self, client, recognizer: str, config, metadata, on_final) -> None:
+        from google.cloud.speech_v2.types import cloud_speech
+
+        self._cs = cloud_speech
+        self.requests: queue.Queue = queue.Queue(maxsize=1)
+        self.dead = threading.Event()
+        first = cloud_speech.StreamingRecognizeRequest(recognizer=recognizer, streaming_config=config)
+
+        def gen():
+            yield first
+            while True:
+                item = self.requests.get()
+                if item is self._END:
+                    return
+                yield item
+
+        self._responses = None
+
+        def read():
+            # The call is opened here: the client prefetches the first response when the
+            # call is created, which would deadlock a caller that must write audio first.
+            try:
+                self._responses = client.streaming_recognize(requests=gen(), retry=None, metadata=metadata)
+                for response in self._responses:
+                    for result in response.results:
+                        if result.is_final and result.alternatives:
+                            on_final(result.alternatives[0].transcript)
+            except Exception:
+                pass
+            finally:
+                self.dead.set()
+
+        self.reader = threading.Thread(target=read, name="bench-blocking-reader", daemon=True)
+        self.reader.start()
+
+    def put(self, audio: bytes) -> bool:
+        """Block until gRPC takes the previous request (the pathology), unless the stream died."""
+        req = self._cs.StreamingRecognizeRequest(audio=audio)
+        while True:
+            try:
+                self.requests.put(req, timeout=0.05)
+                return True
+            except queue.Full:
+                if self.dead.is_set():
+                    return False
+
+    def close(self, timeout: float) -> None:
+        try:
+            self.requests.put(self._END, timeout=timeout)
+        except queue.Full:
+            pass
+        self.reader.join(timeout)
+        if self.reader.is_alive() and self._responses is not None:
+            self._responses.cancel()
+            self.reader.join(2.0)
+
+
+class BlockingSyncWriter(FrameProcessor):
+    """The original STT write path: a synchronous gRPC stream written from the event loop."""
+
+    def __init__(self, probe: CallProbe, address: str, sample_rate: int = 8000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        from google.cloud.speech_v2.types import cloud_speech
+
+        from pipecat_rxdrain.google_clients import emulator_client
+
+        self._probe = probe
+        self._client = emulator_client(address, api="v2", asynchronous=False)
+        self._config = cloud_speech.StreamingRecognitionConfig(
+            config=cloud_speech.RecognitionConfig(
+                explicit_decoding_config=cloud_speech.ExplicitDecodingConfig(
+                    encoding=cloud_speech.ExplicitDecodingConfig.AudioEncoding.LINEAR16,
+                    sample_rate_hertz=sample_rate,
+                    audio_channel_count=1,
+                ),
+                language_codes=["en-US"],
+                model="latest_long",
+            ),
+            streaming_features=cloud_speech.StreamingRecognitionFeatures(interim_results=True),
+        )
+        self._recognizer = "projects/bench-project/locations/global/recognizers/_"
+        self._metadata = ((SESSION_KEY, probe.session_key),)
+        self._stream: _SyncStream | None = None
+        self._streams: list[_SyncStream] = []
+        self._ledger_bytes = 0
+
+    def _on_final(self, text: str) -> None:  # reader thread
+        self._probe.finals.append((time.monotonic(), text))
+
+    def _write(self, audio: bytes) -> None:
+        probe = self._probe
+        probe.at_stt(audio, time.monotonic())
+        idx = probe.take(audio)
+        for _ in range(2):
+            if self._stream is None or self._stream.dead.is_set():
+                if self._stream is not None:
+                    probe.reconnects += 1
+                self._stream = _SyncStream(self._client, self._recognizer, self._config, self._metadata, self._on_final)
+                self._streams.append(self._stream)
+                probe.origins.append(self._ledger_bytes)
+            t0 = time.perf_counter()
+            ok = self._stream.put(audio)
+            dt = time.perf_counter() - t0
+            probe.enqueue_us.append(dt * 1e6)
+            probe.write_ms.append(dt * 1e3)
+            if ok:
+                probe.ledger.append((idx, len(audio)))
+                self._ledger_bytes += len(audio)
+                return
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
+            self._write(frame.audio)  # blocking, on the event loop: the point of this baseline
+            return
+        if isinstance(frame, (EndFrame, CancelFrame)):
+            self._close(2.0 if isinstance(frame, EndFrame) else 0.1)
+        await self.push_frame(frame, direction)
+
+    def _close(self, timeout: float) -> None:
+        streams, self._streams, self._stream = self._streams, [], None
+        for s in streams:
+            s.close(timeout)
+
+    async def cleanup(self):
+        await super().cleanup()
+        self._close(0.1)
+        self._client.transport.close()
+
+
+# ---------------------------------------------------------------------------------- builders
+
+
+@dataclass
+class BuildOptions:
+    address: str  # emulator host:port
+    stream_limit_s: float | None = None  # rotate before this (scaled Google limit); None = defaults
+    rotate_grace_s: float | None = None
+    hiccup: tuple[float, float] | None = None  # (every_s, block_s)
+
+
+_FAKE_SA: str | None = None
+
+
+def fake_service_account() -> str:
+    """A syntactically valid service-account JSON with a fresh RSA key (never sent anywhere)."""
+    global _FAKE_SA
+    if _FAKE_SA is None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        _FAKE_SA = json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "bench-project",
+                "private_key_id": uuid.uuid4().hex,
+                "private_key": pem.decode(),
+                "client_email": "bench@bench-project.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    return _FAKE_SA
+
+
+def _timed_run_stt(svc, probe: CallProbe, before=None):
+    orig = svc.run_stt
+
+    async def run_stt(audio: bytes):
+        probe.at_stt(audio, time.monotonic())
+        if before is not None:
+            before(audio)
+        t0 = time.perf_counter()
+        async for f in orig(audio):
+            probe.enqueue_us.append((time.perf_counter() - t0) * 1e6)
+            yield f
+
+    svc.run_stt = run_stt
+
+
+def build_stock(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
+    from pipecat.services.google.stt import GoogleSTTService as StockGoogleSTTService
+
+    from pipecat_rxdrain.google_clients import emulator_client
+
+    svc = StockGoogleSTTService(credentials=fake_service_account(), sample_rate=8000)
+    client = emulator_client(opts.address, api="v2", asynchronous=True)
+    orig_sr = client.streaming_recognize
+    probe.session_key = f"stock-{probe.call_id}"
+    metadata = ((SESSION_KEY, probe.session_key),)
+    counters = {"yielded": 0}
+
+    async def streaming_recognize(*args, **kwargs):
+        kwargs.setdefault("metadata", metadata)
+        return await orig_sr(*args, **kwargs)
+
+    client.streaming_recognize = streaming_recognize
+    svc._client = client
+    if opts.stream_limit_s is not None:
+        svc.STREAMING_LIMIT = int(opts.stream_limit_s * 1000)
+
+    orig_gen = svc._request_generator
+
+    async def request_generator():
+        # Each generator is one stream: its first audio byte is the next ledger byte.
+        probe.origins.append(counters["yielded"] * PCM_FRAME_BYTES)
+        async for request in orig_gen():
+            t0 = time.perf_counter()
+            yield request
+            if request.audio:
+                probe.write_ms.append((time.perf_counter() - t0) * 1e3)
+                counters["yielded"] += 1
+
+    svc._request_generator = request_generator
+
+    def before(audio: bytes):
+        # Stock's queue is unbounded FIFO: the ledger order is the run_stt order.
+        probe.ledger.append((probe.take(audio), len(audio)))
+
+    _timed_run_stt(svc, probe, before)
+
+    def q_fn():
+        rq = getattr(svc, "_request_queue", None)
+        return (None, rq.qsize() if rq is not None else 0)
+
+    probe.q_fn = q_fn
+    procs: list[FrameProcessor] = [svc]
+    return procs
+
+
+def build_blocking(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
+    probe.session_key = f"blocking-{probe.call_id}"
+    paced = PacedRxQueue(probe)
+    writer = BlockingSyncWriter(probe, opts.address)
+    probe.q_fn = lambda: (paced.q, None)
+
+    def stats():
+        probe.rx_drops = paced.drops
+        probe.reconnects = max(0, len(probe.origins) - 1)
+
+    probe.stats_fn = stats
+    return [paced, writer]
+
+
+class _RecordingDeque(deque):
+    """The session's audio deque, recording which frames the writer took (I/O thread) or dropped (loop)."""
+
+    def __init__(self, items, probe: CallProbe):
+        super().__init__(items)
+        self._probe = probe
+
+    def popleft(self):
+        item = super().popleft()
+        probe = self._probe
+        idx = probe.take(item)
+        if threading.current_thread().name.startswith("rxdrain-stt-"):
+            probe.ledger.append((idx, len(item)))
+        else:
+            probe.dropped.append(idx)
+        return item
+
+    def appendleft(self, item):  # only for >25 KB chunks, which the benchmark never pushes
+        raise RuntimeError("benchmark probe: unexpected appendleft on the session queue")
+
+
+def build_ours_stt_only(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
+    """Diagnostic (not in the default run): our STT service without RxDrainProcessor in front."""
+    procs = build_ours(probe, opts)
+    return procs[1:]
+
+
+def build_ours(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
+    from pipecat.services.google.stt import GoogleSTTSettings
+    from pipecat.transcriptions.language import Language
+
+    from pipecat_rxdrain.rx_processor import RxDrainProcessor
+    from pipecat_rxdrain.stt.service import GoogleSTTService
+
+    kwargs = {}
+    if opts.stream_limit_s is not None:
+        kwargs["stream_limit_s"] = opts.stream_limit_s
+    if opts.rotate_grace_s is not None:
+        kwargs["rotate_grace_s"] = opts.rotate_grace_s
+    svc = GoogleSTTService(
+        endpoint=opts.address,
+        sample_rate=8000,
+        settings=GoogleSTTSettings(languages=[Language.EN_US]),
+        **kwargs,
+    )
+    rx = RxDrainProcessor(sink=svc)
+    state = {"session": None}
+
+    def before(audio: bytes):
+        session = svc.session
+        if session is not None and state["session"] is not session:
+            state["session"] = session
+            with session._lock:
+                session._q = _RecordingDeque(session._q, probe)
+            probe.replay_buffer_id = id(session._replay)
+            probe.session_key = dict(session._metadata).get(SESSION_KEY, "")
+            orig_push = session.push_audio
+
+            def push_audio(pcm16: bytes) -> bool:
+                t0 = time.perf_counter_ns()
+                ok = orig_push(pcm16)
+                probe.push_audio_us.append((time.perf_counter_ns() - t0) / 1000.0)
+                return ok
+
+            session.push_audio = push_audio
+
+    _timed_run_stt(svc, probe, before)
+
+    def q_fn():
+        session = svc.session
+        return (rx.backpressure.q, session.stats.q if session is not None else 0)
+
+    def stats():
+        s = rx.stats
+        probe.rx_drops = s.drops
+        probe.time_in_drain_s = s.time_in_drain_s
+        probe.rx_refusals = s.refusals
+        st = svc.stats
+        if st is not None:
+            probe.stt_drops = st.drops
+            probe.reconnects = st.reconnects
+        session = state["session"]
+        if session is not None:
+            probe.write_ms = [x * 1e3 for x in session.write_samples()]
+
+    probe.q_fn = q_fn
+    probe.stats_fn = stats
+    return [rx, svc]
+
+
+BUILDERS = {"stock": build_stock, "blocking": build_blocking, "ours": build_ours, "ours_stt_only": build_ours_stt_only}

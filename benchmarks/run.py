@@ -1,0 +1,131 @@
+"""Side-by-side benchmark: stock Pipecat vs the blocking baseline vs pipecat-rxdrain, one run.
+
+    python -m benchmarks.run --quick        # < 2 min: a few short scenarios (make bench-quick)
+    python -m benchmarks.run --full         # ~15 min: every scenario of issue 9 (make bench)
+    python -m benchmarks.run --only steady,net_stall_2s --full
+    python -m benchmarks.run --report-only /tmp/rxdrain-bench-last-rows.pkl   # re-render the last run
+
+Each scenario runs through the three pipelines one after another (never at the same
+time: the blocking baseline blocks the event loop by design), against the local
+emulator, fed by the caller simulator over the real websocket transport. ``--full``
+writes ``benchmarks/RESULTS.md`` and ``benchmarks/plots/*.png``; ``--quick`` writes the
+same into ``$TMPDIR/rxdrain-bench-quick/`` (``--out`` to choose). Prints a summary as it
+goes. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from loguru import logger
+
+HERE = Path(__file__).resolve().parent
+
+
+async def run_all(scenarios, pipelines, *, progress=print) -> list[dict]:
+    from .harness import BenchServer, run_scenario
+    from .metrics import expected_utterances, summarize
+
+    server = BenchServer()
+    url = await server.start()
+    rows: list[dict] = []
+    try:
+        # Warm-up (discarded): imports, first channels and first pipelines of each kind.
+        from .scenarios import smoke
+
+        for pipeline in pipelines:
+            await run_scenario(server, url, smoke()[0], pipeline)
+        for sc in scenarios:
+            expected = expected_utterances(sc.audio_s)
+            for pipeline in pipelines:
+                t0 = time.monotonic()
+                run = await run_scenario(server, url, sc, pipeline)
+                row = summarize(run, expected)
+                row["bench_wall_s"] = time.monotonic() - t0
+                rows.append(row)
+                progress(
+                    f"  {sc.key:<18} {pipeline:<9} age p50/p99/max {row['age_p50_ms']:7.1f} {row['age_p99_ms']:8.1f} "
+                    f"{row['age_max_ms']:8.1f} ms  wire p99 {row['wire_age_p99_ms']:8.1f} ms  drops {row['drops']:4d}  "
+                    f"lost {row['frames_lost']:4d}  ({row['bench_wall_s']:.1f} s)"
+                )
+                await asyncio.sleep(0.2)
+    finally:
+        await server.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short scenarios, under 2 minutes (default)")
+    mode.add_argument("--full", action="store_true", help="every scenario at full length")
+    p.add_argument("--only", help="comma-separated scenario keys to run")
+    p.add_argument("--pipelines", default="stock,blocking,ours")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="directory for RESULTS.md and plots/ (default: benchmarks/ with --full; a temp dir with --quick, "
+        "so iterating never overwrites the committed full results)",
+    )
+    p.add_argument("--json", type=Path, help="also dump the rows as JSON here")
+    p.add_argument("--no-report", action="store_true", help="print numbers only")
+    p.add_argument("--report-only", type=Path, metavar="PKL", help="re-render the report from a saved run (see report.LAST_ROWS)")
+    args = p.parse_args(argv)
+
+    if args.out is None:
+        import tempfile
+
+        args.out = HERE if args.full or args.report_only else Path(tempfile.gettempdir()) / "rxdrain-bench-quick"
+    if args.report_only:
+        import pickle
+
+        from .report import write_report
+
+        saved = pickle.loads(args.report_only.read_bytes())
+        print(f"wrote {write_report(saved['rows'], args.out, mode=saved['mode'], elapsed_s=saved['elapsed_s'])}")
+        return 0
+
+    logger.remove()
+    # Only the harness's own errors: the pipelines' expected errors (injected faults) are measured, not logged.
+    logger.add(sys.stderr, level="ERROR", filter=lambda r: r["name"].startswith("benchmarks"))
+    os.environ.pop("SPEECH_EMULATOR_HOST", None)
+
+    from . import scenarios as S
+
+    scenarios = S.full() if args.full else S.quick()
+    if args.only:
+        keys = set(args.only.split(","))
+        pool = {s.key: s for s in S.full() + S.quick() + S.smoke() + S.checks()}
+        scenarios = [s for s in scenarios if s.key in keys] + [pool[k] for k in keys if k not in {s.key for s in scenarios} and k in pool]
+    pipelines = [x for x in args.pipelines.split(",") if x]
+    mode_name = "full" if args.full else "quick"
+    print(f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines")
+    t0 = time.monotonic()
+    rows = asyncio.run(run_all(scenarios, pipelines))
+    elapsed = time.monotonic() - t0
+    print(f"done in {elapsed:.0f} s")
+    try:  # kept so the report can be re-rendered without re-running (--report-only)
+        import pickle
+        import tempfile
+
+        last = Path(tempfile.gettempdir()) / "rxdrain-bench-last-rows.pkl"
+        last.write_bytes(pickle.dumps({"rows": rows, "mode": mode_name, "elapsed_s": elapsed}))
+    except OSError:
+        pass
+    if args.json:
+        args.json.write_text(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=1, default=str))
+    if not args.no_report:
+        from .report import write_report
+
+        path = write_report(rows, args.out, mode=mode_name, elapsed_s=elapsed)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
