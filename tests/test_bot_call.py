@@ -194,3 +194,31 @@ async def test_malformed_messages_floods_and_a_silent_client_are_counted_not_fat
     text = logs.text
     assert "reason=oversized" in text and "no message from Twilio" in text
     assert not stt_threads()
+
+
+async def test_twilio_stop_right_after_a_burst_loses_no_frame(emulator):
+    """Twilio's ``stop`` can arrive while the input transport still holds queued audio.
+
+    Pipecat's input transport cancels its audio task on EndFrame and drops what is still in its
+    queue, so the bot must let that queue drain (bounded) before ending the pipeline.
+    """
+    cfg = make_config(speech_emulator_host=emulator.address, media_token_secret=SECRET)
+    frames = wav_to_twilio_frames(load_sample("hello_en").path)
+    async with running_bot(cfg) as bot:
+        opts = CallerOptions(
+            url=f"ws://127.0.0.1:{bot.port}/ws",
+            twiml_url=f"http://127.0.0.1:{bot.port}/twiml",
+            sample="hello_en",
+            speed=1000.0,  # the whole call arrives as one burst, then stop
+            tail_silence_s=0.0,
+        )
+        summary = await simulate_call(opts)
+        await wait_until(lambda: list(bot.app.state.calls.completed), timeout=15)
+        call = (await asyncio.to_thread(get_json, f"http://127.0.0.1:{bot.port}/stats"))["completed"][0]
+    assert summary.ok, summary.error
+    assert call["end_reason"] == "stop"
+    assert call["twilio"]["dropped_total"] == 0
+    rx = call["rx"]
+    # every frame the serializer accepted reached the RX queue, and all of it was released or counted
+    assert rx["frames_in"] == call["twilio"]["by_event"]["media"] == len(frames)
+    assert rx["frames_in"] == rx["frames_out"] + rx["drops"] + rx["q"]

@@ -347,6 +347,7 @@ class _Call:
         self.stt = None
         self.stt_session = None
         self.serializer = None
+        self.transport_input = None
         self._ending = False
 
     def refresh(self) -> CallRecord:
@@ -454,6 +455,7 @@ class _Call:
             processors = [transport.input(), self.rx, self.stt, vad, transcripts, transport.output()]
 
         self.processors = processors
+        self.transport_input = transport.input()
         self.worker = PipelineWorker(
             Pipeline(processors),
             params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
@@ -506,7 +508,24 @@ class _Call:
         if not self._ending and self.worker is not None:
             self._ending = True
             self.record.end_reason = "stop"
+            await self._drain_transport_input()
             await self.worker.queue_frame(EndFrame())
+
+    async def _drain_transport_input(self, timeout_s: float = 3.0) -> None:
+        """Let the input transport hand on the audio it still holds before the call ends.
+
+        Pipecat's input transport cancels its audio task on EndFrame and drops whatever is still
+        in its (unbounded) audio queue; after a burst, or on a busy loop, that is the end of the
+        caller's last sentence. ``stop`` is Twilio's last message, so nothing new can arrive
+        while we wait; the wait is bounded so a wedged pipeline cannot hold the call open.
+        """
+        queue = getattr(self.transport_input, "_audio_in_queue", None)  # private in Pipecat 1.14
+        if queue is None:
+            return
+        try:
+            await asyncio.wait_for(queue.join(), timeout_s)
+        except asyncio.TimeoutError:
+            logger.warning(f"[BOT] {queue.qsize()} inbound audio frames still queued {timeout_s:.0f}s after stop")
 
     async def end(self, reason: str) -> None:
         """End the call gracefully (EndFrame), then cancel if that takes too long."""
