@@ -360,6 +360,8 @@ class RxBackpressure:
             self._audio.clear()
             self._discarded_on_end += n
             self._retry_at = None
+            if self._mode is RxMode.DRAIN:  # empty now: leave drain here, a passenger may be handed out first
+                self._set_mode(RxMode.NORMAL, now)
             logger.warning(f"RX flush timed out after {self.flush_timeout_s:.1f}s; discarded {n} queued frames")
             return self.next_action(now)
         assert self._deadline is not None

@@ -84,6 +84,11 @@ class RxDrainProcessor(FrameProcessor):
       pushed frame counts as accepted.
     * The pacing task is created on ``StartFrame`` and cancelled on
       ``EndFrame`` / ``CancelFrame`` / cleanup.
+    * Bad input never takes a queue slot: zero-length audio frames are
+      dropped (counted in ``empty_audio_dropped``) and audio arriving after
+      the ``EndFrame`` is dropped (``audio_after_end``) rather than sent
+      downstream behind it. Frames whose duration differs from
+      ``frame_interval_ms`` are paced as one interval each (logged once).
 
     Event handlers: ``on_rx_mode_changed(processor, mode: str)``.
     """
@@ -106,6 +111,10 @@ class RxDrainProcessor(FrameProcessor):
         self._wake = asyncio.Event()
         self._pacing_task: asyncio.Task | None = None
         self._sink_error_reported = False
+        self._ended = False
+        self._duration_warned = False
+        self.empty_audio_dropped = 0  # zero-length audio frames (no audio lost, no queue slot taken)
+        self.audio_after_end = 0  # audio frames that arrived after the EndFrame (the call is over)
         self._register_event_handler("on_rx_mode_changed")
 
     @property
@@ -124,8 +133,18 @@ class RxDrainProcessor(FrameProcessor):
         await super().process_frame(frame, direction)
 
         if isinstance(frame, StartFrame):
+            self._ended = False
             await self.push_frame(frame, direction)
             self._start_pacing()
+        elif direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame) and (
+            self._ended or not frame.audio
+        ):
+            if self._ended:
+                self.audio_after_end += 1
+                if self.audio_after_end == 1:
+                    logger.warning(f"{self}: audio after EndFrame dropped (counted in audio_after_end)")
+            else:
+                self.empty_audio_dropped += 1
         elif isinstance(frame, CancelFrame):
             # Cancel must not wait for the backlog.
             discarded = self._rx.discard_backlog(self._clock())
@@ -137,6 +156,8 @@ class RxDrainProcessor(FrameProcessor):
         elif direction is FrameDirection.UPSTREAM or not self._pacing:
             await self.push_frame(frame, direction)
         elif isinstance(frame, InputAudioRawFrame):
+            if not self._duration_warned:
+                self._check_duration(frame)
             mode = self._rx.mode
             self._rx.offer(frame, self._clock())
             self._wake.set()
@@ -150,8 +171,22 @@ class RxDrainProcessor(FrameProcessor):
         else:
             self._rx.add_passenger((frame, direction))
             if isinstance(frame, EndFrame):
+                self._ended = True
                 self._rx.start_flush(self._clock())
             self._wake.set()
+
+    def _check_duration(self, frame: InputAudioRawFrame) -> None:
+        rate, channels = frame.sample_rate or 0, frame.num_channels or 1
+        if rate <= 0:
+            return
+        ms = len(frame.audio) / (2 * channels * rate) * 1000.0
+        interval = self._params.frame_interval_ms
+        if abs(ms - interval) > interval / 4:
+            self._duration_warned = True
+            logger.warning(
+                f"{self}: audio frames last {ms:.1f} ms but frame_interval_ms={interval:g}; "
+                "each frame is paced as one interval (set frame_interval_ms to the transport's frame duration)"
+            )
 
     async def cleanup(self):
         await super().cleanup()

@@ -37,6 +37,8 @@ class StreamSpec:
             raise ValueError(f"api must be 'v1' or 'v2', got {self.api!r}")
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
         if self.api == "v2" and not self.recognizer:
             raise ValueError("Speech v2 needs a recognizer path (projects/<p>/locations/<l>/recognizers/_)")
 

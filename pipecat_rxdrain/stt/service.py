@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -31,6 +33,7 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     StartFrame,
     TranscriptionFrame,
@@ -44,6 +47,7 @@ from pipecat.services.google.stt import (
     _normalize_speech_adaptation,
     language_to_google_stt_language,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_latency import GOOGLE_TTFS_P99
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
@@ -62,10 +66,14 @@ from ..clock import Clock, monotonic
 from ..google_clients import build_speech_client, resolve_target
 from .backoff import Backoff
 from .recognition_config import StreamSpec, build_v1_spec, build_v2_spec, recognizer_path
-from .session import SttError, SttResult, SttStats, StreamingSTTSession, status_of
+from .session import SttError, SttResult, SttStats, StreamingSTTSession, check_session_params, status_of
 from .turns import TurnEmit, TurnTimer
 
 EMULATOR_PROJECT_ID = "rxdrain-emulator"
+# LINEAR16 sample rates Google Speech accepts.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
+# A BCP-47 tag as Google takes them ("en-US", "iw-IL", "cmn-Hans-CN", "es-419").
+_LANGUAGE_TAG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _SESSION_METADATA_KEY = "x-rxdrain-session"
 
 _CATEGORIES = {
@@ -157,6 +165,17 @@ class GoogleSTTService(STTService):
         """
         if api not in ("v1", "v2"):
             raise ValueError(f"api must be 'v1' or 'v2', got {api!r}")
+        # Bad configuration fails here, at construction, never mid-call.
+        check_session_params(
+            max_queue=max_queue,
+            batch_ms=batch_ms,
+            stream_limit_s=stream_limit_s,
+            rotate_grace_s=rotate_grace_s,
+            max_replay_ms=max_replay_ms,
+            max_consecutive_failures=max_consecutive_failures,
+            close_timeout_s=close_timeout_s,
+        )
+        _check_sample_rate(sample_rate, "sample_rate")
         default_settings = self.Settings(
             language=None,
             languages=[Language.EN_US],
@@ -211,13 +230,19 @@ class GoogleSTTService(STTService):
         self._clock = clock
         self._turn_args = dict(debounce_ms=debounce_ms, vad_hangover_ms=vad_hangover_ms, final_timeout_ms=final_timeout_ms)
         self._turns = TurnTimer(clock=clock, **self._turn_args)
+        self._check_languages()
 
         self._session: StreamingSTTSession | None = None
         self._events: asyncio.Queue | None = None
         self._events_task: asyncio.Task | None = None
         self._segment_open = False
         self.final_stats: SttStats | None = None
-        self.audio_rejected = 0  # chunks that arrived while no session could take them
+        self.audio_rejected = 0  # chunks that arrived while no session could take them (e.g. after EndFrame)
+        self.audio_malformed = 0  # frames refused: not whole samples, or a format that cannot be converted
+        self.audio_empty = 0  # zero-length audio frames (nothing to send; counted, not logged per frame)
+        self.audio_converted = 0  # frames resampled and/or down-mixed to the configured format
+        self._resampler = None
+        self._format_warned: set[str] = set()
 
         # Credentials: exactly the stock behaviour outside emulator mode. Only the
         # google-auth credentials object is kept (its repr holds no secret).
@@ -228,22 +253,30 @@ class GoogleSTTService(STTService):
             logger.debug(f"{self}: Speech {api} via {self._target.describe()} (insecure loopback, no credentials)")
             return
         creds = None
+        adc_error: str | None = None
         if credentials:
-            json_account_info = json.loads(credentials)
+            json_account_info = _load_service_account(credentials, "credentials")
             self._project_id = json_account_info.get("project_id")
-            creds = service_account.Credentials.from_service_account_info(json_account_info)
+            creds = _service_account_credentials(json_account_info, "credentials")
         elif credentials_path:
-            with open(credentials_path) as f:
-                json_account_info = json.load(f)
-                self._project_id = json_account_info.get("project_id")
-            creds = service_account.Credentials.from_service_account_file(credentials_path)
+            try:
+                with open(credentials_path) as f:
+                    raw = f.read()
+            except OSError as e:
+                raise ValueError(f"credentials_path {credentials_path!r} cannot be read: {e.strerror or e}") from None
+            json_account_info = _load_service_account(raw, f"credentials_path {credentials_path!r}")
+            self._project_id = json_account_info.get("project_id")
+            creds = _service_account_credentials(json_account_info, f"credentials_path {credentials_path!r}")
         else:
             try:
                 creds, project_id = default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
                 self._project_id = project_id
-            except GoogleAuthError:
-                pass
+            except GoogleAuthError as e:
+                if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+                    adc_error = str(e)  # e.g. "File /x.json was not found." (a path, no secret)
         if not creds:
+            if adc_error:
+                raise ValueError(f"No valid credentials provided. (GOOGLE_APPLICATION_CREDENTIALS: {adc_error})")
             raise ValueError("No valid credentials provided.")
         if not self._project_id:
             raise ValueError("Project ID not found in credentials")
@@ -255,6 +288,16 @@ class GoogleSTTService(STTService):
 
     def language_to_service_language(self, language: Language) -> str:
         return language_to_google_stt_language(language) or "en-US"
+
+    def _check_languages(self) -> None:
+        """Unknown or malformed languages are a construction error, not a mid-call INVALID_ARGUMENT."""
+        try:
+            codes = self._get_language_codes()
+        except Exception as e:
+            raise ValueError(f"unknown language in GoogleSTTService settings: {e}") from None
+        bad = [c for c in codes if not isinstance(c, str) or not _LANGUAGE_TAG_RE.match(c)]
+        if bad:
+            raise ValueError(f"unknown language code(s) {bad!r}: expected BCP-47 tags such as 'en-US' or 'he-IL'")
 
     def _get_language_codes(self) -> list[str]:
         languages = assert_given(self._settings.languages)
@@ -368,13 +411,69 @@ class GoogleSTTService(STTService):
             self.final_stats = session.stats
         if self._events_task is not None:
             if flush and self._events is not None:
-                await self._drain_events()
+                # Let the event task finish everything queued (a final may be mid-emit right
+                # now: cancelling it there would lose that final), then stop it.
+                await asyncio.sleep(0)  # results the I/O thread posted just before it ended
+                self._events.put_nowait(("stop", None))
+                await asyncio.wait({self._events_task}, timeout=self._close_timeout_s + 2.0)
             await self.cancel_task(self._events_task)
             self._events_task = None
             if session is not None:
                 await self._call_event_handler("on_disconnected")
 
     # --------------------------------------------------------------- audio
+    async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection):
+        """Check the frame's format before it reaches Google: never send garbage.
+
+        Zero-length frames are counted (``audio_empty``) and skipped. A frame
+        that is not whole samples is refused (``audio_malformed``). A frame at
+        another sample rate or with several channels is resampled / down-mixed
+        to the configured mono format (``audio_converted``). Each case is
+        logged once per service, not per frame.
+        """
+        if not frame.audio:
+            self.audio_empty += 1
+            return
+        channels = frame.num_channels or 1
+        if channels < 1 or len(frame.audio) % (2 * channels):
+            self.audio_malformed += 1
+            self._warn_format(
+                "malformed",
+                f"{self}: refused an audio frame of {len(frame.audio)} bytes with {channels} channel(s): "
+                "not whole 16-bit samples (counted in audio_malformed)",
+            )
+            return
+        rate = frame.sample_rate or self.sample_rate
+        if channels != 1 or (rate != self.sample_rate and self.sample_rate > 0):
+            if not MIN_SAMPLE_RATE // 2 <= rate <= 192000:
+                self.audio_malformed += 1
+                self._warn_format("rate", f"{self}: refused audio at {rate} Hz (counted in audio_malformed)")
+                return
+            audio = frame.audio
+            if channels != 1:
+                audio = _downmix(audio, channels)
+            if rate != self.sample_rate:
+                if self._resampler is None:
+                    from pipecat.audio.utils import create_stream_resampler
+
+                    self._resampler = create_stream_resampler()
+                audio = await self._resampler.resample(audio, rate, self.sample_rate)
+            self.audio_converted += 1
+            self._warn_format(
+                f"convert:{rate}:{channels}",
+                f"{self}: audio arrives at {rate} Hz x {channels} channel(s); converting to "
+                f"{self.sample_rate} Hz mono for Google (counted in audio_converted)",
+            )
+            if not audio:
+                return  # the resampler is still filling its filter
+            frame = InputAudioRawFrame(audio=audio, sample_rate=self.sample_rate, num_channels=1)
+        await super().process_audio_frame(frame, direction)
+
+    def _warn_format(self, key: str, message: str) -> None:
+        if key not in self._format_warned:
+            self._format_warned.add(key)
+            logger.warning(message)
+
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         """Hand audio to the session (never awaits the network) and yield None."""
         session = self._session
@@ -405,12 +504,9 @@ class GoogleSTTService(STTService):
             except asyncio.TimeoutError:
                 await self._emit(self._turns.poll())
                 continue
+            if item[0] == "stop":
+                return
             await self._handle_event(*item)
-
-    async def _drain_events(self):
-        assert self._events is not None
-        while not self._events.empty():
-            await self._handle_event(*self._events.get_nowait())
 
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
@@ -512,3 +608,36 @@ def _project_from(credentials: str | None, credentials_path: str | None) -> str 
     except (OSError, ValueError, AttributeError):
         return None
     return None
+
+
+def _check_sample_rate(rate: int | None, name: str) -> None:
+    if rate is not None and not (MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
+        raise ValueError(f"{name} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz for Google STT, got {rate}")
+
+
+def _load_service_account(text: str, what: str) -> dict:
+    """Parse service-account JSON; a clear ValueError that never quotes the content."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{what}: not valid JSON (expected a service-account key file)") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{what}: expected a JSON object (a service-account key file)")
+    return info
+
+
+def _service_account_credentials(info: dict, what: str):
+    try:
+        return service_account.Credentials.from_service_account_info(info)
+    except (ValueError, KeyError, TypeError) as e:
+        # google-auth says e.g. "missing fields token_uri, client_email"; it never quotes values,
+        # but a malformed key's parser error might, so only the exception type goes with a key error.
+        reason = str(e) if "missing fields" in str(e) else type(e).__name__
+        raise ValueError(f"{what}: not a usable service-account key ({reason})") from None
+
+
+def _downmix(pcm16: bytes, channels: int) -> bytes:
+    import numpy as np
+
+    samples = np.frombuffer(pcm16, dtype="<i2").reshape(-1, channels).astype(np.int32)
+    return samples.mean(axis=1).round().astype("<i2").tobytes()

@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -71,6 +71,7 @@ FATAL_CODES = frozenset(
 
 _ids = itertools.count(1)
 _ROTATE = b"rotate"  # sentinel from _take_batch (identity-compared)
+_ENDED = b"ended"  # sentinel from _take_batch: the stream is over, take no more audio for it
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
@@ -95,6 +96,33 @@ def _describe(exc: BaseException) -> str:
     if msg is None:
         msg = str(exc)
     return f"{code.name if code else type(exc).__name__}: {msg}"
+
+
+def check_session_params(
+    *,
+    max_queue: int,
+    batch_ms: float,
+    stream_limit_s: float,
+    rotate_grace_s: float = 0.0,
+    max_replay_ms: float = 0.0,
+    max_consecutive_failures: int = 0,
+    close_timeout_s: float = 0.0,
+) -> None:
+    """Raise ``ValueError`` naming the first bad session parameter (used at construction, never mid-call)."""
+    if not max_queue >= 1:
+        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    if not batch_ms > 0:
+        raise ValueError(f"batch_ms must be > 0, got {batch_ms}")
+    if not stream_limit_s > 0:
+        raise ValueError(f"stream_limit_s must be > 0, got {stream_limit_s}")
+    if not rotate_grace_s >= 0:
+        raise ValueError(f"rotate_grace_s must be >= 0, got {rotate_grace_s}")
+    if not max_replay_ms >= 0:
+        raise ValueError(f"max_replay_ms must be >= 0, got {max_replay_ms}")
+    if not max_consecutive_failures >= 0:
+        raise ValueError(f"max_consecutive_failures must be >= 0 (0: retry forever), got {max_consecutive_failures}")
+    if not close_timeout_s >= 0:
+        raise ValueError(f"close_timeout_s must be >= 0, got {close_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +159,7 @@ class SttStats:
     q: int
     max_queue: int
     drops: int
-    rejected: int
+    rejected: int  # chunks pushed after close() or a fatal error
     pushed_chunks: int
     write_ms: float  # mean over the last telemetry window
     write_ms_mean: float  # since start
@@ -147,6 +175,8 @@ class SttStats:
     interims: int
     duplicate_finals_suppressed: int
     last_error: str | None
+    malformed: int = 0  # chunks refused because they were not whole samples (odd-length PCM16)
+    discarded_on_error: int = 0  # chunks still queued when a non-retriable error stopped the session
 
 
 @dataclass
@@ -162,6 +192,10 @@ class _Stream:
     pending_interim: bool = False
     got_response: bool = False
     call: Any = None
+    # Set when _run_stream is done with the call. grpc.aio's call.cancel() is a no-op on a call
+    # that already failed, and then leaves our request generator running: without this it
+    # would take (and lose) audio meant for the next stream, and never finish.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StreamingSTTSession:
@@ -220,12 +254,15 @@ class StreamingSTTSession:
         poll_ms: float | None = 10.0,
         probe_factory: Callable[[], Any] | None = None,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-        if batch_ms <= 0:
-            raise ValueError(f"batch_ms must be > 0, got {batch_ms}")
-        if stream_limit_s <= 0:
-            raise ValueError(f"stream_limit_s must be > 0, got {stream_limit_s}")
+        check_session_params(
+            max_queue=max_queue,
+            batch_ms=batch_ms,
+            stream_limit_s=stream_limit_s,
+            rotate_grace_s=rotate_grace_s,
+            max_replay_ms=max_replay_ms,
+            max_consecutive_failures=max_consecutive_failures,
+            close_timeout_s=close_timeout_s,
+        )
         self._spec = spec
         self._client_factory = client_factory
         self._on_result = on_result
@@ -257,6 +294,8 @@ class StreamingSTTSession:
         self._q_bytes = 0
         self._drops = 0
         self._rejected = 0
+        self._malformed = 0
+        self._discarded_on_error = 0
         self._pushed = 0
         self._wake_at: int | None = None  # wake the writer once _q_bytes reaches this
         self._state = "new"  # new -> running -> closing -> closed | failed
@@ -309,13 +348,27 @@ class StreamingSTTSession:
         return self
 
     def push_audio(self, pcm16: bytes) -> bool:
-        """Queue audio for the recognizer; never blocks. False only if the session is closed or failed."""
+        """Queue audio for the recognizer; never blocks.
+
+        False if the session is closed or failed (counted in ``rejected``) or the
+        chunk is not whole samples (counted in ``malformed``); empty audio is a no-op.
+        """
         if not pcm16:
             return True
         loop = None
         with self._lock:
             if self._state not in ("new", "running"):
                 self._rejected += 1
+                return False
+            if len(pcm16) % self._spec.frame_bytes:
+                # Not whole samples: sending it would shift every later sample by a byte
+                # (loud noise to the recognizer). Refuse it, counted, and say so once.
+                self._malformed += 1
+                if self._malformed == 1:
+                    logger.warning(
+                        f"{self!r}: refused a {len(pcm16)}-byte audio chunk: not a whole number of "
+                        f"{self._spec.frame_bytes}-byte samples (counted in stats.malformed; not logged again)"
+                    )
                 return False
             if len(self._q) >= self.max_queue:
                 self._q_bytes -= len(self._q.popleft())
@@ -420,6 +473,8 @@ class StreamingSTTSession:
             interims=self._interims,
             duplicate_finals_suppressed=self._dup_finals,
             last_error=self._last_error,
+            malformed=self._malformed,
+            discarded_on_error=self._discarded_on_error,
         )
 
     def write_samples(self) -> list[float]:
@@ -446,6 +501,13 @@ class StreamingSTTSession:
             logger.exception(f"{self!r}: I/O thread crashed: {exc!r}")
         finally:
             try:
+                # As asyncio.run does: end what is left (e.g. gRPC's request consumer of a
+                # failed call) before closing the loop, so nothing is destroyed while pending.
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             except Exception:
                 pass
@@ -610,6 +672,8 @@ class StreamingSTTSession:
                 return "error", exc
         finally:
             self._stream = None
+            st.ended.set()
+            self._wake_writer()  # a request generator still waiting for audio sees the end at once
             if st.call is not None:
                 st.call.cancel()
             if self._clock() - st.started >= 2.0:
@@ -634,11 +698,14 @@ class StreamingSTTSession:
             batch = await self._take_batch(st)
             if batch is None:
                 break
+            if batch is _ENDED:
+                return
             if batch is _ROTATE:
                 # Rotation: cancel instead of half-closing, so the server does not finalize a
                 # half-heard utterance; the new stream re-hears it from the replay buffer.
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
-                await asyncio.Event().wait()  # the cancel ends this task
+                await st.ended.wait()  # the cancel ends the call (and usually this task)
+                return
             self._replay.append(batch)
             self._sent_bytes += len(batch)
             t0 = time.perf_counter()
@@ -689,6 +756,8 @@ class StreamingSTTSession:
                 if not has and not closing:
                     self._wake.clear()
                     self._wake_at = None if self._poll_s else 1
+            if st.ended.is_set():
+                return _ENDED
             if closing and not has:
                 return None  # flushed: half-close
             if not closing and self._should_rotate(st):
@@ -714,6 +783,8 @@ class StreamingSTTSession:
                 await asyncio.wait_for(self._wake.wait(), min(left, self._poll_s) if self._poll_s else left)
             except asyncio.TimeoutError:
                 pass
+        if st.ended.is_set():
+            return _ENDED  # the call died while the batch was filling: the audio stays queued
         with self._lock:
             self._wake_at = None
             parts: list[bytes] = []
@@ -833,6 +904,7 @@ class StreamingSTTSession:
         self._last_error = error.message
         with self._lock:
             self._state = "failed"
+            self._discarded_on_error += len(self._q)
             self._q.clear()
             self._q_bytes = 0
         logger.error(f"{self!r}: {error.message}")

@@ -113,7 +113,8 @@ def test_constructor_signature_is_a_superset_of_stock():
         {"params": StockGoogleSTTService.InputParams(languages=Language.HE_IL, model="latest_short", enable_interim_results=False)},
     ],
 )
-def test_same_arguments_same_settings_as_stock(sa_json, no_adc, kwargs):
+async def test_same_arguments_same_settings_as_stock(sa_json, no_adc, kwargs):
+    # async: the stock constructor opens a grpc.aio channel, which needs a running event loop
     stock = StockGoogleSTTService(credentials=sa_json, **kwargs)
     ours = GoogleSTTService(credentials=sa_json, **kwargs)
     assert ours._settings == stock._settings
