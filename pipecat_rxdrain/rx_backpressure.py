@@ -337,8 +337,13 @@ class RxBackpressure:
 
     # -- output -----------------------------------------------------------
 
-    def next_action(self, now: float | None = None) -> RxAction:
-        """What the caller should do now. Never sleeps."""
+    def next_action(self, now: float | None = None, *, urgent: bool = False) -> RxAction:
+        """What the caller should do now. Never sleeps.
+
+        ``urgent``: hand out the head frame now whatever the cadence or a pending retry says
+        (the caller's downstream holds so much audio that holding more here would only age it;
+        see ``RxDrainProcessor`` and ``AudioSink.audio_backlog``).
+        """
         now = self._clock() if now is None else now
         if self._passengers and (not self._audio or self._audio[0][0] >= self._passengers[0][0]):
             _, item = self._passengers.popleft()
@@ -348,6 +353,9 @@ class RxBackpressure:
             if self._mode is RxMode.DRAIN:
                 self._set_mode(RxMode.NORMAL, now)
             return self._wait(None, now)
+        if urgent:
+            self._in_flight = self._audio[0][0]
+            return RxAction(ActionKind.RELEASE, self._audio[0][1])
         if self._retry_at is not None and now + _EPS < self._retry_at:
             return self._wait(self._retry_at, now)
         if (

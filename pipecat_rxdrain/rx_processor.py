@@ -28,7 +28,7 @@ from pydantic import BaseModel, model_validator
 from . import rx_backpressure as rb
 from .clock import Clock, monotonic
 from .rx_backpressure import ActionKind, RxBackpressure, RxStats
-from .sink import AudioSink
+from .sink import AudioSink, sink_backlog
 
 
 class RxDrainParams(BaseModel):
@@ -81,7 +81,10 @@ class RxDrainProcessor(FrameProcessor):
       discarded (counted in ``stats.discarded_on_cancel``, not in ``drops``).
     * With a ``sink`` (:class:`~pipecat_rxdrain.sink.AudioSink`) a frame is
       released only when ``sink.can_accept_audio()`` is true; without one, a
-      pushed frame counts as accepted.
+      pushed frame counts as accepted. If the sink also reports its backlog
+      (``audio_backlog()``), the audio held by both queues together never
+      exceeds ``max_queue``: past that, the head frame goes to the sink anyway
+      and the sink drops its oldest (counted there; ``overflow_releases`` here).
     * The pacing task is created on ``StartFrame`` and cancelled on
       ``EndFrame`` / ``CancelFrame`` / cleanup.
     * Bad input never takes a queue slot: zero-length audio frames are
@@ -115,6 +118,7 @@ class RxDrainProcessor(FrameProcessor):
         self._duration_warned = False
         self.empty_audio_dropped = 0  # zero-length audio frames (no audio lost, no queue slot taken)
         self.audio_after_end = 0  # audio frames that arrived after the EndFrame (the call is over)
+        self.overflow_releases = 0  # frames handed to a full sink because RX q + its backlog hit max_queue
         self._register_event_handler("on_rx_mode_changed")
 
     @property
@@ -214,7 +218,7 @@ class RxDrainProcessor(FrameProcessor):
             try:
                 now = self._clock()
                 rx.report_if_due(now)
-                action = rx.next_action(now)
+                action = rx.next_action(now, urgent=self._sink is not None and rx.q > 0 and self._sink_overflowing())
                 if action.kind is ActionKind.PASS:
                     frame, direction = action.item
                     await self.push_frame(frame, direction)
@@ -237,12 +241,20 @@ class RxDrainProcessor(FrameProcessor):
 
     async def _release(self, frame: InputAudioRawFrame) -> None:
         if self._sink is not None and not self._sink_accepts():
-            self._rx.on_release_result(False, self._clock())
-            return
+            if not self._sink_overflowing():
+                self._rx.on_release_result(False, self._clock())
+                return
+            # RX + sink would hold more than max_queue: let the sink drop its oldest (the oldest
+            # audio of the two queues, counted there) instead of holding newer audio here.
+            self.overflow_releases += 1
         start = self._clock()
         await self.push_frame(frame)
         end = self._clock()
         self._rx.on_release_result(True, end, write_s=end - start)
+
+    def _sink_overflowing(self) -> bool:
+        backlog = sink_backlog(self._sink)
+        return backlog is not None and self._rx.q + backlog > self._params.max_queue
 
     def _sink_accepts(self) -> bool:
         try:

@@ -18,3 +18,23 @@ class AudioSink(Protocol):
     """
 
     def can_accept_audio(self) -> bool: ...
+
+
+def sink_backlog(sink: object) -> int | None:
+    """The sink's optional ``audio_backlog()``: frames it holds that were not sent on yet.
+
+    A sink that implements it lets ``RxDrainProcessor`` bound the audio held by
+    *both* queues together: RX q + backlog never exceeds the RX ``max_queue``.
+    When it would, RX hands the head frame to the (refusing) sink anyway, and the
+    sink's drop-oldest rule discards the globally oldest audio, rather than RX
+    holding newer audio behind a full sink (two 200-frame queues in series would
+    otherwise age audio by 8 s instead of 4 s during a stall). Returns None when
+    the sink does not implement it or it fails.
+    """
+    backlog = getattr(sink, "audio_backlog", None)
+    if backlog is None:
+        return None
+    try:
+        return int(backlog())
+    except Exception:
+        return None

@@ -72,12 +72,12 @@ def labels(frames: list[Frame]) -> list:
     return [audio_id(f) if isinstance(f, InputAudioRawFrame) else type(f).__name__ for f in frames]
 
 
-async def run_pipeline(proc: RxDrainProcessor, script, *, timeout: float = 30.0):
-    """Run [src, proc, dst] in a real PipelineWorker; ``script(worker, src, dst)`` queues frames and ends it."""
+async def run_pipeline(proc: RxDrainProcessor, script, *, after=(), timeout: float = 30.0):
+    """Run [src, proc, *after, dst] in a real PipelineWorker; ``script(worker, src, dst)`` queues frames and ends it."""
     src = Recorder(watch=proc, name="src")
     dst = Recorder(watch=proc, name="dst")
     worker = PipelineWorker(
-        Pipeline([src, proc, dst]),
+        Pipeline([src, proc, *after, dst]),
         params=PipelineParams(audio_in_sample_rate=8000),
         cancel_on_idle_timeout=False,
     )
@@ -88,8 +88,12 @@ async def run_pipeline(proc: RxDrainProcessor, script, *, timeout: float = 30.0)
         started.set()
 
     async def drive():
-        await asyncio.wait_for(started.wait(), 10)
-        await script(worker, src, dst)
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+            await script(worker, src, dst)
+        except BaseException:
+            await worker.cancel()  # a failed script must not leave the pipeline running
+            raise
 
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
@@ -389,3 +393,77 @@ def test_rx_demo_shows_drain_start_and_end(capsys):
     assert "drain" in modes and modes[modes.index("drain") + 1 :].count("normal") >= 1
     assert "drain started" in out and "drain ended" in out
     assert "RX summary" in out and "drops                0" in out
+
+
+class BoundedSink:
+    """A tiny real AudioSink with a backlog: a drop-oldest queue that nothing drains (a stalled server)."""
+
+    def __init__(self, cap: int):
+        from collections import deque
+
+        self.held: deque[int] = deque(maxlen=cap)
+        self.cap = cap
+        self.drops = 0
+
+    def can_accept_audio(self) -> bool:
+        return len(self.held) < self.cap
+
+    def audio_backlog(self) -> int:
+        return len(self.held)
+
+    def take(self, k: int) -> None:
+        if len(self.held) == self.cap:
+            self.drops += 1
+        self.held.append(k)
+
+
+class Into(FrameProcessor):
+    """Hands each audio frame to a BoundedSink (what the STT's push_audio does)."""
+
+    def __init__(self, sink: BoundedSink):
+        super().__init__()
+        self.sink = sink
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self.sink.take(audio_id(frame))
+        await self.push_frame(frame, direction)
+
+
+async def test_rx_and_a_full_sink_together_hold_at_most_max_queue_dropping_the_oldest():
+    """Two queues in series must not age audio by both their sizes: the pair holds max_queue frames.
+
+    The sink is full and never drains (a stalled server). RX may hold frames only while RX q plus
+    the sink's backlog stays within max_queue; past that it hands the head frame over anyway and
+    the sink drops its oldest, so what is lost is the oldest audio of the two queues.
+    """
+    baseline_tasks = tasks_now()
+    sink = BoundedSink(cap=30)
+    params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, frame_interval_ms=20, flush_timeout_s=0.2)
+    proc = RxDrainProcessor(params=params, sink=sink)
+    worst = 0
+
+    def total() -> int:
+        return proc.stats.q + sink.audio_backlog()
+
+    async def script(worker, src, dst):
+        nonlocal worst
+        for k in range(200):  # arriving 10x faster than real time
+            await worker.queue_frame(audio(k))
+            await asyncio.sleep(0.002)
+            worst = max(worst, total())
+        await wait_until(lambda: total() == 50)
+        s = proc.stats
+        assert s.q == 20 and s.frames_out + s.drops + s.q == 200
+        # the 150 oldest frames went (in RX or in the sink, all counted); the newest 50 are held
+        assert s.drops + sink.drops == 150
+        assert list(sink.held) == list(range(150, 180))
+        await worker.queue_frame(EndFrame())
+
+    await run_pipeline(proc, script, after=[Into(sink)])
+    assert worst <= 50 + 2  # never more than max_queue (+ a frame arriving while one is handed over)
+    assert proc.overflow_releases > 0
+    s = proc.stats
+    assert s.discarded_on_end == 20  # the sink never accepted again: the flush gave up, counted
+    await assert_no_leaked_tasks(baseline_tasks)

@@ -336,6 +336,11 @@ class GoogleSTTService(STTService):
             return True  # nothing to wait for; audio is counted in audio_rejected
         return session.can_accept()
 
+    def audio_backlog(self) -> int:
+        """AudioSink (optional): chunks queued here that were not handed to gRPC yet."""
+        session = self._session
+        return session.queued if session is not None else 0
+
     @property
     def session(self) -> StreamingSTTSession | None:
         return self._session

@@ -392,6 +392,11 @@ class StreamingSTTSession:
         return len(self._q) < self.max_queue
 
     @property
+    def queued(self) -> int:
+        """Chunks waiting in the queue right now (cheap; for back-pressure decisions)."""
+        return len(self._q)
+
+    @property
     def accepting(self) -> bool:
         return self._state in ("new", "running")
 
