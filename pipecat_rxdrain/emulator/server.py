@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from ..event_loops import finish_event_loop
 from .apis import APIS
 from .faults import Faults
 from .recognizers import SESSION_METADATA_KEY, make_recognizer
@@ -269,13 +270,7 @@ class SpeechEmulator:
             loop.run_forever()
         finally:
             try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                finish_event_loop(loop)
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()

@@ -40,6 +40,7 @@ import grpc
 from loguru import logger
 
 from ..clock import Clock, monotonic
+from ..event_loops import finish_event_loop
 from ..telemetry import TelemetryWindow, format_stt_line
 from .backoff import Backoff
 from .recognition_config import MAX_REQUEST_BYTES, StreamSpec
@@ -506,14 +507,7 @@ class StreamingSTTSession:
             logger.exception(f"{self!r}: I/O thread crashed: {exc!r}")
         finally:
             try:
-                # As asyncio.run does: end what is left (e.g. gRPC's request consumer of a
-                # failed call) before closing the loop, so nothing is destroyed while pending.
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
+                finish_event_loop(loop)
             except Exception:
                 pass
             with self._lock:
