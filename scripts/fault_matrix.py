@@ -161,10 +161,13 @@ SCENARIOS: list[Scenario] = [
         for code in RETRIABLE
     ],
     Scenario(
+        # Like Google for a service account without access: every stream is rejected. (A one-shot
+        # mid-call PERMISSION_DENIED is not a stable scenario: grpc.aio may report it as INTERNAL,
+        # and the session's status probe then meets a healthy server; see StreamingSTTSession.)
         "abort_PERMISSION_DENIED",
-        "stream aborted mid-call with PERMISSION_DENIED (non-retriable)",
+        "every stream rejected with PERMISSION_DENIED (non-retriable)",
         sample="hello_en",
-        arm=_abort("PERMISSION_DENIED"),
+        arm=lambda emu: emu.faults.refuse(1000, code="PERMISSION_DENIED"),
         expect="error",
         max_words_lost=None,
     ),
