@@ -28,7 +28,7 @@ from pydantic import BaseModel, model_validator
 from . import rx_backpressure as rb
 from .clock import Clock, monotonic
 from .rx_backpressure import ActionKind, RxBackpressure, RxStats
-from .sink import AudioSink, sink_backlog
+from .sink import AudioSink
 
 
 class RxDrainParams(BaseModel):
@@ -109,6 +109,8 @@ class RxDrainProcessor(FrameProcessor):
             raise TypeError(f"sink must implement AudioSink.can_accept_audio(), got {type(sink).__name__}")
         self._params = params or RxDrainParams()
         self._sink = sink
+        # Optional AudioSink.audio_backlog, resolved once: it is consulted on every pacing step.
+        self._sink_backlog = getattr(sink, "audio_backlog", None)
         self._clock: Clock = clock or monotonic
         self._rx = RxBackpressure(**self._params.model_dump(), clock=self._clock)
         self._wake = asyncio.Event()
@@ -253,8 +255,13 @@ class RxDrainProcessor(FrameProcessor):
         self._rx.on_release_result(True, end, write_s=end - start)
 
     def _sink_overflowing(self) -> bool:
-        backlog = sink_backlog(self._sink)
-        return backlog is not None and self._rx.q + backlog > self._params.max_queue
+        if self._sink_backlog is None:
+            return False
+        try:
+            backlog = int(self._sink_backlog())
+        except Exception:
+            return False  # a broken backlog report must not force releases
+        return self._rx.q + backlog > self._params.max_queue
 
     def _sink_accepts(self) -> bool:
         try:

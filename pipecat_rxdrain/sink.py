@@ -15,26 +15,15 @@ class AudioSink(Protocol):
     service implements it as "my bounded queue has room, so this frame would be
     taken without dropping anything". It must be cheap and must never block:
     it is called from the event loop for every frame.
+
+    Optional: ``audio_backlog() -> int``, the frames the sink holds that were
+    not sent on yet. With it, ``RxDrainProcessor`` bounds the audio held by
+    *both* queues together: RX q + backlog never exceeds the RX ``max_queue``.
+    When it would, RX hands the head frame to the (refusing) sink anyway and the
+    sink's drop-oldest rule discards the globally oldest audio, rather than RX
+    holding newer audio behind a full sink (two 200-frame queues in series would
+    otherwise age audio by 8 s instead of 4 s during a stall).
     """
 
     def can_accept_audio(self) -> bool: ...
 
-
-def sink_backlog(sink: object) -> int | None:
-    """The sink's optional ``audio_backlog()``: frames it holds that were not sent on yet.
-
-    A sink that implements it lets ``RxDrainProcessor`` bound the audio held by
-    *both* queues together: RX q + backlog never exceeds the RX ``max_queue``.
-    When it would, RX hands the head frame to the (refusing) sink anyway, and the
-    sink's drop-oldest rule discards the globally oldest audio, rather than RX
-    holding newer audio behind a full sink (two 200-frame queues in series would
-    otherwise age audio by 8 s instead of 4 s during a stall). Returns None when
-    the sink does not implement it or it fails.
-    """
-    backlog = getattr(sink, "audio_backlog", None)
-    if backlog is None:
-        return None
-    try:
-        return int(backlog())
-    except Exception:
-        return None
