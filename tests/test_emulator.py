@@ -307,16 +307,28 @@ def test_bad_v1_streams_are_rejected(emu):
         "bad encoding": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(encoding="FLAC"))],
         "bad rate": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(rate=4000))],
         "no language": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(language=""))],
-        "oversized request": [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * (25 * 1024 + 2))],
         "empty stream": [],
     }
     for name, reqs in cases.items():
         code, details = _v1_raw(emu, reqs)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
     assert "Malordered Data Received" in _v1_raw(emu, cases["audio first"])[1]
-    assert "25 KB" in _v1_raw(emu, cases["oversized request"])[1]
-    # exactly at the limit is fine
-    assert _v1_raw(emu, [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * 25 * 1024)])[0] == grpc.StatusCode.OK
+
+
+def test_request_size_is_counted_by_default_and_rejected_when_strict(emu):
+    # Google's own v1 sample sends 57958 bytes in one request and Google transcribes it,
+    # so the 25 KB quota is only enforced on request (EmulatorLimits(strict_request_size=True)).
+    cfg = speech_v1.StreamingRecognizeRequest(streaming_config=v1_config())
+    over = [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * (25 * 1024 + 2))]
+    at_limit = [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * 25 * 1024)]
+    assert _v1_raw(emu, over)[0] == grpc.StatusCode.OK
+    assert emu.stream(-1).oversize_requests == 1
+    assert _v1_raw(emu, at_limit)[0] == grpc.StatusCode.OK
+    assert emu.stream(-1).oversize_requests == 0
+    with SpeechEmulator(limits=EmulatorLimits(strict_request_size=True)) as strict:
+        code, details = _v1_raw(strict, over)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "25 KB" in details
+        assert _v1_raw(strict, at_limit)[0] == grpc.StatusCode.OK
 
 
 def test_bad_v2_configs_are_rejected(emu):

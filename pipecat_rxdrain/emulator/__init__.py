@@ -58,17 +58,25 @@ interim_every_s=0.3, small_window=False, server_options=(), allow_remote=False)`
 * CLI: ``rxdrain emulator --port 0`` prints ``SPEECH_EMULATOR_HOST=127.0.0.1:PORT``.
 """
 
-from pipecat_rxdrain.google_clients import EMULATOR_ENV, emulator_client
+from pipecat_rxdrain.google_clients import (
+    EMULATOR_ENV,
+    INSECURE_CHANNEL_RECIPE,
+    SESSION_METADATA_KEY,
+    emulator_client,
+    insecure_channel_recipe,
+)
 
 from .faults import Faults, status_code
-from .recognizers import SESSION_METADATA_KEY, load_script
+from .recognizers import load_script
 from .records import ChunkRecord, ResultRecord, StreamEnd, StreamRecord
 from .segmenter import SegmenterSettings
 from .server import SMALL_WINDOW_OPTIONS, SpeechEmulator
 from .stream import EmulatorLimits
+from .timing import TimingProfile
 
 __all__ = [
     "EMULATOR_ENV",
+    "INSECURE_CHANNEL_RECIPE",
     "SESSION_METADATA_KEY",
     "SMALL_WINDOW_OPTIONS",
     "ChunkRecord",
@@ -79,7 +87,9 @@ __all__ = [
     "SpeechEmulator",
     "StreamEnd",
     "StreamRecord",
+    "TimingProfile",
     "emulator_client",
+    "insecure_channel_recipe",
     "load_script",
     "status_code",
 ]
