@@ -20,7 +20,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import speech_v1, speech_v2
 
-from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator, emulator_client
+from pipecat_rxdrain.emulator import SESSION_METADATA_KEY, EmulatorLimits, SpeechEmulator, emulator_client
 from pipecat_rxdrain.emulator.control import parse_fault_spec
 from pipecat_rxdrain.emulator.segmenter import ALAW_TO_PCM16, ULAW_TO_PCM16
 from pipecat_rxdrain.samples import load_sample
@@ -219,16 +219,16 @@ def test_sessions_survive_reconnects_and_expose_duplicates_and_losses(emu):
     seg = chunks_of(HELLO.pcm16)
     first, second = seg[:36], seg[36:]  # sentence 1 ends at 2.78 s, sentence 2 starts at 4.0 s
     # reconnect after sentence 1, then send only the new audio: each scripted text exactly once
-    r1, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-A")])
-    r2, _ = run_v1(emu, second, metadata=[("x-rxdrain-session", "call-A")])
+    r1, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-A")])
+    r2, _ = run_v1(emu, second, metadata=[(SESSION_METADATA_KEY, "call-A")])
     assert finals(r1) + finals(r2) == list(HELLO.segments)
     # another session starts from the top of the script
-    r3, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-B")])
+    r3, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r3) == [HELLO.segments[0]]
     # replaying already-finalized audio produces an extra segment: the duplication is visible
-    r4, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-B")])
+    r4, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r4) == [HELLO.segments[1]]
-    r5, _ = run_v1(emu, second, metadata=[("x-rxdrain-session", "call-B")])
+    r5, _ = run_v1(emu, second, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r5) == ["utterance 3"]
     sessions = [s.session for s in emu.streams]
     assert sessions == ["call-A", "call-A", "call-B", "call-B", "call-B"]

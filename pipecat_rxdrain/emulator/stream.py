@@ -403,7 +403,7 @@ class StreamRun:
         key = f"{self.record.id}|{self.segment}|{self.interims_in_segment}"
         words, revised = self.shared.timing.interim_words(text.split(), key)
         text = " ".join(words)
-        stability = 0.1 if revised else min(0.9, 0.1 * self.interims_in_segment)
+        stability = 0.1 if revised else min(0.9, round(0.1 * self.interims_in_segment, 2))
         self._emit(
             self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language,
                             request_id=self.request_id),
