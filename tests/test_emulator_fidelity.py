@@ -148,14 +148,17 @@ def test_v1_max_alternatives(emu):
 
 
 def test_v1_total_billed_time_and_v2_metadata(emu):
-    v1_finals = [r for r in v1_stream(emu, v1_config(), chunks_of(HELLO.pcm16)) if r.results]
-    billed = [r.total_billed_time.total_seconds() for r in v1_finals]
-    assert billed == sorted(billed) and billed[0] >= 3 and billed[-1] >= 6  # whole seconds of audio heard
+    v1_responses = [r for r in v1_stream(emu, v1_config(interim=True), chunks_of(HELLO.pcm16)) if r.results]
+    billed = [r.total_billed_time.total_seconds() for r in v1_responses if r.results[0].is_final]
+    assert len(billed) == 2 and billed[0] >= 3 and billed[-1] >= 6  # whole seconds of audio heard
     assert all(b.is_integer() for b in billed)
-    v2_responses = [r for r in v2_stream(emu, chunks_of(HELLO.pcm16)) if r.results]
+    assert all(not r.total_billed_time for r in v1_responses if not r.results[0].is_final)
+    feats = speech_v2.StreamingRecognitionFeatures(interim_results=True)
+    v2_responses = [r for r in v2_stream(emu, chunks_of(HELLO.pcm16), streaming_features=feats) if r.results]
     ids = {r.metadata.request_id for r in v2_responses}
     assert len(ids) == 1 and ids != {""}
-    assert v2_responses[-1].metadata.total_billed_duration.total_seconds() >= 6
+    v2_billed = [r.metadata.total_billed_duration.total_seconds() for r in v2_responses]
+    assert v2_billed == sorted(v2_billed) and v2_billed[0] >= 1 and v2_billed[-1] >= 6
 
 
 def _silence(seconds: float, rate: int = 8000) -> bytes:
@@ -411,7 +414,8 @@ def test_google_profile_revises_interims_and_holds_finals():
     ]
     assert revised, "GOOGLE interims must sometimes be revised, not only prefixes"
     assert any(r.stability <= 0.1 for r in revised)
-    # each final was held until its drawn delay after end of speech (the emulator heard 0.6 s of silence already)
+    # each final was held until its drawn delay after end of speech (the emulator heard 0.6 s of silence
+    # already); a lower bound only: a slow machine can only make it later
     model = TimingModel(TimingProfile.GOOGLE, seed=1)
     for f in rec.finals:
         hold = max(0.0, model.final_delay_s(f"{rec.id}|{f.segment}") - 0.6)
@@ -425,7 +429,6 @@ def test_fast_profile_interims_are_prefixes(emu):
     v2_stream(emu, chunks_of(HELLO.pcm16), streaming_features=speech_v2.StreamingRecognitionFeatures(interim_results=True))
     rec = emu.stream(-1)
     assert rec.interims and all(HELLO.segments[r.segment].startswith(r.transcript) for r in rec.interims)
-    assert all(f.sent_at - f.produced_at < 0.5 for f in rec.finals)
 
 
 def test_latency_fault_still_adds_to_the_google_profile():

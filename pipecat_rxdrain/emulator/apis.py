@@ -177,11 +177,11 @@ class _Api:
             **{cls.end_field: timedelta(seconds=end_s)},
         )
         response = t.StreamingRecognizeResponse(results=[res])
-        cls.add_billing(response, billed_s, request_id)
+        cls.add_billing(response, billed_s, request_id, is_final)
         return response
 
     @classmethod
-    def add_billing(cls, response, billed_s: float | None, request_id: str) -> None:
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
         raise NotImplementedError
 
     @classmethod
@@ -210,10 +210,10 @@ class V1Api(_Api):
     )
 
     @classmethod
-    def add_billing(cls, response, billed_s: float | None, request_id: str) -> None:
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
         # Google documents total_billed_time as set on the stream's last response; the emulator
         # puts the running total on every final (it cannot know which response is the last).
-        if billed_s is not None:
+        if billed_s is not None and is_final:
             response.total_billed_time = timedelta(seconds=billed_s)
 
     @staticmethod
@@ -260,7 +260,7 @@ class V2Api(_Api):
     inactivity = (grpc.StatusCode.ABORTED, "Stream timed out after receiving no more client requests.")
 
     @classmethod
-    def add_billing(cls, response, billed_s: float | None, request_id: str) -> None:
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
         response.metadata = v2.RecognitionResponseMetadata(
             request_id=request_id,
             total_billed_duration=timedelta(seconds=billed_s or 0),

@@ -406,7 +406,7 @@ class StreamRun:
         stability = 0.1 if revised else min(0.9, round(0.1 * self.interims_in_segment, 2))
         self._emit(
             self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language,
-                            request_id=self.request_id),
+                            billed_s=self._billed_s(), request_id=self.request_id),
             kind="interim", transcript=text, stability=stability, end_offset_s=ev.offset_s, segment=self.segment,
         )
 
