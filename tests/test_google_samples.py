@@ -10,7 +10,8 @@ What runs:
   GOOGLE_CLOUD_PROJECT is unset) send, through the official clients, on
   ``tests/data/brooklyn_bridge_16k.wav`` ("how old is the Brooklyn Bridge" by espeak-ng,
   see ``tests/data/make_brooklyn_bridge.py``), with ``--recognizer pocketsphinx``.
-* ``test_google_sample_unchanged`` (when ``GOOGLE_SAMPLES_DIR`` names a checkout of
+* ``test_google_sample_unchanged`` and ``test_google_voice_activity_timeouts_sample_unchanged``
+  (when ``GOOGLE_SAMPLES_DIR`` names a checkout of
   GoogleCloudPlatform/python-docs-samples): imports Google's files unmodified from
   ``$GOOGLE_SAMPLES_DIR/speech/snippets`` and runs them on Google's own
   ``resources/audio.raw`` / ``audio.wav``. Google's code and audio are not copied into this
@@ -150,3 +151,22 @@ def test_google_sample_unchanged(module_name, emu, point_official_clients_at, mo
     if module_name.endswith("_v2"):  # Google's test: the transcripts of the returned responses
         out = "".join(r.alternatives[0].transcript for resp in result for r in resp.results)
     assert EXPECTED.search(out), out
+
+
+@pytest.mark.skipif(not os.environ.get("GOOGLE_SAMPLES_DIR"), reason="set GOOGLE_SAMPLES_DIR to a python-docs-samples checkout")
+def test_google_voice_activity_timeouts_sample_unchanged(emu, point_official_clients_at, monkeypatch):
+    """Google's transcribe_streaming_voice_activity_timeouts.py, with its own test's expectations (~20 s: it paces)."""
+    snippets = Path(os.environ["GOOGLE_SAMPLES_DIR"]) / "speech" / "snippets"
+    name = "transcribe_streaming_voice_activity_timeouts"
+    spec = importlib.util.spec_from_file_location(f"google_sample_{name}", snippets / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    point_official_clients_at(emu.address)
+    audio = str(snippets / "resources" / "audio_silence_padding.wav")
+    assert getattr(module, name)(1, 5, audio) == []  # speech_start_timeout=1 s: closed before any speech
+    responses = getattr(module, name)(5, 1, audio)
+    T = v2_types.StreamingRecognizeResponse.SpeechEventType
+    assert responses[0].speech_event_type == T.SPEECH_ACTIVITY_BEGIN
+    assert responses[1].speech_event_type == T.SPEECH_ACTIVITY_END
+    assert EXPECTED.search("".join(r.alternatives[0].transcript for resp in responses for r in resp.results))
