@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.api_core import exceptions as gexc
 from google.cloud import speech_v1, speech_v2
 from google.cloud.speech_v1.services.speech import SpeechClient as GeneratedV1Client
 
@@ -119,7 +118,7 @@ def test_v1_word_time_offsets(emu):
         assert [w.word for w in words] == f.alternatives[0].transcript.split()
         starts = [w.start_time.total_seconds() for w in words]
         ends = [w.end_time.total_seconds() for w in words]
-        assert starts == sorted(starts) and all(a < b for a, b in zip(starts, ends))
+        assert starts == sorted(starts) and all(a < b for a, b in zip(starts, ends, strict=True))
         assert ends[-1] == pytest.approx(f.result_end_time.total_seconds(), abs=0.05)
     assert finals[0].alternatives[0].words[0].start_time.total_seconds() == pytest.approx(0.5, abs=0.1)
     # without the flag, no words (as Google)
@@ -264,7 +263,7 @@ def test_pocketsphinx_interims():
     assert interims and all(interims)
     assert [f.alternatives[0].transcript for f in finals] == ["how old is the brooklyn bridge"]
     words = finals[0].alternatives[0].words
-    assert [w.word for w in words] == "how old is the brooklyn bridge".split()
+    assert [w.word for w in words] == ["how", "old", "is", "the", "brooklyn", "bridge"]
     assert 0.1 < words[0].start_time.total_seconds() < words[-1].end_time.total_seconds() < 3.0
 
 
@@ -287,7 +286,7 @@ async def test_insecure_channel_recipe_builds_working_official_clients(emu):
     assert len(lines) == 4  # sync and async, v1 and v2
     clients: list = []  # run the recipe as printed, keeping each client it builds
     code = insecure_channel_recipe(emu.address).replace("\nspeech_v", "\nclients.append(speech_v")
-    exec(code.replace(")))\n", "))))\n"), {"clients": clients})  # noqa: S102
+    exec(code.replace(")))\n", "))))\n"), {"clients": clients})
     v1_sync, v2_sync, v1_async, v2_async = clients
     assert isinstance(v1_async, speech_v1.SpeechAsyncClient) and isinstance(v2_async, speech_v2.SpeechAsyncClient)
     loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ class TimingProfile(Enum):
     GOOGLE = "google"
 
     @classmethod
-    def parse(cls, value: "TimingProfile | str") -> "TimingProfile":
+    def parse(cls, value: TimingProfile | str) -> TimingProfile:
         if isinstance(value, cls):
             return value
         try:
