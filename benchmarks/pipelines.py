@@ -47,7 +47,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_rxdrain.stt.replay import ReplayBuffer
 
-SESSION_KEY = "x-rxdrain-session"
+from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY  # noqa: E402  (the one definition)
 PCM_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
 PIPELINES = ("stock", "blocking", "ours")
 

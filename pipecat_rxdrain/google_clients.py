@@ -8,6 +8,24 @@ unauthenticated audio across a network.
 
 The returned objects are the unmodified ``google-cloud-speech`` clients
 (``speech_v1.SpeechClient``, ``speech_v2.SpeechClient`` and their async twins).
+
+Google's own clients ignore ``SPEECH_EMULATOR_HOST``. To point any official client
+(your own code, Google's samples) at the emulator, give it an insecure-channel
+transport; that one line is the whole recipe (``INSECURE_CHANNEL_RECIPE``)::
+
+    import grpc
+    from google.cloud import speech_v1, speech_v2
+    from google.cloud.speech_v1.services.speech import transports as t1
+    from google.cloud.speech_v2.services.speech import transports as t2
+    HOST = "127.0.0.1:50051"
+    speech_v1.SpeechClient(transport=t1.SpeechGrpcTransport(channel=grpc.insecure_channel(HOST)))
+    speech_v2.SpeechClient(transport=t2.SpeechGrpcTransport(channel=grpc.insecure_channel(HOST)))
+    speech_v1.SpeechAsyncClient(transport=t1.SpeechGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(HOST)))
+    speech_v2.SpeechAsyncClient(transport=t2.SpeechGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(HOST)))
+
+No credentials are needed (a transport built on a channel never looks them up).
+``emulator_client(HOST, api=..., asynchronous=...)`` does the same, plus the
+loopback check and our keep-alive options.
 """
 
 from __future__ import annotations
@@ -20,7 +38,46 @@ from typing import Any, Literal
 import grpc
 
 EMULATOR_ENV = "SPEECH_EMULATOR_HOST"
+# gRPC metadata naming the recognition session a stream belongs to (the emulator's scripted
+# transcripts are counted per session; our STT service sends one value per call, kept across
+# reconnects). The one definition: everything else imports it.
+SESSION_METADATA_KEY = "x-rxdrain-session"
 Api = Literal["v1", "v2"]
+
+
+def insecure_channel_recipe(address: str = "127.0.0.1:50051") -> str:
+    """The lines that point Google's official clients (sync/async, v1/v2) at the emulator at ``address``."""
+    return INSECURE_CHANNEL_RECIPE.replace("127.0.0.1:50051", address)
+
+
+INSECURE_CHANNEL_RECIPE = """\
+import grpc
+from google.cloud import speech_v1, speech_v2
+from google.cloud.speech_v1.services.speech import transports as t1
+from google.cloud.speech_v2.services.speech import transports as t2
+HOST = "127.0.0.1:50051"
+speech_v1.SpeechClient(transport=t1.SpeechGrpcTransport(channel=grpc.insecure_channel(HOST)))
+speech_v2.SpeechClient(transport=t2.SpeechGrpcTransport(channel=grpc.insecure_channel(HOST)))
+speech_v1.SpeechAsyncClient(transport=t1.SpeechGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(HOST)))
+speech_v2.SpeechAsyncClient(transport=t2.SpeechGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(HOST)))
+"""
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback IPs (``127.0.0.0/8``, ``::1``, ``[::1]``); False for anything else.
+
+    The one loopback check of the package: insecure channels, the emulator's bind
+    address and the bot's local-only endpoints all use it.
+    """
+    if not host:
+        return False
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def emulator_host(override: str | None = None) -> str | None:
@@ -37,14 +94,8 @@ def regional_endpoint(location: str) -> str | None:
 
 
 def _check_loopback(target: str) -> None:
-    host = target.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
+    if is_loopback_host(target.rsplit(":", 1)[0]):
         return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
     raise ValueError(
         f"refusing an insecure (credential-less) Speech channel to {target!r}: "
         "emulator addresses must be loopback (127.0.0.0/8, ::1 or localhost)"

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import psutil
 
 from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
-from pipecat_rxdrain.google_clients import emulator_client
+from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
@@ -286,7 +286,7 @@ def run_scenario(sc: Scenario) -> Outcome:
         on_error=errors.append,
         max_queue=sc.queue,
         backoff=Backoff(rng=lambda: 0.5),
-        metadata=[("x-rxdrain-session", str(uuid.uuid4()))],
+        metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
         telemetry_interval_s=None,
         name=f"fault-{sc.id}",
         **sc.session,

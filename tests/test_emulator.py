@@ -20,7 +20,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import speech_v1, speech_v2
 
-from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator, emulator_client
+from pipecat_rxdrain.emulator import SESSION_METADATA_KEY, EmulatorLimits, SpeechEmulator, emulator_client
 from pipecat_rxdrain.emulator.control import parse_fault_spec
 from pipecat_rxdrain.emulator.segmenter import ALAW_TO_PCM16, ULAW_TO_PCM16
 from pipecat_rxdrain.samples import load_sample
@@ -219,16 +219,16 @@ def test_sessions_survive_reconnects_and_expose_duplicates_and_losses(emu):
     seg = chunks_of(HELLO.pcm16)
     first, second = seg[:36], seg[36:]  # sentence 1 ends at 2.78 s, sentence 2 starts at 4.0 s
     # reconnect after sentence 1, then send only the new audio: each scripted text exactly once
-    r1, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-A")])
-    r2, _ = run_v1(emu, second, metadata=[("x-rxdrain-session", "call-A")])
+    r1, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-A")])
+    r2, _ = run_v1(emu, second, metadata=[(SESSION_METADATA_KEY, "call-A")])
     assert finals(r1) + finals(r2) == list(HELLO.segments)
     # another session starts from the top of the script
-    r3, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-B")])
+    r3, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r3) == [HELLO.segments[0]]
     # replaying already-finalized audio produces an extra segment: the duplication is visible
-    r4, _ = run_v1(emu, first, metadata=[("x-rxdrain-session", "call-B")])
+    r4, _ = run_v1(emu, first, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r4) == [HELLO.segments[1]]
-    r5, _ = run_v1(emu, second, metadata=[("x-rxdrain-session", "call-B")])
+    r5, _ = run_v1(emu, second, metadata=[(SESSION_METADATA_KEY, "call-B")])
     assert finals(r5) == ["utterance 3"]
     sessions = [s.session for s in emu.streams]
     assert sessions == ["call-A", "call-A", "call-B", "call-B", "call-B"]
@@ -307,16 +307,28 @@ def test_bad_v1_streams_are_rejected(emu):
         "bad encoding": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(encoding="FLAC"))],
         "bad rate": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(rate=4000))],
         "no language": [speech_v1.StreamingRecognizeRequest(streaming_config=v1_config(language=""))],
-        "oversized request": [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * (25 * 1024 + 2))],
         "empty stream": [],
     }
     for name, reqs in cases.items():
         code, details = _v1_raw(emu, reqs)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
     assert "Malordered Data Received" in _v1_raw(emu, cases["audio first"])[1]
-    assert "25 KB" in _v1_raw(emu, cases["oversized request"])[1]
-    # exactly at the limit is fine
-    assert _v1_raw(emu, [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * 25 * 1024)])[0] == grpc.StatusCode.OK
+
+
+def test_request_size_is_counted_by_default_and_rejected_when_strict(emu):
+    # Google's own v1 sample sends 57958 bytes in one request and Google transcribes it,
+    # so the 25 KB quota is only enforced on request (EmulatorLimits(strict_request_size=True)).
+    cfg = speech_v1.StreamingRecognizeRequest(streaming_config=v1_config())
+    over = [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * (25 * 1024 + 2))]
+    at_limit = [cfg, speech_v1.StreamingRecognizeRequest(audio_content=b"\0" * 25 * 1024)]
+    assert _v1_raw(emu, over)[0] == grpc.StatusCode.OK
+    assert emu.stream(-1).oversize_requests == 1
+    assert _v1_raw(emu, at_limit)[0] == grpc.StatusCode.OK
+    assert emu.stream(-1).oversize_requests == 0
+    with SpeechEmulator(limits=EmulatorLimits(strict_request_size=True)) as strict:
+        code, details = _v1_raw(strict, over)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "25 KB" in details
+        assert _v1_raw(strict, at_limit)[0] == grpc.StatusCode.OK
 
 
 def test_bad_v2_configs_are_rejected(emu):

@@ -69,3 +69,32 @@ async def test_emulator_clients_are_official_and_need_no_credentials(monkeypatch
 def test_bad_api_rejected():
     with pytest.raises(ValueError, match="api must be"):
         build_speech_client(api="v3", target=ClientTarget("127.0.0.1:9", None))
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("127.0.0.1", True), ("127.5.6.7", True), ("::1", True), ("[::1]", True), ("localhost", True),
+        ("LOCALHOST", True), (" 127.0.0.1 ", True),
+        ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("example.com", False), ("localhost.evil.com", False),
+        ("", False), (None, False), ("127.0.0.1:50051", False),
+    ],
+)
+def test_is_loopback_host(host, expected):
+    from pipecat_rxdrain.google_clients import is_loopback_host
+
+    assert is_loopback_host(host) is expected
+
+
+def test_the_session_key_is_one_constant():
+    from pipecat_rxdrain import emulator, google_clients
+
+    assert emulator.SESSION_METADATA_KEY is google_clients.SESSION_METADATA_KEY == "x-rxdrain-session"
+
+
+def test_insecure_channel_recipe_names_the_address():
+    from pipecat_rxdrain.google_clients import insecure_channel_recipe
+
+    text = insecure_channel_recipe("127.0.0.1:9999")
+    assert 'HOST = "127.0.0.1:9999"' in text and "50051" not in text
+    compile(text, "<recipe>", "exec")  # it is valid Python

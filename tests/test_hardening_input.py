@@ -30,7 +30,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
 from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.google_clients import EMULATOR_ENV, emulator_client
+from pipecat_rxdrain.google_clients import EMULATOR_ENV, SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt import service as service_module
 from pipecat_rxdrain.stt.backoff import Backoff
@@ -53,7 +53,7 @@ def spec(sample_rate: int = 8000) -> StreamSpec:
 
 def session_for(emu: SpeechEmulator, **kw) -> StreamingSTTSession:
     kw.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.2, rng=lambda: 0.5))
-    kw.setdefault("metadata", [("x-rxdrain-session", str(uuid.uuid4()))])
+    kw.setdefault("metadata", [(SESSION_METADATA_KEY, str(uuid.uuid4()))])
     kw.setdefault("telemetry_interval_s", None)
     return StreamingSTTSession(spec(), lambda: emulator_client(emu.address, api="v2", asynchronous=True), **kw).start()
 

@@ -27,7 +27,7 @@ from pipecat.workers.runner import WorkerRunner
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
 from pipecat_rxdrain.clock import FakeClock
 from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.google_clients import EMULATOR_ENV, emulator_client
+from pipecat_rxdrain.google_clients import EMULATOR_ENV, SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
@@ -77,7 +77,7 @@ def test_thirty_minute_call_rotates_many_times_loses_nothing_and_stays_flat():
             clock=audio_clock,
             telemetry_interval_s=None,
             backoff=Backoff(initial_s=0.05, max_s=0.2, rng=lambda: 0.5),
-            metadata=[("x-rxdrain-session", str(uuid.uuid4()))],
+            metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
         ).start()
         rss: dict[int, float] = {}
         t0 = time.monotonic()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -60,6 +61,27 @@ class StreamConfig:
     single_utterance: bool = False
     recognizer: str = ""
     as_dict: dict[str, Any] | None = None
+    word_time_offsets: bool = False
+    max_alternatives: int = 1  # 0 and 1 both mean one, as in Google's API
+    # voice_activity_timeout (honoured with voice activity events on, as Google documents):
+    # close the stream when no speech has begun this long into the audio / after the last speech.
+    speech_start_timeout_s: float | None = None
+    speech_end_timeout_s: float | None = None
+
+
+def _duration_s(d) -> float | None:
+    """A protobuf Duration field as seconds; None when unset or zero."""
+    if d is None:
+        return None
+    seconds = d.total_seconds() if isinstance(d, timedelta) else float(d.seconds) + d.nanos / 1e9
+    return seconds if seconds > 0 else None
+
+
+def _timeouts(sc) -> tuple[float | None, float | None]:
+    if not sc.voice_activity_timeout:
+        return None, None
+    vat = sc.voice_activity_timeout
+    return _duration_s(vat.speech_start_timeout), _duration_s(vat.speech_end_timeout)
 
 
 def check_rate_channels(rate: int, channels: int) -> None:
@@ -91,24 +113,108 @@ def parse_wav_header(data: bytes) -> tuple[str, int, int, int]:
     raise invalid("Audio can not be decoded: the WAV header must be complete in the first audio request")
 
 
-class V1Api:
+@dataclass(frozen=True)
+class Word:
+    """One word of a final with its audio offsets (seconds since the stream start)."""
+
+    word: str
+    start_s: float
+    end_s: float
+
+
+class _Api:
+    """What v1 and v2 share; subclasses name their message module and the fields that differ."""
+
+    name: str
+    service: str
+    types: Any  # the cloud_speech types module of this version
+    request_cls: Any
+    response_cls: Any
+    audio_field: str  # "audio_content" (v1) | "audio" (v2)
+    end_field: str  # result end offset: "result_end_time" | "result_end_offset"
+    event_time_field: str  # "speech_event_time" | "speech_event_offset"
+    word_fields: tuple[str, str]  # ("start_time", "end_time") | ("start_offset", "end_offset")
+    inactivity: tuple[grpc.StatusCode, str]
+
+    @classmethod
+    def kind(cls, request) -> str | None:
+        return type(request).pb(request).WhichOneof("streaming_request")
+
+    @classmethod
+    def audio(cls, request) -> bytes:
+        return getattr(request, cls.audio_field)
+
+    @classmethod
+    def result(
+        cls,
+        transcript: str,
+        *,
+        is_final: bool,
+        stability: float,
+        end_s: float,
+        language: str,
+        words: Sequence[Word] = (),
+        alternatives: Sequence[str] = (),
+        billed_s: float | None = None,
+        request_id: str = "",
+    ):
+        """One response carrying one result: the transcript, then ``alternatives`` (finals only)."""
+        t = cls.types
+        start_f, end_f = cls.word_fields
+        alts = [t.SpeechRecognitionAlternative(
+            transcript=transcript,
+            confidence=0.92 if is_final else 0.0,
+            words=[t.WordInfo(word=w.word, **{start_f: timedelta(seconds=w.start_s), end_f: timedelta(seconds=w.end_s)})
+                   for w in words],
+        )]
+        for i, alt in enumerate(alternatives if is_final else ()):
+            alts.append(t.SpeechRecognitionAlternative(transcript=alt, confidence=max(0.1, 0.8 - 0.1 * i)))
+        res = t.StreamingRecognitionResult(
+            alternatives=alts,
+            is_final=is_final,
+            stability=0.0 if is_final else stability,
+            language_code=language.lower(),
+            **{cls.end_field: timedelta(seconds=end_s)},
+        )
+        response = t.StreamingRecognizeResponse(results=[res])
+        cls.add_billing(response, billed_s, request_id, is_final)
+        return response
+
+    @classmethod
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def event(cls, kind: str, offset_s: float):
+        R = cls.types.StreamingRecognizeResponse
+        T = R.SpeechEventType
+        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
+                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
+        return R(speech_event_type=etype, **{cls.event_time_field: timedelta(seconds=offset_s)})
+
+
+class V1Api(_Api):
     name = "v1"
     service = "google.cloud.speech.v1.Speech"
+    types = v1
     request_cls = v1.StreamingRecognizeRequest
     response_cls = v1.StreamingRecognizeResponse
+    audio_field = "audio_content"
+    end_field = "result_end_time"
+    event_time_field = "speech_event_time"
+    word_fields = ("start_time", "end_time")
     # facts §4: v1 idle error (googleapis/python-speech#489, twilio/media-streams#72)
     inactivity = (
         grpc.StatusCode.OUT_OF_RANGE,
         "Audio Timeout Error: Long duration elapsed without audio. Audio should be sent close to real time.",
     )
 
-    @staticmethod
-    def kind(request) -> str | None:
-        return type(request).pb(request).WhichOneof("streaming_request")
-
-    @staticmethod
-    def audio(request) -> bytes:
-        return request.audio_content
+    @classmethod
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
+        # Google documents total_billed_time as set on the stream's last response; the emulator
+        # puts the running total on every final (it cannot know which response is the last).
+        if billed_s is not None and is_final:
+            response.total_billed_time = timedelta(seconds=billed_s)
 
     @staticmethod
     def parse_config(request) -> StreamConfig:
@@ -123,6 +229,7 @@ class V1Api:
         check_rate_channels(cfg.sample_rate_hertz, cfg.audio_channel_count)
         if not cfg.language_code:
             raise invalid("Invalid recognition 'config': language_code is required.")
+        start_t, end_t = _timeouts(sc)
         return StreamConfig(
             encoding=enc,
             sample_rate=cfg.sample_rate_hertz,
@@ -132,43 +239,32 @@ class V1Api:
             voice_activity_events=sc.enable_voice_activity_events,
             single_utterance=sc.single_utterance,
             as_dict=type(sc).to_dict(sc),
+            word_time_offsets=cfg.enable_word_time_offsets,
+            max_alternatives=max(1, cfg.max_alternatives),
+            speech_start_timeout_s=start_t,
+            speech_end_timeout_s=end_t,
         )
 
-    @staticmethod
-    def result(transcript: str, *, is_final: bool, stability: float, end_s: float, language: str):
-        alt = v1.SpeechRecognitionAlternative(transcript=transcript, confidence=0.92 if is_final else 0.0)
-        res = v1.StreamingRecognitionResult(
-            alternatives=[alt],
-            is_final=is_final,
-            stability=0.0 if is_final else stability,
-            result_end_time=timedelta(seconds=end_s),
-            language_code=language.lower(),
-        )
-        return v1.StreamingRecognizeResponse(results=[res])
 
-    @staticmethod
-    def event(kind: str, offset_s: float):
-        T = v1.StreamingRecognizeResponse.SpeechEventType
-        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
-                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
-        return v1.StreamingRecognizeResponse(speech_event_type=etype, speech_event_time=timedelta(seconds=offset_s))
-
-
-class V2Api:
+class V2Api(_Api):
     name = "v2"
     service = "google.cloud.speech.v2.Speech"
+    types = v2
     request_cls = v2.StreamingRecognizeRequest
     response_cls = v2.StreamingRecognizeResponse
+    audio_field = "audio"
+    end_field = "result_end_offset"
+    event_time_field = "speech_event_offset"
+    word_fields = ("start_offset", "end_offset")
     # facts §4: v2 idle error is 409 Aborted (pipecat #2180, PR #2001)
     inactivity = (grpc.StatusCode.ABORTED, "Stream timed out after receiving no more client requests.")
 
-    @staticmethod
-    def kind(request) -> str | None:
-        return type(request).pb(request).WhichOneof("streaming_request")
-
-    @staticmethod
-    def audio(request) -> bytes:
-        return request.audio
+    @classmethod
+    def add_billing(cls, response, billed_s: float | None, request_id: str, is_final: bool) -> None:
+        response.metadata = v2.RecognitionResponseMetadata(
+            request_id=request_id,
+            total_billed_duration=timedelta(seconds=billed_s or 0),
+        )
 
     @staticmethod
     def parse_config(request) -> StreamConfig:
@@ -198,6 +294,7 @@ class V2Api:
         if not cfg.language_codes or not all(cfg.language_codes):
             raise invalid("Invalid recognition 'config': language_codes is required.")
         feats = sc.streaming_features
+        start_t, end_t = _timeouts(feats)
         return StreamConfig(
             encoding=enc,
             sample_rate=rate,
@@ -207,26 +304,11 @@ class V2Api:
             voice_activity_events=feats.enable_voice_activity_events,
             recognizer=request.recognizer,
             as_dict=type(sc).to_dict(sc),
+            word_time_offsets=cfg.features.enable_word_time_offsets,
+            max_alternatives=max(1, cfg.features.max_alternatives),
+            speech_start_timeout_s=start_t,
+            speech_end_timeout_s=end_t,
         )
-
-    @staticmethod
-    def result(transcript: str, *, is_final: bool, stability: float, end_s: float, language: str):
-        alt = v2.SpeechRecognitionAlternative(transcript=transcript, confidence=0.92 if is_final else 0.0)
-        res = v2.StreamingRecognitionResult(
-            alternatives=[alt],
-            is_final=is_final,
-            stability=0.0 if is_final else stability,
-            result_end_offset=timedelta(seconds=end_s),
-            language_code=language.lower(),
-        )
-        return v2.StreamingRecognizeResponse(results=[res])
-
-    @staticmethod
-    def event(kind: str, offset_s: float):
-        T = v2.StreamingRecognizeResponse.SpeechEventType
-        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
-                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
-        return v2.StreamingRecognizeResponse(speech_event_type=etype, speech_event_offset=timedelta(seconds=offset_s))
 
 
 APIS = {"v1": V1Api, "v2": V2Api}

@@ -1,7 +1,9 @@
 """``rxdrain emulator``: run the local Google Speech-to-Text emulator until SIGINT/SIGTERM.
 
 Prints ``SPEECH_EMULATOR_HOST=<host>:<port>`` (and ``listening on ...``) on
-stdout, flushed, so scripts can parse the address when ``--port 0`` is used.
+stdout, flushed, so scripts can parse the address when ``--port 0`` is used. Before it,
+the lines that point Google's official clients at it (they ignore ``SPEECH_EMULATOR_HOST``),
+each prefixed with ``# `` so the output stays easy to parse.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import signal
 import sys
 import threading
 
+from ..google_clients import insecure_channel_recipe
 from .control import FAULT_KINDS, apply_fault, parse_fault_spec
 from .segmenter import SegmenterSettings
 from .stream import EmulatorLimits
+from .timing import TimingProfile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recognizer", choices=("scripted", "pocketsphinx"), default="scripted")
     p.add_argument("--max-stream-s", type=float, default=305.0, help="maximum stream duration (Google: 305 s)")
     p.add_argument("--inactivity-timeout-s", type=float, default=10.0, help="end a stream after this long without requests")
-    p.add_argument("--max-request-bytes", type=int, default=25 * 1024, help="audio bytes allowed per request (25 KB)")
+    p.add_argument("--max-request-bytes", type=int, default=25 * 1024, help="documented audio bytes per request (25 KB)")
+    p.add_argument("--strict-request-size", action="store_true",
+                   help="reject requests over --max-request-bytes (Google itself accepts them; default: count them)")
+    p.add_argument("--timing", choices=[t.value for t in TimingProfile], default=TimingProfile.FAST.value,
+                   help="answer timing: fast (finals at once) or google (finals ~0.9 s median / 1.6 s p99 "
+                        "after end of speech, revised interims)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the timing profile's draws")
     p.add_argument("--end-silence-ms", type=int, default=600, help="silence that ends a speech segment")
     p.add_argument("--threshold-rms", type=float, default=250.0, help="int16 RMS above which a 20 ms frame is speech")
     p.add_argument("--interim-every-s", type=float, default=0.3, help="speech between interim results")
@@ -55,11 +65,18 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             script=args.script or args.sample,
             recognizer=args.recognizer,
-            limits=EmulatorLimits(args.max_stream_s, args.inactivity_timeout_s, args.max_request_bytes),
+            limits=EmulatorLimits(
+                max_stream_s=args.max_stream_s,
+                inactivity_timeout_s=args.inactivity_timeout_s,
+                max_request_bytes=args.max_request_bytes,
+                strict_request_size=args.strict_request_size,
+            ),
             segmenter=SegmenterSettings(threshold_rms=args.threshold_rms, end_silence_ms=args.end_silence_ms),
             interim_every_s=args.interim_every_s,
             small_window=args.small_window,
             allow_remote=args.allow_remote,
+            timing=args.timing,
+            seed=args.seed,
         )
     except (ValueError, RuntimeError, TypeError) as exc:
         print(f"rxdrain emulator: {exc}", file=sys.stderr)
@@ -80,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rxdrain emulator: {exc}", file=sys.stderr)
             emu.stop()
             return 2
-        print(f"listening on {emu.address} (Google Speech v1+v2 StreamingRecognize, recognizer={args.recognizer})")
+        print(f"listening on {emu.address} (Google Speech v1+v2 StreamingRecognize, recognizer={args.recognizer}, "
+              f"timing={args.timing})")
+        print("# Google's clients ignore SPEECH_EMULATOR_HOST; point them here with an insecure channel:")
+        for line in insecure_channel_recipe(emu.address).splitlines():
+            print(f"#   {line}")
         if control_port is not None:
             print(f"EMULATOR_CONTROL=http://{emu.host}:{control_port}")
         print(f"SPEECH_EMULATOR_HOST={emu.address}", flush=True)

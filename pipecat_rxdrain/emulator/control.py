@@ -15,10 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import SpeechEmulator
+from .faults import Faults
+
+
+class Controllable(Protocol):
+    """What the control endpoint needs of an emulator (``SpeechEmulator`` is one; no import of it here)."""
+
+    faults: Faults
+    streams: list
+
+    def go_down(self, seconds: float, *, wait: bool = ...) -> None: ...
+
+    def reset(self) -> None: ...
+
 
 FAULT_KINDS = ("latency", "stall", "abort", "close", "refuse", "down", "clear")
 _PARAMS = {
@@ -30,6 +41,37 @@ _PARAMS = {
     "down": {"seconds"},
     "clear": set(),
 }
+
+
+# The type each fault parameter takes; a spec or JSON body with anything else is refused naming the field.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "seconds": (int, float),
+    "after_s": (int, float),
+    "after_chunks": (int,),
+    "times": (int, type(None)),
+    "count": (int,),
+    "session": (str,),
+    "code": (str,),
+    "details": (str,),
+}
+_TYPE_WORDS = {"seconds": "a number", "after_s": "a number", "after_chunks": "an integer",
+               "times": "an integer or none (persistent)", "count": "an integer", "session": "a string",
+               "code": "a status code name", "details": "a string"}
+
+
+def check_fault_params(kind: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the fault and the field if ``params`` do not fit fault ``kind``."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+    unknown = set(params) - _PARAMS[kind]
+    if unknown:
+        raise ValueError(f"fault {kind!r} takes {sorted(_PARAMS[kind])}, not {sorted(unknown)}")
+    for key, value in params.items():
+        types = _FIELD_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"fault {kind!r}: {key} must be {_TYPE_WORDS[key]}, got {value!r}")
+    if kind in ("stall", "down") and "seconds" not in params:
+        raise ValueError(f"fault {kind!r} needs seconds")
 
 
 def _coerce(value: str) -> Any:
@@ -54,17 +96,18 @@ def parse_fault_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = part.partition("=")
         if not eq:  # bare value: the kind's main parameter
             key, value = ("count" if kind == "refuse" else "seconds"), part
-        params[key.strip()] = _coerce(value.strip())
+        key = key.strip()
+        value = value.strip()
+        # free-text fields stay text; the others are numbers (checked below, naming the field)
+        params[key] = value if key in ("session", "code", "details") else _coerce(value)
+    check_fault_params(kind, params)
     return kind, params
 
 
-def apply_fault(emulator: "SpeechEmulator", kind: str, params: dict[str, Any]) -> dict[str, Any]:
+def apply_fault(emulator: Controllable, kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Arm fault ``kind`` with ``params`` (as from JSON or a CLI spec). Raises ValueError on bad input."""
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
-    unknown = set(params) - _PARAMS[kind]
-    if unknown:
-        raise ValueError(f"fault {kind!r} takes {sorted(_PARAMS[kind])}, not {sorted(unknown)}")
+    check_fault_params(kind, params)
+    params = dict(params)
     f = emulator.faults
     if kind == "latency":
         f.latency(float(params.get("seconds", 0)))
@@ -76,13 +119,9 @@ def apply_fault(emulator: "SpeechEmulator", kind: str, params: dict[str, Any]) -
         f.refuse(int(params.get("count", 1)), **{k: v for k, v in params.items() if k != "count"})
         return {"ok": True}
     if kind == "down":
-        if "seconds" not in params:
-            raise ValueError("down needs seconds")
         emulator.go_down(float(params["seconds"]), wait=False)
         return {"ok": True}
     if kind == "stall":
-        if "seconds" not in params:
-            raise ValueError("stall needs seconds")
         fid = f.stall(float(params.pop("seconds")), **params)
     else:
         fid = getattr(f, kind)(**params)
@@ -96,7 +135,10 @@ def stream_summary(record) -> dict[str, Any]:
         "api": record.api,
         "peer": record.peer,
         "session": record.session,
+        "config": record.config,
+        "recognizer": record.recognizer,
         "requests": record.requests,
+        "oversize_requests": record.oversize_requests,
         "chunks": len(record.chunks),
         "audio_bytes": record.audio_bytes,
         "finals": record.transcripts,
@@ -107,7 +149,7 @@ def stream_summary(record) -> dict[str, Any]:
 class ControlServer:
     """Minimal HTTP/1.1 JSON server on the emulator's loop (one request per connection)."""
 
-    def __init__(self, emulator: "SpeechEmulator") -> None:
+    def __init__(self, emulator: Controllable) -> None:
         self.emulator = emulator
         self._server: asyncio.AbstractServer | None = None
         self.port: int | None = None

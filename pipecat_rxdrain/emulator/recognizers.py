@@ -2,25 +2,49 @@
 
 Scripted mode: the n-th final of a *recognition session* gets ``script[n]``
 (``"utterance <n+1>"`` once the script runs out, or with no script). A session
-is keyed by the ``x-rxdrain-session`` request metadata when the client sends it,
-else by the client's peer address; it survives reconnects, so a client that
-replays exactly its unfinalized audio after a reconnect gets every scripted
-segment exactly once, one that replays finalized audio gets an extra segment
+is keyed by the ``x-rxdrain-session`` request metadata (``SESSION_METADATA_KEY``)
+when the client sends it; a stream without it is a session of its own.
+
+Why this keying: Google keeps no state across streams, so a plain client (Google's
+samples, stock Pipecat) that opens three streams on one channel must see each stream
+start afresh at ``script[0]``, as keying by the client peer did not give (channels in
+one process share a connection, hence a peer: its second stream got "utterance 3").
+Our own STT service always sends the key, one value per call kept across reconnects, so
+the session survives reconnects and the exactly-once replay tests keep their meaning:
+a client that replays exactly its unfinalized audio after a reconnect gets every
+scripted segment exactly once, one that replays finalized audio gets an extra segment
 (duplication is visible) and one that loses a segment's audio gets too few.
-Interims carry a growing prefix of the upcoming final's words.
+
+Interims carry a growing prefix of the upcoming final's words (the GOOGLE timing profile
+revises some of them, see :mod:`.timing`); pocketsphinx interims decode the segment's
+audio heard so far.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-SESSION_METADATA_KEY = "x-rxdrain-session"
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A recognizer's final for one segment.
+
+    ``words``: (word, start_s, end_s) relative to the start of the segment's audio (empty:
+    the stream spreads the words evenly over the segment); ``alternatives``: less likely
+    transcripts, best first, distinct from ``text``.
+    """
+
+    text: str
+    words: tuple[tuple[str, float, float], ...] = ()
+    alternatives: tuple[str, ...] = ()
 
 
 def load_script(script: str | Path | Sequence[str] | None) -> tuple[str, ...]:
@@ -91,13 +115,30 @@ class ScriptedRecognizer:
     def text_for(self, n: int) -> str:
         return self.script[n] if n < len(self.script) else f"utterance {n + 1}"
 
-    def interim(self, session: str, speech_s: float) -> str:
+    def interim(self, session: str, speech_s: float, audio: np.ndarray | None = None, sample_rate: int = 0) -> str:
         words = self.text_for(self.sessions.peek(session)).split()
         shown = min(len(words), max(1, math.ceil(speech_s / self.seconds_per_word)))
         return " ".join(words[:shown])
 
-    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str) -> str:
-        return self.text_for(self.sessions.take(session))
+    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str,
+              max_alternatives: int = 1) -> Hypothesis:
+        text = self.text_for(self.sessions.take(session))
+        return Hypothesis(text, alternatives=scripted_alternatives(text, max_alternatives - 1))
+
+
+def scripted_alternatives(text: str, count: int) -> tuple[str, ...]:
+    """Up to ``count`` deterministic runners-up for ``text``: its last word misheard, then the one before, ..."""
+    from .timing import misheard
+
+    words = text.split()
+    out: list[str] = []
+    for i in reversed(range(len(words))):
+        if len(out) >= count:
+            break
+        alt = " ".join(words[:i] + [misheard(words[i])] + words[i + 1 :])
+        if alt != text and alt not in out:
+            out.append(alt)
+    return tuple(out)
 
 
 class PocketsphinxRecognizer:
@@ -105,8 +146,9 @@ class PocketsphinxRecognizer:
 
     Needs the ``recognizer`` extra (``pip install pipecat-rxdrain[recognizer]``). Audio at
     other rates is resampled to 16 kHz (the model's rate) by linear interpolation.
-    Interims are not produced in this mode (finals only). English only, whatever the
-    requested language code.
+    Interims re-decode the segment's audio so far (CPU grows with segment length; they
+    are only computed when the stream asks for interim results). Finals carry word
+    offsets and n-best alternatives. English only, whatever the requested language code.
     """
 
     name = "pocketsphinx"
@@ -114,6 +156,7 @@ class PocketsphinxRecognizer:
     blocking = True  # run final() off the event loop
 
     MODEL_RATE = 16000
+    FRAME_RATE = 100  # pocketsphinx frames per second (seg() start/end frames)
 
     def __init__(self) -> None:
         try:
@@ -134,20 +177,51 @@ class PocketsphinxRecognizer:
             self._local.decoder = decoder
         return decoder
 
-    def interim(self, session: str, speech_s: float) -> str:
-        return ""
-
-    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str) -> str:
-        self.sessions.take(session)
-        if audio is None or len(audio) == 0:
-            return ""
+    def _decode(self, audio: np.ndarray, sample_rate: int):
         pcm = resample_int16(audio, sample_rate, self.MODEL_RATE)
         decoder = self._decoder()
         decoder.start_utt()
         decoder.process_raw(pcm.tobytes(), full_utt=True)
         decoder.end_utt()
-        hyp = decoder.hyp()
+        return decoder
+
+    def interim(self, session: str, speech_s: float, audio: np.ndarray | None = None, sample_rate: int = 0) -> str:
+        """The best hypothesis for the segment's audio so far (re-decoded each time)."""
+        if audio is None or len(audio) == 0:
+            return ""
+        hyp = self._decode(audio, sample_rate).hyp()
         return hyp.hypstr if hyp is not None else ""
+
+    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str,
+              max_alternatives: int = 1) -> Hypothesis:
+        self.sessions.take(session)
+        if audio is None or len(audio) == 0:
+            return Hypothesis("")
+        decoder = self._decode(audio, sample_rate)
+        hyp = decoder.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        frame_s = 1.0 / self.FRAME_RATE
+        words = tuple(
+            (_plain_word(seg.word), seg.start_frame * frame_s, (seg.end_frame + 1) * frame_s)
+            for seg in decoder.seg()
+            if _plain_word(seg.word)
+        )
+        alternatives: list[str] = []
+        if max_alternatives > 1:
+            for nb in itertools.islice(decoder.nbest(), 50):
+                alt = nb.hypstr
+                if alt and alt != text and alt not in alternatives:
+                    alternatives.append(alt)
+                if len(alternatives) >= max_alternatives - 1:
+                    break
+        return Hypothesis(text, words, tuple(alternatives))
+
+
+def _plain_word(token: str) -> str:
+    """pocketsphinx's ``brooklyn(2)`` -> ``brooklyn``; fillers (``<s>``, ``<sil>``, ``[NOISE]``) -> ``""``."""
+    if not token or token[0] in "<[":
+        return ""
+    return token.split("(", 1)[0]
 
 
 def resample_int16(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -58,6 +58,8 @@ class ResultRecord:
     stability: float = 0.0
     end_offset_s: float = 0.0
     segment: int = -1
+    alternatives: tuple[str, ...] = ()  # finals: the runners-up sent after the transcript (max_alternatives)
+    words: tuple = ()  # finals with enable_word_time_offsets: apis.Word(word, start_s, end_s) per word
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class StreamEnd:
     details: str
     at: float  # server time.monotonic()
     reason: str  # "half_close", "abort_fault", "close_fault", "refused", "invalid_argument",
-    #              "max_duration", "inactivity", "client_cancelled", "server_stopped", "error"
+    #              "max_duration", "inactivity", "client_cancelled", "server_stopped", "error",
+    #              "speech_start_timeout", "speech_end_timeout" (voice_activity_timeout)
 
 
 @dataclass
@@ -78,12 +81,13 @@ class StreamRecord:
     id: int
     api: str  # "v1" | "v2"
     peer: str
-    session: str  # recognition session key: x-rxdrain-session metadata, else the peer
+    session: str  # recognition session key: x-rxdrain-session metadata, else "stream-<id>"
     metadata: dict[str, str]
     started_at: float
     recognizer: str = ""  # v2 resource name
     config: dict[str, Any] | None = None
     requests: int = 0
+    oversize_requests: int = 0  # audio requests over EmulatorLimits.max_request_bytes (accepted unless strict)
     chunks: list[ChunkRecord] | tuple[ChunkRecord, ...] = field(default_factory=list)
     results: list[ResultRecord] | tuple[ResultRecord, ...] = field(default_factory=list)
     end: StreamEnd | None = None

@@ -89,6 +89,7 @@ class SegmentEvent:
     speech_s: float = 0.0
     end_s: float = 0.0
     audio: np.ndarray | None = None
+    audio_start_s: float = 0.0
 
 
 class EnergySegmenter:
@@ -107,6 +108,7 @@ class EnergySegmenter:
         self._silence_s = 0.0
         self._last_speech_end = 0.0
         self._audio: list[np.ndarray] = []
+        self._audio_start = 0.0
         self._preroll: list[np.ndarray] = []
 
     @property
@@ -114,9 +116,11 @@ class EnergySegmenter:
         """Seconds of audio consumed (whole frames)."""
         return self._frames_done * self._frame_s
 
-    @property
-    def in_segment(self) -> bool:
-        return self._open
+    def segment_audio(self) -> np.ndarray | None:
+        """The open segment's samples so far, preroll included (``keep_audio`` only)."""
+        if not self.settings.keep_audio or not self._audio:
+            return None
+        return np.concatenate(self._audio)
 
     def feed(self, samples: np.ndarray) -> list[SegmentEvent]:
         events: list[SegmentEvent] = []
@@ -154,8 +158,10 @@ class EnergySegmenter:
             if self._candidate_start is None:
                 self._candidate_start = start
                 self._speech_s = 0.0
+                self._audio_start = start
                 if s.keep_audio:
                     self._audio = self._preroll[:-1] + [frame]
+                    self._audio_start = start - (len(self._audio) - 1) * self._frame_s
                     self._preroll = []
             self._speech_s += self._frame_s
             self._silence_s = 0.0
@@ -177,7 +183,8 @@ class EnergySegmenter:
     def _close(self) -> SegmentEvent:
         audio = np.concatenate(self._audio) if self.settings.keep_audio and self._audio else None
         return SegmentEvent(
-            "end", self._candidate_start or 0.0, self.audio_s, self._speech_s, self._last_speech_end, audio
+            "end", self._candidate_start or 0.0, self.audio_s, self._speech_s, self._last_speech_end, audio,
+            self._audio_start,
         )
 
     def _reset_segment(self) -> None:

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ..event_loops import finish_event_loop
+from ..google_clients import SESSION_METADATA_KEY, is_loopback_host
 from .apis import APIS
 from .faults import Faults
-from .recognizers import SESSION_METADATA_KEY, make_recognizer
+from .recognizers import make_recognizer
 from .records import StreamLog, StreamRecord, redact_metadata
 from .segmenter import SegmenterSettings
-from .stream import EmulatorLimits, StreamRun
+from .stream import EmulatorLimits, StreamRun, StreamShared
+from .timing import TimingModel, TimingProfile
 
 # HTTP/2 settings for ``small_window=True``. Measured (grpcio 1.85, loopback, sync v1
 # client pushing 6 MB while the server stalls 2 s): with gRPC's defaults the client
@@ -38,42 +38,15 @@ SMALL_WINDOW_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class _Shared:
-    """State every stream handler reads (owned by the emulator)."""
-
-    log: StreamLog
-    faults: Faults
-    recognizer: Any
-    limits: EmulatorLimits
-    segmenter_settings: SegmenterSettings
-    interim_every_s: float
-    stopping: bool = False
-    runs: set = field(default_factory=set)
-    _executor: concurrent.futures.ThreadPoolExecutor | None = None
-
-    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-recognizer")
-        return self._executor
-
-
 class SpeechEmulator:
     """A local Google Speech-to-Text StreamingRecognize server (v1 and v2) for tests, demos and benchmarks.
 
     Guarantees: listens only on loopback unless ``allow_remote=True``; ``start()``
     returns once the port accepts connections; ``stop()`` ends every stream
     (clients see UNAVAILABLE), stops the server and joins its thread; records of
-    every stream stay readable after ``stop()``.
+    every stream stay readable after ``stop()``. ``timing`` picks the answer timing
+    (:class:`TimingProfile`: ``FAST``, the default, or ``GOOGLE``); every draw it makes is
+    determined by ``seed``.
     """
 
     def __init__(
@@ -89,8 +62,10 @@ class SpeechEmulator:
         small_window: bool = False,
         server_options: Sequence[tuple[str, Any]] = (),
         allow_remote: bool = False,
+        timing: TimingProfile | str = TimingProfile.FAST,
+        seed: int = 0,
     ) -> None:
-        if not allow_remote and not _is_loopback(host):
+        if not allow_remote and not is_loopback_host(host):
             raise ValueError(f"refusing to listen on non-loopback host {host!r} (pass allow_remote=True to insist)")
         self.host = host
         self._requested_port = port
@@ -98,13 +73,15 @@ class SpeechEmulator:
         self.faults = Faults()
         self.faults._down_handler = self.go_down
         self._log = StreamLog()
-        self._shared = _Shared(
+        self.timing = TimingProfile.parse(timing)
+        self._shared = StreamShared(
             log=self._log,
             faults=self.faults,
             recognizer=make_recognizer(recognizer, script),
             limits=limits or EmulatorLimits(),
             segmenter_settings=segmenter or SegmenterSettings(),
             interim_every_s=interim_every_s,
+            timing=TimingModel(self.timing, int(seed)),
         )
         options = [("grpc.so_reuseport", 0)]
         if small_window:
@@ -224,10 +201,6 @@ class SpeechEmulator:
     def stream_count(self) -> int:
         return self._log.count()
 
-    @property
-    def active_streams(self) -> int:
-        return sum(1 for s in self._log.snapshot() if not s.ended)
-
     def wait_for(self, predicate: Callable[["SpeechEmulator"], Any], timeout: float = 5.0) -> Any:
         """Block until ``predicate(emulator)`` is truthy; return its value. ``TimeoutError`` after ``timeout`` s."""
         return self._log.wait_for(predicate, timeout, self)
@@ -274,9 +247,7 @@ class SpeechEmulator:
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
-                if self._shared._executor is not None:
-                    self._shared._executor.shutdown(wait=True, cancel_futures=True)
-                    self._shared._executor = None
+                self._shared.shutdown_executor()
 
     async def _listen(self) -> None:
         server = grpc.aio.server(options=self._options)
@@ -332,14 +303,15 @@ class SpeechEmulator:
 
         async def streaming_recognize(request_iterator, context) -> None:
             metadata = redact_metadata(context.invocation_metadata())
-            peer = context.peer()
             record = shared.log.new(
                 api=api.name,
-                peer=peer,
-                session=metadata.get(SESSION_METADATA_KEY) or peer,
+                peer=context.peer(),
+                session=metadata.get(SESSION_METADATA_KEY, ""),
                 metadata=metadata,
                 started_at=time.monotonic(),
             )
+            if not record.session:  # no key: a session of its own (see recognizers' docstring)
+                shared.log.update(lambda: setattr(record, "session", f"stream-{record.id}"))
             run = StreamRun(shared, api, context, record)
             shared.runs.add(run)
             try:

@@ -15,25 +15,34 @@ Limits (sources in ``google-stt-twilio-facts.md`` §4):
   v1 ``OUT_OF_RANGE`` ``Audio Timeout Error: Long duration elapsed without audio. Audio
   should be sent close to real time.`` (googleapis/python-speech#489); v2 ``ABORTED``
   ``Stream timed out after receiving no more client requests.`` (pipecat #2180).
-* per-request audio: 25 KB ("Each request in the stream is limited to 25 KB of audio").
+* per-request audio: Google's quotas page says "Each request in the stream is limited to
+  25 KB of audio", yet the real service transcribes Google's own v1 sample, which sends
+  57958 bytes in one request. So the check is off by default: larger requests are accepted
+  and counted (``StreamRecord.oversize_requests``); ``strict_request_size=True`` rejects
+  them with INVALID_ARGUMENT, for clients that must stay under the documented limit.
+* voice_activity_timeout (v1 and v2, honoured when voice activity events are enabled, as
+  Google documents): no speech begun ``speech_start_timeout`` into the audio, or no new
+  speech ``speech_end_timeout`` after the end of the last speech, closes the stream
+  cleanly (status OK) after the pending final. Both are measured in audio time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import math
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 
-from .apis import MALORDERED, StreamConfig, StreamError, check_rate_channels, invalid, parse_wav_header
-from .faults import StreamFaultState
-from .records import ChunkRecord, ResultRecord, StreamEnd, StreamRecord
-from .segmenter import AudioDecoder, EnergySegmenter, SegmentEvent
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import _Shared
+from .apis import MALORDERED, StreamConfig, StreamError, Word, check_rate_channels, invalid, parse_wav_header
+from .faults import Faults, StreamFaultState
+from .records import ChunkRecord, ResultRecord, StreamEnd, StreamLog, StreamRecord
+from .segmenter import AudioDecoder, EnergySegmenter, SegmenterSettings, SegmentEvent
+from .timing import TimingModel
 
 _TICK_S = 0.05  # how often time-based faults are re-checked
 _SENDER_FLUSH_S = 5.0  # bound on waiting for queued responses at the end of a stream
@@ -46,6 +55,36 @@ class EmulatorLimits:
     max_stream_s: float = 305.0  # Google's hard cut (docs say "up to 5 minutes")
     inactivity_timeout_s: float = 10.0  # no request at all for this long ends the stream
     max_request_bytes: int = 25 * 1024  # audio bytes per request (docs: 25 KB)
+    strict_request_size: bool = False  # reject requests over max_request_bytes (Google accepts them)
+
+
+@dataclass
+class StreamShared:
+    """State every stream handler reads (owned by the emulator)."""
+
+    log: StreamLog
+    faults: Faults
+    recognizer: Any
+    limits: EmulatorLimits
+    segmenter_settings: SegmenterSettings
+    interim_every_s: float
+    timing: TimingModel = field(default_factory=TimingModel)
+    stopping: bool = False
+    runs: set = field(default_factory=set)
+    _executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-recognizer")
+        return self._executor
+
+    def shutdown_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+_INTERIM_SLICE_S = 0.1  # audio fed to the segmenter at a time when interims decode audio
 
 
 def _fmt_s(seconds: float) -> str:
@@ -53,7 +92,9 @@ def _fmt_s(seconds: float) -> str:
 
 
 class StreamRun:
-    def __init__(self, shared: "_Shared", api, context, record: StreamRecord) -> None:
+    """One StreamingRecognize call: reads, validates and recognizes audio, writes responses, records it all."""
+
+    def __init__(self, shared: StreamShared, api, context, record: StreamRecord) -> None:
         self.shared = shared
         self.api = api
         self.context = context
@@ -72,7 +113,10 @@ class StreamRun:
         self.segment = -1
         self.next_interim_s = 0.0
         self.interims_in_segment = 0
+        self.in_speech = False
+        self.last_speech_end_s: float | None = None
         self.single_done = False
+        self.request_id = str(uuid.uuid4())
         self._get_task: asyncio.Task | None = None
 
     # --- public -------------------------------------------------------
@@ -149,9 +193,10 @@ class StreamRun:
             sent = ResultRecord(sent_at=time.monotonic(), produced_at=produced, **result)
             self.shared.log.update(lambda: self.record.results.append(sent))
 
-    def _emit(self, response, **result: Any) -> None:
+    def _emit(self, response, hold_s: float = 0.0, **result: Any) -> None:
+        """Queue ``response``; it is written ``hold_s`` (timing profile) + the latency fault from now."""
         now = time.monotonic()
-        self.outq.put_nowait((now, now + self.shared.faults.latency_s, response, result))
+        self.outq.put_nowait((now, now + hold_s + self.shared.faults.latency_s, response, result))
 
     # --- processing ---------------------------------------------------
     async def _next(self, timeout: float):
@@ -230,6 +275,9 @@ class StreamRun:
     def _count_request(self) -> None:
         self.record.requests += 1
 
+    def _count_oversize(self) -> None:
+        self.record.oversize_requests += 1
+
     def _configure(self, msg) -> None:
         config = self.api.parse_config(msg)
         self.config = config
@@ -254,12 +302,14 @@ class StreamRun:
         if self.api.kind(msg) != "audio" and self.api.kind(msg) != "audio_content":
             raise invalid(MALORDERED)
         audio = self.api.audio(msg)
-        limit = self.shared.limits.max_request_bytes
-        if len(audio) > limit:
-            raise invalid(
-                f"Request audio is {len(audio)} bytes; each request in the stream is limited to "
-                f"{limit} bytes (25 KB) of audio."
-            )
+        limits = self.shared.limits
+        if len(audio) > limits.max_request_bytes:
+            if limits.strict_request_size:
+                raise invalid(
+                    f"Request audio is {len(audio)} bytes; each request in the stream is limited to "
+                    f"{limits.max_request_bytes} bytes (25 KB) of audio."
+                )
+            self.shared.log.update(self._count_oversize)
         chunk = ChunkRecord(len(self.record.chunks), len(audio), received, self.audio_offset)
         self.audio_offset += len(audio)
         self.fstate.chunks += 1
@@ -271,8 +321,29 @@ class StreamRun:
             check_rate_channels(rate, channels)
             self._start_decoding(encoding, rate, channels)
             audio = audio[header:]
-        for event in self.segmenter.feed(self.decoder.decode(audio)):
-            await self._on_event(event)
+        samples = self.decoder.decode(audio)
+        if self.config.interim_results and self.shared.recognizer.needs_audio:
+            # interims decode the segment's audio so far: keep it close to the event being handled
+            step = max(1, int(self.config.sample_rate * _INTERIM_SLICE_S))
+            pieces = [samples[i : i + step] for i in range(0, len(samples), step)]
+        else:
+            pieces = [samples]
+        for piece in pieces:
+            for event in self.segmenter.feed(piece):
+                await self._on_event(event)
+            self._check_voice_timeouts()
+
+    def _check_voice_timeouts(self) -> None:
+        cfg = self.config
+        if not cfg.voice_activity_events or self.single_done:
+            return
+        heard = self.segmenter.audio_s
+        start_t, end_t = cfg.speech_start_timeout_s, cfg.speech_end_timeout_s
+        if start_t is not None and self.segment < 0 and heard >= start_t - 1e-9:
+            raise StreamError(grpc.StatusCode.OK, "", "speech_start_timeout")
+        if (end_t is not None and not self.in_speech and self.last_speech_end_s is not None
+                and heard - self.last_speech_end_s >= end_t - 1e-9):
+            raise StreamError(grpc.StatusCode.OK, "", "speech_end_timeout")
 
     async def _finalize(self) -> None:
         if self.segmenter is not None and not self.single_done:
@@ -285,6 +356,7 @@ class StreamRun:
             return
         if ev.kind == "begin":
             self.segment += 1
+            self.in_speech = True
             self.next_interim_s = self.shared.interim_every_s
             self.interims_in_segment = 0
             if cfg.voice_activity_events:
@@ -293,35 +365,69 @@ class StreamRun:
         elif ev.kind == "speech":
             if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
                 self.next_interim_s += self.shared.interim_every_s
-                text = self.shared.recognizer.interim(self.record.session, ev.speech_s)
-                if text:
-                    self.interims_in_segment += 1
-                    stability = min(0.9, 0.1 * self.interims_in_segment)
-                    self._emit(
-                        self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language),
-                        kind="interim", transcript=text, stability=stability, end_offset_s=ev.offset_s,
-                        segment=self.segment,
-                    )
+                await self._interim(ev)
         elif ev.kind == "end":
+            self.in_speech = False
+            self.last_speech_end_s = ev.end_s
             if cfg.voice_activity_events:
                 self._emit(self.api.event("speech_end", ev.end_s), kind="speech_end", end_offset_s=ev.end_s,
                            segment=self.segment)
-            text = await self._final_text(ev)
+            hyp = await self._run_recognizer(
+                self.shared.recognizer.final, self.record.session, ev.audio, cfg.sample_rate, cfg.language,
+                cfg.max_alternatives,
+            )
             if cfg.single_utterance:
                 self._emit(self.api.event("end_of_single_utterance", ev.end_s), kind="end_of_single_utterance",
                            end_offset_s=ev.end_s, segment=self.segment)
                 self.single_done = True
+            words = self._words(hyp, ev) if cfg.word_time_offsets else ()
+            delay = self.shared.timing.final_delay_s(f"{self.record.id}|{self.segment}")
+            hold = max(0.0, delay - (ev.offset_s - ev.end_s))  # silence already heard counts toward the delay
             self._emit(
-                self.api.result(text, is_final=True, stability=0.0, end_s=ev.end_s, language=cfg.language),
-                kind="final", transcript=text, is_final=True, end_offset_s=ev.end_s, segment=self.segment,
+                self.api.result(hyp.text, is_final=True, stability=0.0, end_s=ev.end_s, language=cfg.language,
+                                words=words, alternatives=hyp.alternatives, billed_s=self._billed_s(),
+                                request_id=self.request_id),
+                hold_s=hold,
+                kind="final", transcript=hyp.text, is_final=True, end_offset_s=ev.end_s, segment=self.segment,
+                alternatives=tuple(hyp.alternatives), words=tuple(words),
             )
 
-    async def _final_text(self, ev: SegmentEvent) -> str:
+    async def _interim(self, ev: SegmentEvent) -> None:
+        cfg = self.config
         rec = self.shared.recognizer
-        args = (self.record.session, ev.audio, self.config.sample_rate, self.config.language)
-        if rec.blocking:
-            return await asyncio.get_running_loop().run_in_executor(self.shared.executor(), rec.final, *args)
-        return rec.final(*args)
+        audio = self.segmenter.segment_audio() if rec.needs_audio else None
+        text = await self._run_recognizer(rec.interim, self.record.session, ev.speech_s, audio, cfg.sample_rate)
+        if not text:
+            return
+        self.interims_in_segment += 1
+        key = f"{self.record.id}|{self.segment}|{self.interims_in_segment}"
+        words, revised = self.shared.timing.interim_words(text.split(), key)
+        text = " ".join(words)
+        stability = 0.1 if revised else min(0.9, round(0.1 * self.interims_in_segment, 2))
+        self._emit(
+            self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language,
+                            billed_s=self._billed_s(), request_id=self.request_id),
+            kind="interim", transcript=text, stability=stability, end_offset_s=ev.offset_s, segment=self.segment,
+        )
+
+    async def _run_recognizer(self, fn, *args):
+        if self.shared.recognizer.blocking:
+            return await asyncio.get_running_loop().run_in_executor(self.shared.executor(), fn, *args)
+        return fn(*args)
+
+    def _words(self, hyp, ev: SegmentEvent) -> tuple[Word, ...]:
+        if hyp.words:
+            return tuple(Word(w, ev.audio_start_s + a, ev.audio_start_s + b) for w, a, b in hyp.words)
+        tokens = hyp.text.split()  # no timings from the recognizer: spread the words over the segment
+        if not tokens:
+            return ()
+        step = max(0.0, ev.end_s - ev.start_s) / len(tokens)
+        return tuple(Word(w, ev.start_s + i * step, ev.start_s + (i + 1) * step) for i, w in enumerate(tokens))
+
+    def _billed_s(self) -> float:
+        """Audio billed so far: whole seconds, rounded up (Google bills streaming audio per second)."""
+        heard = self.segmenter.audio_s if self.segmenter is not None else 0.0
+        return float(math.ceil(heard - 1e-9))
 
     # --- ending -------------------------------------------------------
     def _finish(self, code: grpc.StatusCode, details: str, reason: str, abort: bool = True) -> None:

@@ -74,7 +74,7 @@ EMULATOR_PROJECT_ID = "rxdrain-emulator"
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 # A BCP-47 tag as Google takes them ("en-US", "iw-IL", "cmn-Hans-CN", "es-419").
 _LANGUAGE_TAG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-_SESSION_METADATA_KEY = "x-rxdrain-session"
+from ..google_clients import SESSION_METADATA_KEY as _SESSION_METADATA_KEY  # noqa: E402  (the one definition)
 
 _CATEGORIES = {
     grpc.StatusCode.UNAUTHENTICATED: ErrorCategory.AUTHENTICATION,

@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 
-from pipecat_rxdrain.google_clients import emulator_client
+from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v1_spec, build_v2_spec, recognizer_path
 from pipecat_rxdrain.stt.session import StreamingSTTSession
@@ -27,7 +27,7 @@ def spec_for(api: str = "v2", sample_rate: int = 8000, languages=("en-US",)):
 
 def make_session(emu, *, api="v2", **kw) -> StreamingSTTSession:
     kw.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.2, rng=lambda: 0.5))
-    kw.setdefault("metadata", [("x-rxdrain-session", str(uuid.uuid4()))])
+    kw.setdefault("metadata", [(SESSION_METADATA_KEY, str(uuid.uuid4()))])
     spec = kw.pop("spec", None) or spec_for(api)
     kw.setdefault("probe_factory", lambda: emulator_client(emu.address, api=api, asynchronous=False))
     return StreamingSTTSession(spec, lambda: emulator_client(emu.address, api=api, asynchronous=True), **kw).start()
