@@ -64,7 +64,7 @@ def make_self_signed_cert(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1"
             alt.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             alt.append(x509.DNSName(h))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

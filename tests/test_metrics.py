@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from loopback_server import UvicornThread
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipecat_rxdrain.clock import FakeClock
@@ -27,7 +28,6 @@ from pipecat_rxdrain.metrics import (
 )
 from pipecat_rxdrain.rx_backpressure import RxBackpressure, RxStats
 from pipecat_rxdrain.stt.session import SttStats
-from tests.loopback_server import UvicornThread
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "metrics-token-0123456789abcdef"

@@ -10,10 +10,9 @@ import urllib.request
 import pytest
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from loopback_server import UvicornThread
+from nginx_proxy import NGINX_CONF, NginxProxy, NginxTemplateError, find_nginx, render_config
 from websockets.sync.client import connect
-
-from tests.loopback_server import UvicornThread
-from tests.nginx_proxy import NGINX_CONF, NginxProxy, NginxTemplateError, find_nginx, render_config
 
 FORWARDED = ("x-forwarded-proto", "x-forwarded-host", "x-forwarded-for", "host")
 
@@ -63,12 +62,12 @@ def upstream_app(name: str, seen: list[str]) -> FastAPI:
 @pytest.fixture
 def stack():
     seen = {"bot-a": [], "bot-b": []}
-    with UvicornThread(upstream_app("bot-a", seen["bot-a"])) as a, UvicornThread(upstream_app("bot-b", seen["bot-b"])) as b:
-        with NginxProxy([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as proxy:
-            yield proxy, seen
-            proxy.stop()
-            assert proxy.workers_alive() == []  # master and workers are gone
-            assert proxy.process.poll() is not None
+    with UvicornThread(upstream_app("bot-a", seen["bot-a"])) as a, UvicornThread(upstream_app("bot-b", seen["bot-b"])) as b, \
+            NginxProxy([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as proxy:
+        yield proxy, seen
+        proxy.stop()
+        assert proxy.workers_alive() == []  # master and workers are gone
+        assert proxy.process.poll() is not None
 
 
 def post(proxy: NginxProxy, path: str, body: bytes) -> tuple[int, bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -41,9 +42,9 @@ class MetricsEndpoint:
         self._expected = f"Bearer {token}".encode() if token else None
 
     @classmethod
-    def from_env(cls, registry: CollectorRegistry, env: dict[str, str] | None = None) -> MetricsEndpoint:
-        env = os.environ if env is None else env
-        return cls(registry, env.get(TOKEN_ENV) or None)
+    def from_env(cls, registry: CollectorRegistry, env: Mapping[str, str] | None = None) -> MetricsEndpoint:
+        source: Mapping[str, str] = os.environ if env is None else env
+        return cls(registry, source.get(TOKEN_ENV) or None)
 
     @property
     def enabled(self) -> bool:

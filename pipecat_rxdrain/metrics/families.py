@@ -12,6 +12,7 @@ No Pipecat import here.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 import threading
 from dataclasses import dataclass
 
@@ -33,15 +34,15 @@ class MetricsConfigError(ValueError):
     """A metrics setting is wrong (the message names the setting, never a secret)."""
 
 
-def multiprocess_dir(env: dict[str, str] | None = None) -> str | None:
+def multiprocess_dir(env: Mapping[str, str] | None = None) -> str | None:
     """The directory this process writes its metric files to, or ``None`` (single-process mode).
 
     Raises :class:`MetricsConfigError` if ``PROMETHEUS_MULTIPROC_DIR`` is set but is not a
     writable directory, or was set after prometheus-client was imported (the values would
     silently stay in memory and no other process would see them).
     """
-    env = os.environ if env is None else env
-    path = env.get(MULTIPROC_ENV) or None
+    source: Mapping[str, str] = os.environ if env is None else env
+    path = source.get(MULTIPROC_ENV) or None
     in_files = _pc_values.ValueClass is not _pc_values.MutexValue
     if path is None:
         if in_files:
@@ -110,7 +111,7 @@ class RxdrainMetrics:
     recorder. Gauges are sums over the process's active calls (``livesum`` across workers).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, env: Mapping[str, str] | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir(env)
         if self.multiprocess_dir is not None:
             if registry is not None:
