@@ -12,12 +12,12 @@ No Pipecat import here.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import values as _pc_values  # public module: ValueClass is the process's storage
+from prometheus_client import values as pc_values  # public module: ValueClass is the process's storage
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -43,7 +43,7 @@ def multiprocess_dir(env: Mapping[str, str] | None = None) -> str | None:
     """
     source: Mapping[str, str] = os.environ if env is None else env
     path = source.get(MULTIPROC_ENV) or None
-    in_files = _pc_values.ValueClass is not _pc_values.MutexValue
+    in_files = pc_values.ValueClass is not pc_values.MutexValue
     if path is None:
         if in_files:
             raise MetricsConfigError(f"{MULTIPROC_ENV} was unset after prometheus-client chose multiprocess mode")
