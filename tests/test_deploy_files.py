@@ -162,6 +162,33 @@ def test_compose_bots_ports_probes_and_grace():
     assert "./nginx.conf:/etc/nginx/nginx.conf" in mounts
 
 
+def test_compose_prometheus_scrapes_the_bots_with_their_token_and_grafana_shows_the_dashboard():
+    c = compose()
+    services = c["services"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = sorted(t for group in job["static_configs"] for t in group["targets"])
+    assert targets == sorted(f"{name}:{config_from(compose_env(services[name])).port}" for name in BOT_SERVICES)
+    # the bearer token Prometheus sends is the METRICS_TOKEN the bots check
+    assert job["authorization"]["type"] == "Bearer"
+    (secret,) = services["prometheus"]["secrets"]
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    assert c["secrets"][secret]["environment"] == "METRICS_TOKEN"
+    for name in BOT_SERVICES:
+        assert services[name]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN")
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["prometheus"]["volumes"])
+    assert mounts["./prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+
+    grafana_mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["grafana"]["volumes"])
+    provider = yaml.safe_load((DEPLOY / "grafana-provisioning" / "dashboards" / "rxdrain.yml").read_text())["providers"][0]
+    assert Path(grafana_mounts["./grafana-dashboard.json"]).parent == Path(provider["options"]["path"])
+    assert grafana_mounts["./grafana-provisioning"] == "/etc/grafana/provisioning"
+    datasource = yaml.safe_load((DEPLOY / "grafana-provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert "9090:9090" in " ".join(services["prometheus"]["ports"])
+
+
 def test_compose_emulators_sit_beside_their_bots():
     c = compose()
     sidecars = {s["network_mode"].removeprefix("service:"): s for s in c["services"].values() if "network_mode" in s}
