@@ -223,16 +223,28 @@ class NginxProxy:
         except psutil.Error:
             return []
 
+    def current_workers(self) -> list[int]:
+        """Pids of the master's worker processes now (also remembered, so ``stop()`` checks them)."""
+        known = {w.pid for w in self.workers}
+        self.workers += [w for w in self._workers() if w.pid not in known]
+        return [w.pid for w in self._workers()]
+
     def start(self) -> NginxProxy:
         for _ in range(3):
             if self._start_once():
                 return self
         raise RuntimeError("nginx could not bind free loopback ports in 3 tries")
 
+    def reload(self) -> None:
+        """``nginx -s reload``: new workers take new connections, old ones finish theirs."""
+        assert self.process is not None and self.process.poll() is None, "nginx is not running"
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         """Graceful stop (SIGQUIT), then fast (SIGTERM), then SIGKILL; bounded by ``stop_timeout_s`` each."""
         proc = self.process
         if proc is not None and proc.poll() is None:
+            self.current_workers()
             for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
                 proc.send_signal(sig)
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -127,6 +128,23 @@ def test_calls_spread_over_both_upstreams(stack):
             connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as two:
         first, second = json.loads(one.recv(timeout=5))["server"], json.loads(two.recv(timeout=5))["server"]
     assert {first, second} == {"bot-a", "bot-b"}
+
+
+def test_a_reload_keeps_a_call_running(stack):
+    proxy, _ = stack
+    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as call:
+        server = json.loads(call.recv(timeout=5))["server"]
+        old_workers = {w.pid for w in proxy.workers}
+        proxy.reload()
+        deadline = time.monotonic() + 10
+        while not (set(proxy.current_workers()) - old_workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(proxy.current_workers()) - old_workers, "nginx started no new workers"
+        for i in range(5):  # the call goes on through its old worker
+            call.send(f"after-reload-{i}")
+            assert call.recv(timeout=5) == f"{server}:after-reload-{i}"
+        with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as new_call:
+            assert json.loads(new_call.recv(timeout=5))["server"] in ("bot-a", "bot-b")
 
 
 def test_only_the_bot_paths_are_public(stack):
