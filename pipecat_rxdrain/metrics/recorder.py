@@ -46,9 +46,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .families import RxdrainMetrics
 
-GRPC_CODE_NAMES = frozenset(
-    ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
-)
+GRPC_CODE_NAMES = frozenset([
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+])
 
 # (stats field, discard reason) read explicitly; other ``discarded_on_*`` / ``discarded_*`` fields are found by name.
 _RX_DISCARDS = (("drops", "overflow"), ("discarded_on_cancel", "cancel"), ("discarded_on_end", "end"),
