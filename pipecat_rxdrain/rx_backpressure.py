@@ -1,66 +1,87 @@
-"""The RX back-pressure mechanism: a bounded inbound audio queue that drains itself.
+"""The RX back-pressure mechanism: a bounded inbound audio queue that costs nothing until something is behind.
 
 Pure Python, no Pipecat import, and it never sleeps: it is a step-driven state
 machine. The caller (``RxDrainProcessor`` in production, a ``FakeClock`` in the
-tests) offers frames, asks :meth:`RxBackpressure.next_action` what to do now,
-does it, and reports back. Every decision reads the time from the ``now``
+tests) offers audio chunks, asks :meth:`RxBackpressure.next_action` what to do
+now, does it, and reports back. Every decision reads the time from the ``now``
 argument (or the injected clock), so the rules below are exactly testable.
 
 The rules:
 
-* Bounded queue (``max_queue``, default 200 frames). When it is full the
-  **oldest** frame is dropped and ``drops`` counts it; offering never blocks.
-* Two modes with hysteresis: enter ``drain`` when q >= ``high_watermark``
-  (default 100), go back to ``normal`` only when q <= ``low_watermark``
-  (default 20), or when the queue is empty.
-* ``normal``: one frame per ``frame_interval_ms`` (default 20). The deadline
-  advances by one interval only when a frame was *accepted* downstream, and it
-  is deadline based (``deadline += interval``), so it does not drift. A frame
-  the sink refused stays at the head and is retried first after
-  ``retry_interval_ms``; it is never dropped for being refused, never
-  reordered. After the queue has been idle the deadline restarts at the
-  arrival of the next frame (no burst credit is saved up while idle).
-* ``drain``: frames are released back-to-back (the caller only yields to its
-  event loop between them) until the low watermark.
-* Catch-up (beyond the original design): a bunch that arrives *below* the high
-  watermark (25 frames after a 500 ms network hiccup) would otherwise stay in
-  the queue for the rest of the call, because ``normal`` releases exactly as
-  fast as frames arrive. A standing queue adds its age to every later frame:
-  25 frames = 500 ms of extra latency on every word the caller says. So while
-  q > ``catchup_target`` (default 2, counting the frame being released) in
-  ``normal``, the interval is
-  ``frame_interval / catchup_speed`` (default 1.5x real time): the backlog
-  shrinks by a third of a frame per interval, a 25-frame bunch is gone within
-  about 1.5 s of audio, and the STT still sees a smooth, near real-time feed.
-* Passengers: non-audio items (a Pipecat ``EndFrame``, data frames) can ride in
-  the queue to keep their order relative to the audio offered before them.
+* **Audio time.** Every chunk is offered with its duration. The queue length
+  ``q``, ``max_queue``, the watermarks and ``drops`` are audio durations,
+  expressed in 20 ms-frame equivalents (``FRAME_UNIT_MS``) so that 200 / 100 /
+  20 mean 4 s / 2 s / 0.4 s whatever the transport's chunk size (Pipecat's
+  16 kHz pipelines deliver Twilio audio in ~95 ms chunks: each counts 4.75).
+* **Bounded queue** (``max_queue``, default 200 = 4 s). When an offer would take
+  q above it, the **oldest** chunks are dropped and ``drops`` counts their
+  audio; offering never blocks. The chunk being pushed and the new chunk are
+  never the ones dropped.
+* **Work-conserving.** In ``normal`` the head chunk is released as soon as the
+  sink accepts it and the rate bound allows it; nothing else delays it. A chunk
+  offered to an empty queue (no passengers, no refusal pending, nothing in
+  flight) is released in the same step, so the caller can hand it downstream
+  inline.
+* **Rate bound, not a grid.** In ``normal`` a chunk may start only while the
+  audio released so far is at most the wall-clock time since the call's first
+  chunk plus ``lead_ms`` (default 1 s). Its deadline advances by the accepted
+  chunk's duration, only on acceptance; it is anchored at the first chunk's
+  arrival and never follows later arrivals (no ratchet), and idle time is not
+  forgiven or reset (there is nothing to reset: the bound only caps how far the
+  released audio may run ahead of the clock). A caller delivering audio at
+  real time never meets it; a sender faster than real time is paced to real
+  time once it is ``lead_ms`` ahead.
+* **Hysteresis.** Enter ``drain`` when q >= ``high_watermark`` (default 100),
+  go back to ``normal`` only when q <= ``low_watermark`` (default 20), or when
+  the queue is empty. In ``drain`` (and during the end-of-stream flush) chunks
+  are released back-to-back, the rate bound lifted: that audio is already
+  late, so it is not charged to the bound. Leaving ``drain`` lets the tail it
+  leaves (<= ``low_watermark``) go at once too: the bound is eased just enough
+  for it, so the last frames of a flood never wait for the wall clock to catch
+  up with it. This is the only time the bound is ever eased.
+* **Refusals.** A chunk the sink refused stays at the head and is retried first
+  after ``retry_interval_ms``; it is never dropped for being refused, never
+  reordered, and the bound's deadline does not move for it.
+* **Merging (optional, ``merge_backlog``).** When more than one chunk is queued
+  (a backlog is being released), consecutive chunks with the same merge key are
+  handed out together, up to ``batch_ms`` of audio, never across a passenger,
+  so everything downstream handles fewer frames. A chunk that arrives to an
+  empty queue is never held back to wait for a partner.
+* **Passengers.** Non-audio items (a Pipecat ``EndFrame``, data frames) can ride
+  in the queue to keep their order relative to the audio offered before them.
   They are never dropped, not counted in q, and not paced: one is handed out
   as soon as all audio offered before it has left the queue.
 
 Telemetry: once per ``telemetry_interval_s`` of clock time (also while idle,
 the caller must call :meth:`report_if_due`, and ``next_action`` never waits
 past the next report) plus one extra line at each mode change, exactly
-``[RX] mode=<normal|drain> fps_in=<n> q=<n> drops=<n> write_ms=<x.xx>``.
+``[RX] mode=<normal|drain> fps_in=<n> q=<n> drops=<n> write_ms=<x.xx>``
+(``fps_in`` counts chunks offered in the last second; q and drops are rounded
+20 ms-frame equivalents).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from loguru import logger
 
 from .clock import Clock, monotonic
 from .telemetry import SlidingCount, TelemetryWindow, WindowSample, format_rx_line
 
+FRAME_UNIT_MS = 20.0  # q, max_queue, watermarks and drops are counted in 20 ms-frame equivalents
+_UNIT_US = 20_000
+
 DEFAULT_MAX_QUEUE = 200
 DEFAULT_HIGH_WATERMARK = 100
 DEFAULT_LOW_WATERMARK = 20
 DEFAULT_FRAME_INTERVAL_MS = 20.0
-DEFAULT_CATCHUP_TARGET = 2
-DEFAULT_CATCHUP_SPEED = 1.5
+DEFAULT_LEAD_MS = 1000.0
+DEFAULT_BATCH_MS = 60.0
 DEFAULT_RETRY_INTERVAL_MS = 5.0
 DEFAULT_TELEMETRY_INTERVAL_S = 1.0
 DEFAULT_FLUSH_TIMEOUT_S = 5.0
@@ -75,70 +96,98 @@ class RxMode(str, enum.Enum):
 
 
 class ActionKind(enum.Enum):
-    RELEASE = "release"  # try to hand the head audio frame downstream, then call on_release_result
+    RELEASE = "release"  # try to hand the chunk(s) downstream, then call on_release_result
     PASS = "pass"  # hand this passenger downstream now (already removed from the queue)
-    WAIT = "wait"  # nothing to do for wait_s seconds, or until something is offered
+    WAIT = "wait"  # nothing to do for wait_s seconds, or until something is offered / a release is reported
 
 
 @dataclass(frozen=True)
 class RxAction:
     kind: ActionKind
-    item: Any = None
+    item: Any = None  # RELEASE: the head chunk; PASS: the passenger
     wait_s: float = 0.0
+    items: tuple = ()  # RELEASE: every chunk to hand out together (the head first; more only when merging)
 
 
 @dataclass(frozen=True)
 class RxStats:
     """A snapshot of the RX queue.
 
-    ``mode``, ``q``, ``drops`` and ``fps_in`` (frames offered in the last
+    ``mode``, ``q``, ``drops`` and ``fps_in`` (chunks offered in the last
     second) are current; ``write_ms`` is the mean push time of the last full
     telemetry window (the one in the last periodic ``[RX]`` line). The rest are
-    cumulative over the life of the queue.
+    cumulative over the life of the queue. Audio amounts (``q``, ``drops``,
+    ``peak_q``, ``audio_in``, ``audio_out``, ``discarded_*``) are in 20 ms-frame
+    equivalents, so ``audio_in == audio_out + q + drops + discarded_on_cancel +
+    discarded_on_end``; ``frames_in`` / ``frames_out`` count chunks.
     """
 
-    mode: str
-    q: int
-    drops: int
+    mode: RxMode
+    q: float
+    drops: float
     fps_in: int
     write_ms: float
     frames_in: int
-    frames_out: int
+    frames_out: int  # chunks accepted downstream (a merged release counts each chunk it carried)
+    releases: int  # pushes downstream (fewer than frames_out when merging)
+    inline_releases: int  # chunks released in the same step they were offered (no wait, no task hop)
     refusals: int  # times the sink said "not now" (each retried, never dropped for it)
     drain_episodes: int
     time_in_drain_s: float
-    peak_q: int
-    discarded_on_cancel: int
-    discarded_on_end: int  # audio still refused by the sink when the end-of-stream flush timed out
+    peak_q: float
+    audio_in: float
+    audio_out: float
+    chunks_dropped: int
+    discarded_on_cancel: float
+    discarded_on_end: float  # audio still refused by the sink when the end-of-stream flush timed out
     passengers_in: int
     passengers_out: int
     passengers_dropped: int  # interruptible passengers discarded on an interruption
 
 
-def _check_params(
-    max_queue: int,
-    high_watermark: int,
-    low_watermark: int,
+def _finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"RX setting {name} must be a finite number, got {name}={value!r}")
+
+
+def check_params(
+    *,
+    max_queue: float,
+    high_watermark: float,
+    low_watermark: float,
     frame_interval_ms: float,
-    catchup_target: int,
-    catchup_speed: float,
+    lead_ms: float,
+    batch_ms: float,
     retry_interval_ms: float,
     telemetry_interval_s: float,
     flush_timeout_s: float,
 ) -> None:
+    """Validate RX settings; a bad one raises ``ValueError`` naming it."""
+    for name, value in (
+        ("max_queue", max_queue),
+        ("high_watermark", high_watermark),
+        ("low_watermark", low_watermark),
+        ("frame_interval_ms", frame_interval_ms),
+        ("lead_ms", lead_ms),
+        ("batch_ms", batch_ms),
+        ("retry_interval_ms", retry_interval_ms),
+        ("telemetry_interval_s", telemetry_interval_s),
+        ("flush_timeout_s", flush_timeout_s),
+    ):
+        _finite(name, value)
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be >= 1, got max_queue={max_queue}")
     if not (0 <= low_watermark < high_watermark <= max_queue):
         raise ValueError(
             "RX watermarks need 0 <= low_watermark < high_watermark <= max_queue, got "
             f"low_watermark={low_watermark}, high_watermark={high_watermark}, max_queue={max_queue}"
         )
-    if max_queue < 1:
-        raise ValueError(f"max_queue must be >= 1, got max_queue={max_queue}")
     if not frame_interval_ms > 0:
         raise ValueError(f"frame_interval_ms must be > 0, got frame_interval_ms={frame_interval_ms}")
-    if catchup_target < 0:
-        raise ValueError(f"catchup_target must be >= 0, got catchup_target={catchup_target}")
-    if not catchup_speed >= 1.0:
-        raise ValueError(f"catchup_speed must be >= 1.0 (1.0 disables catch-up), got catchup_speed={catchup_speed}")
+    if not lead_ms >= 0:
+        raise ValueError(f"lead_ms must be >= 0, got lead_ms={lead_ms}")
+    if not batch_ms > 0:
+        raise ValueError(f"batch_ms must be > 0, got batch_ms={batch_ms}")
     if not retry_interval_ms > 0:
         raise ValueError(f"retry_interval_ms must be > 0, got retry_interval_ms={retry_interval_ms}")
     if not telemetry_interval_s > 0:
@@ -147,81 +196,113 @@ def _check_params(
         raise ValueError(f"flush_timeout_s must be >= 0, got flush_timeout_s={flush_timeout_s}")
 
 
+def _us(seconds: float) -> int:
+    return int(round(seconds * 1_000_000))
+
+
+def _units(us: int) -> float:
+    return us / _UNIT_US
+
+
+@dataclass(slots=True)
+class _Chunk:
+    seq: int
+    item: Any
+    us: int  # duration in microseconds (integers keep the audio accounting exact)
+    key: Hashable
+
+
 class RxBackpressure:
-    """A bounded, self-draining inbound audio queue with watermark hysteresis.
+    """A bounded, work-conserving inbound audio queue with watermark hysteresis, in audio time.
 
     Guarantees: offering never blocks and never raises for a full queue (the
-    oldest frame is dropped and counted, exactly); frames leave in the order
-    they were offered; a frame the sink refused is retried first and the pacing
-    deadline only advances on acceptance; the queue never waits on a sleep of
-    its own (the caller sleeps for the ``wait_s`` it is given). Not
-    thread-safe: drive it from one thread / event loop.
+    oldest audio is dropped and counted, exactly); chunks leave in the order
+    they were offered; a chunk offered to an empty queue is released in the
+    same step if the rate bound allows; in ``normal`` the audio released before
+    a chunk starts never exceeds the time since the first chunk plus
+    ``lead_ms``; a refused chunk is retried first and the bound's deadline only
+    advances on acceptance; the queue never waits on a sleep of its own (the
+    caller sleeps for the ``wait_s`` it is given). Not thread-safe: drive it
+    from one thread / event loop.
     """
 
     def __init__(
         self,
         *,
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        high_watermark: int = DEFAULT_HIGH_WATERMARK,
-        low_watermark: int = DEFAULT_LOW_WATERMARK,
+        max_queue: float = DEFAULT_MAX_QUEUE,
+        high_watermark: float = DEFAULT_HIGH_WATERMARK,
+        low_watermark: float = DEFAULT_LOW_WATERMARK,
         frame_interval_ms: float = DEFAULT_FRAME_INTERVAL_MS,
-        catchup_target: int = DEFAULT_CATCHUP_TARGET,
-        catchup_speed: float = DEFAULT_CATCHUP_SPEED,
+        lead_ms: float = DEFAULT_LEAD_MS,
+        merge_backlog: bool = False,
+        batch_ms: float = DEFAULT_BATCH_MS,
         retry_interval_ms: float = DEFAULT_RETRY_INTERVAL_MS,
         telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S,
         flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S,
         clock: Clock = monotonic,
         emit: Callable[[str], None] | None = None,
     ) -> None:
-        _check_params(
-            max_queue,
-            high_watermark,
-            low_watermark,
-            frame_interval_ms,
-            catchup_target,
-            catchup_speed,
-            retry_interval_ms,
-            telemetry_interval_s,
-            flush_timeout_s,
+        check_params(
+            max_queue=max_queue,
+            high_watermark=high_watermark,
+            low_watermark=low_watermark,
+            frame_interval_ms=frame_interval_ms,
+            lead_ms=lead_ms,
+            batch_ms=batch_ms,
+            retry_interval_ms=retry_interval_ms,
+            telemetry_interval_s=telemetry_interval_s,
+            flush_timeout_s=flush_timeout_s,
         )
-        self.max_queue = int(max_queue)
-        self.high_watermark = int(high_watermark)
-        self.low_watermark = int(low_watermark)
-        self.frame_interval_s = frame_interval_ms / 1000.0
-        self.catchup_target = int(catchup_target)
-        self.catchup_speed = float(catchup_speed)
+        self.max_queue = max_queue
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self._max_us = int(round(max_queue * _UNIT_US))
+        self._high_us = int(round(high_watermark * _UNIT_US))
+        self._low_us = int(round(low_watermark * _UNIT_US))
+        self.default_duration_s = frame_interval_ms / 1000.0
+        self._default_us = _us(self.default_duration_s)
+        self.lead_s = lead_ms / 1000.0
+        self._lead_us = _us(self.lead_s)
+        self.merge_backlog = bool(merge_backlog)
+        self._batch_us = _us(batch_ms / 1000.0)
         self.retry_interval_s = retry_interval_ms / 1000.0
         self.flush_timeout_s = float(flush_timeout_s)
         self._clock = clock
         self._emit = emit if emit is not None else logger.info
 
-        # (sequence number, frame). offer() drops the oldest itself (to count exactly and to spare
-        # a frame being pushed); maxlen is the backstop that keeps the bound structural.
-        self._audio: deque[tuple[int, Any]] = deque(maxlen=self.max_queue)
-        # (number of audio frames offered before it, item)
+        self._audio: deque[_Chunk] = deque()
+        self._q_us = 0
+        # (number of chunks offered before it, item)
         self._passengers: deque[tuple[int, Any]] = deque()
         self._seq = 0
 
         self._mode = RxMode.NORMAL
-        self._deadline: float | None = None
+        self._anchor: float | None = None  # arrival of the call's first chunk: the rate bound's origin
+        self._paced_us = 0  # audio released under the rate bound (normal mode), the bound's deadline
         self._retry_at: float | None = None
-        self._in_flight: int | None = None  # sequence number of the frame a RELEASE handed out
+        self._in_flight = 0  # number of head chunks a RELEASE handed out, not reported yet
+        self._in_flight_paced = False  # whether that release is charged to the rate bound
         self._flush_deadline: float | None = None
 
         self._window = TelemetryWindow(telemetry_interval_s, clock=clock)
-        self._arrivals = SlidingCount(1.0)  # fps_in: frames offered in the last second
+        self._arrivals = SlidingCount(1.0)  # fps_in: chunks offered in the last second
         self._last_sample = WindowSample(events_per_s=0, write_ms=0.0, write_count=0, elapsed_s=0.0)
 
-        self._drops = 0
+        self._drops_us = 0
+        self._chunks_dropped = 0
         self._frames_in = 0
         self._frames_out = 0
+        self._releases = 0
+        self._inline = 0
+        self._audio_in_us = 0
+        self._audio_out_us = 0
         self._refusals = 0
         self._drain_episodes = 0
         self._drain_total_s = 0.0
         self._drain_started: float | None = None
-        self._peak_q = 0
-        self._discarded_on_cancel = 0
-        self._discarded_on_end = 0
+        self._peak_us = 0
+        self._discarded_on_cancel_us = 0
+        self._discarded_on_end_us = 0
         self._passengers_in = 0
         self._passengers_out = 0
         self._passengers_dropped = 0
@@ -229,16 +310,21 @@ class RxBackpressure:
     # -- state ------------------------------------------------------------
 
     @property
-    def mode(self) -> str:
-        return self._mode.value
+    def mode(self) -> RxMode:
+        return self._mode
 
     @property
-    def q(self) -> int:
+    def q(self) -> float:
+        """Queued audio, in 20 ms-frame equivalents."""
+        return self._q_us / _UNIT_US
+
+    @property
+    def queued_chunks(self) -> int:
         return len(self._audio)
 
     @property
-    def drops(self) -> int:
-        return self._drops
+    def drops(self) -> float:
+        return self._drops_us / _UNIT_US
 
     @property
     def flushing(self) -> bool:
@@ -249,25 +335,49 @@ class RxBackpressure:
         """True while anything (audio or passenger) is still queued."""
         return bool(self._audio or self._passengers)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing in flight, no refusal pending: a new chunk may be released at once."""
+        return not self._audio and not self._passengers and not self._in_flight
+
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight > 0
+
+    @property
+    def paced_audio_s(self) -> float:
+        """Audio released under the rate bound so far (its deadline, relative to the anchor)."""
+        return self._paced_us / 1_000_000
+
+    @property
+    def anchor(self) -> float | None:
+        """Arrival time of the call's first chunk (the rate bound's origin), once there was one."""
+        return self._anchor
+
     def stats(self, now: float | None = None) -> RxStats:
         now = self._clock() if now is None else now
         in_drain = self._drain_total_s
         if self._drain_started is not None:
             in_drain += max(0.0, now - self._drain_started)
         return RxStats(
-            mode=self._mode.value,
-            q=len(self._audio),
-            drops=self._drops,
+            mode=self._mode,
+            q=self.q,
+            drops=self.drops,
             fps_in=self._arrivals.count(now),
             write_ms=self._last_sample.write_ms,
             frames_in=self._frames_in,
             frames_out=self._frames_out,
+            releases=self._releases,
+            inline_releases=self._inline,
             refusals=self._refusals,
             drain_episodes=self._drain_episodes,
             time_in_drain_s=in_drain,
-            peak_q=self._peak_q,
-            discarded_on_cancel=self._discarded_on_cancel,
-            discarded_on_end=self._discarded_on_end,
+            peak_q=_units(self._peak_us),
+            audio_in=_units(self._audio_in_us),
+            audio_out=_units(self._audio_out_us),
+            chunks_dropped=self._chunks_dropped,
+            discarded_on_cancel=_units(self._discarded_on_cancel_us),
+            discarded_on_end=_units(self._discarded_on_end_us),
             passengers_in=self._passengers_in,
             passengers_out=self._passengers_out,
             passengers_dropped=self._passengers_dropped,
@@ -275,29 +385,39 @@ class RxBackpressure:
 
     # -- input ------------------------------------------------------------
 
-    def offer(self, frame: Any, now: float | None = None) -> bool:
-        """Queue one audio frame. Returns True if the oldest frame was dropped to make room."""
+    def offer(
+        self, frame: Any, now: float | None = None, *, duration_s: float | None = None, key: Hashable = None
+    ) -> bool:
+        """Queue one audio chunk of ``duration_s`` (default ``frame_interval_ms``).
+
+        ``key``: chunks are merged only with neighbours of the same key (e.g. the sample rate).
+        Returns True if older audio was dropped to make room.
+        """
         now = self._clock() if now is None else now
-        dropped = len(self._audio) == self.max_queue
-        if dropped:
-            self._drops += 1
-            if self._in_flight is not None and self._audio[0][0] == self._in_flight and len(self._audio) > 1:
-                # The head is being pushed right now; the oldest frame still waiting goes instead.
-                del self._audio[1]
-            else:
-                self._audio.popleft()
-        if not self._audio and (self._deadline is None or self._deadline < now):
-            # Idle until now: start the cadence here, with no credit saved up while idle.
-            self._deadline = now
-        self._audio.append((self._seq, frame))
+        us = self._default_us if duration_s is None else _us(duration_s)
+        if us <= 0:
+            us = 1  # a zero-length chunk still occupies its place in the order
+        if self._anchor is None:
+            self._anchor = now
+        dropped = False
+        # Drop the oldest audio until the new chunk fits; the chunks being pushed are spared.
+        while self._q_us + us > self._max_us and len(self._audio) > self._in_flight:
+            victim = self._audio[self._in_flight]
+            del self._audio[self._in_flight]
+            self._q_us -= victim.us
+            self._drops_us += victim.us
+            self._chunks_dropped += 1
+            dropped = True
+        self._audio.append(_Chunk(self._seq, frame, us, key))
+        self._q_us += us
         self._seq += 1
         self._frames_in += 1
+        self._audio_in_us += us
         self._window.count(1)
         self._arrivals.add(now)
-        q = len(self._audio)
-        if q > self._peak_q:
-            self._peak_q = q
-        if self._mode is RxMode.NORMAL and q >= self.high_watermark:
+        if self._q_us > self._peak_us:
+            self._peak_us = self._q_us
+        if self._mode is RxMode.NORMAL and self._q_us >= self._high_us:
             self._set_mode(RxMode.DRAIN, now)
         return dropped
 
@@ -324,28 +444,35 @@ class RxBackpressure:
         if self._flush_deadline is None:
             self._flush_deadline = now + self.flush_timeout_s
 
-    def discard_backlog(self, now: float | None = None) -> int:
-        """Cancel: discard all queued audio, counted as ``discarded_on_cancel`` (not ``drops``)."""
+    def discard_backlog(self, now: float | None = None) -> float:
+        """Cancel: discard all queued audio, counted as ``discarded_on_cancel`` (not ``drops``).
+
+        Returns the discarded audio in 20 ms-frame equivalents.
+        """
         now = self._clock() if now is None else now
-        n = len(self._audio)
+        n = self._q_us
         self._audio.clear()
-        self._discarded_on_cancel += n
+        self._q_us = 0
+        self._in_flight = 0
+        self._discarded_on_cancel_us += n
         self._retry_at = None
         if self._mode is RxMode.DRAIN:
             self._set_mode(RxMode.NORMAL, now)
-        return n
+        return _units(n)
 
     # -- output -----------------------------------------------------------
 
     def next_action(self, now: float | None = None, *, urgent: bool = False) -> RxAction:
         """What the caller should do now. Never sleeps.
 
-        ``urgent``: hand out the head frame now whatever the cadence or a pending retry says
+        ``urgent``: hand out the head chunk now whatever the rate bound or a pending retry says
         (the caller's downstream holds so much audio that holding more here would only age it;
         see ``RxDrainProcessor`` and ``AudioSink.audio_backlog``).
         """
         now = self._clock() if now is None else now
-        if self._passengers and (not self._audio or self._audio[0][0] >= self._passengers[0][0]):
+        if self._in_flight:
+            return self._wait(None, now)  # the caller reports the release first, then asks again
+        if self._passengers and (not self._audio or self._audio[0].seq >= self._passengers[0][0]):
             _, item = self._passengers.popleft()
             self._passengers_out += 1
             return RxAction(ActionKind.PASS, item)
@@ -354,61 +481,59 @@ class RxBackpressure:
                 self._set_mode(RxMode.NORMAL, now)
             return self._wait(None, now)
         if urgent:
-            self._in_flight = self._audio[0][0]
-            return RxAction(ActionKind.RELEASE, self._audio[0][1])
+            return self._release(now, paced=False)
         if self._retry_at is not None and now + _EPS < self._retry_at:
             return self._wait(self._retry_at, now)
-        if (
-            self._flush_deadline is not None
-            and self._retry_at is not None
-            and now >= self._flush_deadline
-        ):
+        if self._flush_deadline is not None and self._retry_at is not None and now >= self._flush_deadline:
             # The sink has refused past the flush timeout: give up on the rest, counted.
-            n = len(self._audio)
+            n = self._q_us
             self._audio.clear()
-            self._discarded_on_end += n
+            self._q_us = 0
+            self._discarded_on_end_us += n
             self._retry_at = None
             if self._mode is RxMode.DRAIN:  # empty now: leave drain here, a passenger may be handed out first
                 self._set_mode(RxMode.NORMAL, now)
-            logger.warning(f"RX flush timed out after {self.flush_timeout_s:.1f}s; discarded {n} queued frames")
+            logger.warning(
+                f"RX flush timed out after {self.flush_timeout_s:.1f}s; discarded {_units(n):.0f} queued frames"
+            )
             return self.next_action(now)
-        assert self._deadline is not None
-        if self._mode is RxMode.DRAIN or self._flush_deadline is not None or now + _EPS >= self._deadline:
-            self._in_flight = self._audio[0][0]
-            return RxAction(ActionKind.RELEASE, self._audio[0][1])
-        return self._wait(self._deadline, now)
+        if self._mode is RxMode.DRAIN or self._flush_deadline is not None:
+            return self._release(now, paced=False)
+        start_at = self._bound_start(self._paced_us)
+        if now + _EPS >= start_at:
+            return self._release(now, paced=True)
+        return self._wait(start_at, now)
 
     def on_release_result(self, accepted: bool, now: float | None = None, write_s: float = 0.0) -> None:
-        """Report what happened to the head frame handed out by a RELEASE action.
+        """Report what happened to the chunk(s) handed out by a RELEASE action.
 
-        ``write_s`` is how long pushing it downstream took (for ``write_ms``).
+        ``write_s`` is how long pushing downstream took (for ``write_ms``).
         """
         now = self._clock() if now is None else now
-        seq, self._in_flight = self._in_flight, None
-        if seq is None or not self._audio or self._audio[0][0] != seq:
+        n, self._in_flight = self._in_flight, 0
+        if not n:
             return  # discarded (cancel) while the release was in flight, or no release pending
         if not accepted:
             self._refusals += 1
             self._retry_at = now + self.retry_interval_s
             return
-        backlog = len(self._audio)  # including the frame just accepted
-        self._audio.popleft()
+        us = 0
+        for _ in range(n):
+            us += self._audio.popleft().us
+        self._q_us -= us
         self._retry_at = None
-        self._frames_out += 1
+        self._frames_out += n
+        self._releases += 1
+        self._audio_out_us += us
+        if self._in_flight_paced:
+            self._paced_us += us  # the bound's deadline advances by the accepted audio, nothing else
         self._window.record_write(write_s)
-        q = len(self._audio)
-        if self._mode is RxMode.DRAIN:
-            if q <= self.low_watermark:
-                self._set_mode(RxMode.NORMAL, now)
-        else:
-            interval = self.frame_interval_s
-            if backlog > self.catchup_target:
-                interval /= self.catchup_speed
-            assert self._deadline is not None
-            self._deadline += interval
-            if self._deadline < now - self.frame_interval_s:
-                # Far behind (e.g. the loop stalled): do not burst to make up for it.
-                self._deadline = now
+        if self._mode is RxMode.DRAIN and self._q_us <= self._low_us:
+            self._set_mode(RxMode.NORMAL, now)
+
+    def note_inline(self) -> None:
+        """The caller released the chunk just offered in the same step (for ``stats.inline_releases``)."""
+        self._inline += 1
 
     # -- telemetry --------------------------------------------------------
 
@@ -437,14 +562,43 @@ class RxBackpressure:
         line = format_rx_line(
             mode=self._mode.value,
             fps_in=self._arrivals.count(now),
-            q=len(self._audio),
-            drops=self._drops,
+            q=round(self.q),
+            drops=round(self.drops),
             write_ms=sample.write_ms,
         )
         self._emit(line)
         return line
 
     # -- internals --------------------------------------------------------
+
+    def _bound_start(self, paced_us: int) -> float:
+        """Earliest time a chunk may start once ``paced_us`` of audio went under the bound."""
+        assert self._anchor is not None
+        return self._anchor + (paced_us - self._lead_us) / 1_000_000
+
+    def _release(self, now: float, *, paced: bool) -> RxAction:
+        audio = self._audio
+        n = 1
+        if self.merge_backlog and len(audio) > 1:
+            head = audio[0]
+            total = head.us
+            limit = self._passengers[0][0] if self._passengers else None
+            paced_us = self._paced_us + head.us
+            while n < len(audio):
+                nxt = audio[n]
+                if nxt.key != head.key or total + nxt.us > self._batch_us:
+                    break
+                if limit is not None and nxt.seq >= limit:
+                    break  # a passenger rides between them
+                if paced and now + _EPS < self._bound_start(paced_us):
+                    break  # this one may not start yet
+                total += nxt.us
+                paced_us += nxt.us
+                n += 1
+        self._in_flight = n
+        self._in_flight_paced = paced
+        items = tuple(audio[i].item for i in range(n))
+        return RxAction(ActionKind.RELEASE, items[0], items=items)
 
     def _wait(self, until: float | None, now: float) -> RxAction:
         wait = self._window.next_due_in(now)
@@ -463,5 +617,9 @@ class RxBackpressure:
             if self._drain_started is not None:
                 self._drain_total_s += max(0.0, now - self._drain_started)
             self._drain_started = None
-            self._deadline = now  # back to real-time cadence from here, no credit from the drain
+            if self._anchor is not None:
+                # The tail a drain leaves (<= low watermark) is the end of the same backlog: it goes
+                # now, not when the wall clock catches up with a flood that ran past the lead.
+                room = _us(now - self._anchor) + self._lead_us - self._q_us
+                self._paced_us = min(self._paced_us, room)
         self._report(now, periodic=False)

@@ -5,12 +5,16 @@ Put it right after ``transport.input()``::
     Pipeline([transport.input(), RxDrainProcessor(sink=stt), stt, ...])
 
 The rules live in :mod:`pipecat_rxdrain.rx_backpressure`; this module only
-moves frames in and out of it on the event loop.
+moves frames in and out of it on the event loop: inline from ``process_frame``
+while nothing is behind, from a pacing task while something is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
+import warnings
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -27,51 +31,91 @@ from pydantic import BaseModel, model_validator
 
 from . import rx_backpressure as rb
 from .clock import Clock, monotonic
-from .rx_backpressure import ActionKind, RxBackpressure, RxStats
+from .rx_backpressure import ActionKind, RxBackpressure, RxMode, RxStats
 from .sink import AudioSink
 
 
 class RxDrainParams(BaseModel):
-    """Tuning of the RX queue (all validated; a bad combination raises ``ValueError``).
+    """Tuning of the RX queue (all validated; a bad value raises ``ValueError`` naming the setting).
+
+    Audio amounts are in 20 ms-frame equivalents of audio (200 = 4 s), whatever
+    the size of the chunks the transport delivers.
 
     Parameters:
-        max_queue: Hard cap in frames (200 x 20 ms = 4 s); beyond it the oldest frame is dropped.
+        max_queue: Hard cap (200 = 4 s of audio); beyond it the oldest audio is dropped.
         high_watermark: Enter ``drain`` (release back-to-back) at q >= this.
         low_watermark: Leave ``drain`` at q <= this. Needs ``0 <= low < high <= max_queue``.
-        frame_interval_ms: Cadence in ``normal`` (one frame per interval, 20 ms for Twilio).
-        catchup_target: In ``normal``, while q is above this many frames, release faster...
-        catchup_speed: ...at this multiple of real time (1.0 disables catch-up).
+        frame_interval_ms: Duration assumed for an audio frame whose duration cannot be
+            computed (no sample rate). Durations are otherwise read from each frame.
+        lead_ms: Rate bound: in ``normal`` the audio released may run at most this far ahead
+            of the wall-clock time since the call's first frame.
+        merge_backlog: When releasing a backlog, hand consecutive frames downstream as one
+            chunk of at most ``batch_ms`` (fewer frames for every processor downstream).
+        batch_ms: Longest merged chunk.
         retry_interval_ms: How soon a frame the sink refused is offered again.
         telemetry_interval_s: Period of the ``[RX]`` telemetry line.
         flush_timeout_s: On ``EndFrame``, how long to keep retrying audio the sink refuses
             before discarding the rest (counted as ``discarded_on_end``).
+        catchup_target, catchup_speed: Deprecated, ignored (the release is work-conserving:
+            a backlog leaves as fast as the sink accepts it). Still validated; setting them warns.
     """
 
     max_queue: int = rb.DEFAULT_MAX_QUEUE
     high_watermark: int = rb.DEFAULT_HIGH_WATERMARK
     low_watermark: int = rb.DEFAULT_LOW_WATERMARK
     frame_interval_ms: float = rb.DEFAULT_FRAME_INTERVAL_MS
-    catchup_target: int = rb.DEFAULT_CATCHUP_TARGET
-    catchup_speed: float = rb.DEFAULT_CATCHUP_SPEED
+    lead_ms: float = rb.DEFAULT_LEAD_MS
+    merge_backlog: bool = False
+    batch_ms: float = rb.DEFAULT_BATCH_MS
     retry_interval_ms: float = rb.DEFAULT_RETRY_INTERVAL_MS
     telemetry_interval_s: float = rb.DEFAULT_TELEMETRY_INTERVAL_S
     flush_timeout_s: float = rb.DEFAULT_FLUSH_TIMEOUT_S
+    catchup_target: int | None = None
+    catchup_speed: float | None = None
 
     @model_validator(mode="after")
     def _validate(self) -> "RxDrainParams":
-        rb._check_params(**self.model_dump())
+        rb.check_params(**self.backpressure_kwargs(merge=False))
+        if self.catchup_target is not None or self.catchup_speed is not None:
+            if self.catchup_target is not None and not self.catchup_target >= 0:
+                raise ValueError(f"catchup_target must be >= 0, got catchup_target={self.catchup_target}")
+            if self.catchup_speed is not None and not (
+                math.isfinite(self.catchup_speed) and self.catchup_speed >= 1.0
+            ):
+                raise ValueError(f"catchup_speed must be >= 1.0, got catchup_speed={self.catchup_speed}")
+            warnings.warn(
+                "RxDrainParams.catchup_target / catchup_speed are ignored since RX release became "
+                "work-conserving (a backlog leaves as fast as the sink accepts it); drop them",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         return self
+
+    def backpressure_kwargs(self, *, merge: bool = True) -> dict:
+        """The settings :class:`RxBackpressure` takes."""
+        kw = self.model_dump(exclude={"catchup_target", "catchup_speed", "merge_backlog"})
+        if merge:
+            kw["merge_backlog"] = self.merge_backlog
+        return kw
+
+
+# An inline push slower than this (a slow, direct-mode downstream) sends the following frames
+# through the pacing task until a push is fast again, so process_frame never keeps waiting on it.
+_SLOW_PUSH_S = 0.020
 
 
 class RxDrainProcessor(FrameProcessor):
-    """A bounded, self-draining queue for inbound audio, right after ``transport.input()``.
+    """A bounded, work-conserving queue for inbound audio, right after ``transport.input()``.
 
     Guarantees:
 
-    * ``InputAudioRawFrame`` s going downstream go through the bounded queue
-      (drop-oldest at ``max_queue``, counted in ``drops``); ``process_frame``
-      never waits for them, so other system frames are never stuck behind
-      audio.
+    * While nothing is behind (queue empty, no refusal pending) and the rate
+      bound allows, an ``InputAudioRawFrame`` goes downstream inline from
+      ``process_frame``: no task hop, no timer. Otherwise it joins the bounded
+      queue (drop-oldest in audio time at ``max_queue``, counted in
+      ``drops``) and the pacing task releases it as soon as the sink accepts
+      it; ``process_frame`` never waits for the queue, so other system frames
+      are never stuck behind audio.
     * Every other system frame, and every upstream frame, is passed on at once.
     * Other downstream frames (data, control, ``EndFrame``) keep their order
       relative to the audio queued before them; they are never dropped (except
@@ -82,18 +126,19 @@ class RxDrainProcessor(FrameProcessor):
     * With a ``sink`` (:class:`~pipecat_rxdrain.sink.AudioSink`) a frame is
       released only when ``sink.can_accept_audio()`` is true; without one, a
       pushed frame counts as accepted. If the sink also reports its backlog
-      (``audio_backlog()``), the audio held by both queues together never
-      exceeds ``max_queue``: past that, the head frame goes to the sink anyway
-      and the sink drops its oldest (counted there; ``overflow_releases`` here).
-    * The pacing task is created on ``StartFrame`` and cancelled on
-      ``EndFrame`` / ``CancelFrame`` / cleanup.
+      (``audio_backlog()``, 20 ms-frame equivalents), the audio held by both
+      queues together never exceeds ``max_queue``: past that, the head frame
+      goes to the sink anyway and the sink drops its oldest (counted there;
+      ``overflow_releases`` here).
+    * The pacing task is created on ``StartFrame``, sleeps while there is
+      nothing to pace (it wakes only for the telemetry line), and is cancelled
+      on ``EndFrame`` / ``CancelFrame`` / cleanup.
     * Bad input never takes a queue slot: zero-length audio frames are
       dropped (counted in ``empty_audio_dropped``) and audio arriving after
       the ``EndFrame`` is dropped (``audio_after_end``) rather than sent
-      downstream behind it. Frames whose duration differs from
-      ``frame_interval_ms`` are paced as one interval each (logged once).
+      downstream behind it.
 
-    Event handlers: ``on_rx_mode_changed(processor, mode: str)``.
+    Event handlers: ``on_rx_mode_changed(processor, mode: RxMode)``.
     """
 
     def __init__(
@@ -112,12 +157,12 @@ class RxDrainProcessor(FrameProcessor):
         # Optional AudioSink.audio_backlog, resolved once: it is consulted on every pacing step.
         self._sink_backlog = getattr(sink, "audio_backlog", None)
         self._clock: Clock = clock or monotonic
-        self._rx = RxBackpressure(**self._params.model_dump(), clock=self._clock)
+        self._rx = RxBackpressure(**self._params.backpressure_kwargs(), clock=self._clock)
         self._wake = asyncio.Event()
         self._pacing_task: asyncio.Task | None = None
         self._sink_error_reported = False
         self._ended = False
-        self._duration_warned = False
+        self._inline_ok = True  # false after a slow push, until a push is fast again
         self.empty_audio_dropped = 0  # zero-length audio frames (no audio lost, no queue slot taken)
         self.audio_after_end = 0  # audio frames that arrived after the EndFrame (the call is over)
         self.overflow_releases = 0  # frames handed to a full sink because RX q + its backlog hit max_queue
@@ -156,24 +201,21 @@ class RxDrainProcessor(FrameProcessor):
             discarded = self._rx.discard_backlog(self._clock())
             self._rx.drop_passengers(lambda _: True)
             if discarded:
-                logger.debug(f"{self}: cancelled with {discarded} queued audio frames discarded")
+                logger.debug(f"{self}: cancelled with {discarded:.0f} frames of queued audio discarded")
             await self.push_frame(frame, direction)
             await self._stop_pacing()
         elif direction is FrameDirection.UPSTREAM or not self._pacing:
             await self.push_frame(frame, direction)
         elif isinstance(frame, InputAudioRawFrame):
-            if not self._duration_warned:
-                self._check_duration(frame)
-            mode = self._rx.mode
-            self._rx.offer(frame, self._clock())
-            self._wake.set()
-            await self._notify_mode(mode)
+            await self._offer_audio(frame)
         elif isinstance(frame, SystemFrame):
             if isinstance(frame, InterruptionFrame):
                 # As Pipecat does with its own queues: queued interruptible non-system
                 # frames go; system frames (the caller's audio) are never dropped.
                 self._rx.drop_passengers(lambda p: p[0].interruptible)
             await self.push_frame(frame, direction)
+        elif self._rx.idle and not isinstance(frame, EndFrame):
+            await self.push_frame(frame, direction)  # nothing queued ahead of it: no reason to queue it
         else:
             self._rx.add_passenger((frame, direction))
             if isinstance(frame, EndFrame):
@@ -181,18 +223,20 @@ class RxDrainProcessor(FrameProcessor):
                 self._rx.start_flush(self._clock())
             self._wake.set()
 
-    def _check_duration(self, frame: InputAudioRawFrame) -> None:
-        rate, channels = frame.sample_rate or 0, frame.num_channels or 1
-        if rate <= 0:
-            return
-        ms = len(frame.audio) / (2 * channels * rate) * 1000.0
-        interval = self._params.frame_interval_ms
-        if abs(ms - interval) > interval / 4:
-            self._duration_warned = True
-            logger.warning(
-                f"{self}: audio frames last {ms:.1f} ms but frame_interval_ms={interval:g}; "
-                "each frame is paced as one interval (set frame_interval_ms to the transport's frame duration)"
-            )
+    async def _offer_audio(self, frame: InputAudioRawFrame) -> None:
+        rx = self._rx
+        now = self._clock()
+        mode = rx.mode
+        inline = rx.idle and self._inline_ok
+        rx.offer(frame, now, duration_s=_duration_s(frame), key=_merge_key(frame))
+        if inline:
+            action = rx.next_action(now)  # this very frame, unless the rate bound says wait
+            if action.kind is ActionKind.RELEASE:
+                rx.note_inline()
+                await self._release(action)
+        if rx.pending:
+            self._wake.set()
+        await self._notify_mode(mode)
 
     async def cleanup(self):
         await super().cleanup()
@@ -226,9 +270,9 @@ class RxDrainProcessor(FrameProcessor):
                     await self.push_frame(frame, direction)
                 elif action.kind is ActionKind.RELEASE:
                     mode = rx.mode
-                    await self._release(action.item)
+                    await self._release(action)
                     await self._notify_mode(mode)
-                    if rx.mode == "drain" or rx.flushing:
+                    if rx.mode is RxMode.DRAIN or rx.flushing:
                         # Back-to-back releases: still let the loop run everything else in between.
                         await asyncio.sleep(0)
                 elif rx.flushing and not rx.pending:
@@ -241,7 +285,7 @@ class RxDrainProcessor(FrameProcessor):
                 await self.push_error(f"{self}: RX pacing error: {e}", exception=e)
                 await asyncio.sleep(rx.retry_interval_s)
 
-    async def _release(self, frame: InputAudioRawFrame) -> None:
+    async def _release(self, action: rb.RxAction) -> None:
         if self._sink is not None and not self._sink_accepts():
             if not self._sink_overflowing():
                 self._rx.on_release_result(False, self._clock())
@@ -249,16 +293,21 @@ class RxDrainProcessor(FrameProcessor):
             # RX + sink would hold more than max_queue: let the sink drop its oldest (the oldest
             # audio of the two queues, counted there) instead of holding newer audio here.
             self.overflow_releases += 1
+        frames = action.items or (action.item,)
+        frame = frames[0] if len(frames) == 1 else _merge(frames)
         start = self._clock()
-        await self.push_frame(frame)
-        end = self._clock()
-        self._rx.on_release_result(True, end, write_s=end - start)
+        try:
+            await self.push_frame(frame)
+        finally:
+            end = self._clock()
+            self._inline_ok = end - start < _SLOW_PUSH_S
+            self._rx.on_release_result(True, end, write_s=end - start)
 
     def _sink_overflowing(self) -> bool:
         if self._sink_backlog is None:
             return False
         try:
-            backlog = int(self._sink_backlog())
+            backlog = float(self._sink_backlog())
         except Exception:
             return False  # a broken backlog report must not force releases
         return self._rx.q + backlog > self._params.max_queue
@@ -284,6 +333,27 @@ class RxDrainProcessor(FrameProcessor):
         finally:
             handle.cancel()
 
-    async def _notify_mode(self, before: str) -> None:
-        if self._rx.mode != before:
+    async def _notify_mode(self, before: RxMode) -> None:
+        if self._rx.mode is not before:
             await self._call_event_handler("on_rx_mode_changed", self._rx.mode)
+
+
+def _duration_s(frame: InputAudioRawFrame) -> float | None:
+    rate, channels = frame.sample_rate or 0, frame.num_channels or 1
+    if rate <= 0 or channels <= 0:
+        return None  # the mechanism assumes frame_interval_ms
+    return len(frame.audio) / (2 * channels * rate)
+
+
+def _merge_key(frame: InputAudioRawFrame) -> tuple:
+    return (type(frame), frame.sample_rate, frame.num_channels, getattr(frame, "user_id", None))
+
+
+def _merge(frames: tuple[InputAudioRawFrame, ...]) -> InputAudioRawFrame:
+    """One frame carrying consecutive frames' audio (same type, rate, channels, user: see _merge_key)."""
+    first = frames[0]
+    merged = dataclasses.replace(first, audio=b"".join(f.audio for f in frames))
+    merged.transport_source = first.transport_source
+    merged.pts = first.pts
+    merged.metadata = dict(first.metadata)
+    return merged
