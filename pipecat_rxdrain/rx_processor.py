@@ -166,6 +166,7 @@ class RxDrainProcessor(FrameProcessor):
         self.empty_audio_dropped = 0  # zero-length audio frames (no audio lost, no queue slot taken)
         self.audio_after_end = 0  # audio frames that arrived after the EndFrame (the call is over)
         self.overflow_releases = 0  # frames handed to a full sink because RX q + its backlog hit max_queue
+        self.pacing_steps = 0  # pacing task iterations: stays near zero while nothing is behind
         self._register_event_handler("on_rx_mode_changed")
 
     @property
@@ -231,9 +232,8 @@ class RxDrainProcessor(FrameProcessor):
         rx.offer(frame, now, duration_s=_duration_s(frame), key=_merge_key(frame))
         if inline:
             action = rx.next_action(now)  # this very frame, unless the rate bound says wait
-            if action.kind is ActionKind.RELEASE:
+            if action.kind is ActionKind.RELEASE and await self._release(action):
                 rx.note_inline()
-                await self._release(action)
         if rx.pending:
             self._wake.set()
         await self._notify_mode(mode)
@@ -262,6 +262,7 @@ class RxDrainProcessor(FrameProcessor):
         rx = self._rx
         while True:
             try:
+                self.pacing_steps += 1
                 now = self._clock()
                 rx.report_if_due(now)
                 action = rx.next_action(now, urgent=self._sink is not None and rx.q > 0 and self._sink_overflowing())
@@ -285,11 +286,12 @@ class RxDrainProcessor(FrameProcessor):
                 await self.push_error(f"{self}: RX pacing error: {e}", exception=e)
                 await asyncio.sleep(rx.retry_interval_s)
 
-    async def _release(self, action: rb.RxAction) -> None:
+    async def _release(self, action: rb.RxAction) -> bool:
+        """Hand the action's chunk(s) downstream unless the sink refuses; True if handed on."""
         if self._sink is not None and not self._sink_accepts():
             if not self._sink_overflowing():
                 self._rx.on_release_result(False, self._clock())
-                return
+                return False
             # RX + sink would hold more than max_queue: let the sink drop its oldest (the oldest
             # audio of the two queues, counted there) instead of holding newer audio here.
             self.overflow_releases += 1
@@ -302,6 +304,7 @@ class RxDrainProcessor(FrameProcessor):
             end = self._clock()
             self._inline_ok = end - start < _SLOW_PUSH_S
             self._rx.on_release_result(True, end, write_s=end - start)
+        return True
 
     def _sink_overflowing(self) -> bool:
         if self._sink_backlog is None:
