@@ -399,17 +399,9 @@ class RxBackpressure:
             us = 1  # a zero-length chunk still occupies its place in the order
         if self._anchor is None:
             self._anchor = now
-        dropped = False
-        # Drop the oldest audio until the new chunk fits; the chunks being pushed are spared.
-        while self._q_us + us > self._max_us and len(self._audio) > self._in_flight:
-            victim = self._audio[self._in_flight]
-            del self._audio[self._in_flight]
-            self._q_us -= victim.us
-            self._drops_us += victim.us
-            self._chunks_dropped += 1
-            dropped = True
         self._audio.append(_Chunk(self._seq, frame, us, key))
         self._q_us += us
+        dropped = self._trim()
         self._seq += 1
         self._frames_in += 1
         self._audio_in_us += us
@@ -419,6 +411,8 @@ class RxBackpressure:
             self._peak_us = self._q_us
         if self._mode is RxMode.NORMAL and self._q_us >= self._high_us:
             self._set_mode(RxMode.DRAIN, now)
+        elif self._mode is RxMode.DRAIN and self._q_us <= self._low_us:
+            self._set_mode(RxMode.NORMAL, now)  # a long chunk pushed out more than it brought
         return dropped
 
     def add_passenger(self, item: Any) -> None:
@@ -516,6 +510,9 @@ class RxBackpressure:
         if not accepted:
             self._refusals += 1
             self._retry_at = now + self.retry_interval_s
+            # Chunks spared while in flight may have left q above the cap: now they are the oldest.
+            if self._trim() and self._mode is RxMode.DRAIN and self._q_us <= self._low_us:
+                self._set_mode(RxMode.NORMAL, now)
             return
         us = 0
         for _ in range(n):
@@ -570,6 +567,18 @@ class RxBackpressure:
         return line
 
     # -- internals --------------------------------------------------------
+
+    def _trim(self) -> bool:
+        """Drop the oldest audio while q is above the cap; the chunks in flight and the newest are spared."""
+        dropped = False
+        while self._q_us > self._max_us and len(self._audio) > self._in_flight + 1:
+            victim = self._audio[self._in_flight]
+            del self._audio[self._in_flight]
+            self._q_us -= victim.us
+            self._drops_us += victim.us
+            self._chunks_dropped += 1
+            dropped = True
+        return dropped
 
     def _bound_start(self, paced_us: int) -> float:
         """Earliest time a chunk may start once ``paced_us`` of audio went under the bound."""
