@@ -17,9 +17,10 @@ Three parts, numbers printed as markdown tables (nothing is asserted):
 2. Overhead per frame in a real Pipecat pipeline (``PipelineWorker`` +
    ``WorkerRunner``): ``[X, counter]`` with X = ``RxDrainProcessor`` or a
    pass-through ``FrameProcessor``: CPU time per frame for a real-time 50 fps
-   stream (the normal, inline path), and wall / CPU time per frame for frames
-   pushed in bursts of 100 (drain path), with and without ``merge_backlog``
-   (then the counter sees one frame per 60 ms of audio).
+   stream and for bursts of 100 (both the inline path), and wall / CPU time per
+   frame to release a backlog of 100 held behind a closed sink (the drain
+   path), with and without ``merge_backlog`` (then the counter sees one frame
+   per 60 ms of audio). For the pass-through, "backlog" is the plain burst.
 3. Merging and VAD: Pipecat's Silero VAD over the bundled samples fed as 20 ms
    frames, as 40 ms and as 60 ms merged chunks (what ``merge_backlog`` hands
    over when it releases a backlog): speech segments found and how far their
@@ -266,15 +267,21 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
                     self.done.set()
             await self.push_frame(frame, direction)
 
+    class Gate:
+        """An AudioSink that holds a backlog in RX until it opens (backlog mode)."""
+
+        open = True
+
+        def can_accept_audio(self) -> bool:
+            return self.open
+
+    gate = Gate()
     if kind.startswith("rx"):
-        # Burst mode measures the drain path (back-to-back); stream mode the normal, inline path.
-        merge = kind == "rx_merge"
-        params = (
-            RxDrainParams(high_watermark=1, low_watermark=0, merge_backlog=merge)
-            if mode == "burst"
-            else RxDrainParams(merge_backlog=merge)
-        )
-        x = RxDrainProcessor(params=params)
+        # stream: the normal, inline path; burst: frames pushed faster than real time (still
+        # inline while nothing is behind); backlog: 100 frames held behind a closed sink, then
+        # released back-to-back (the drain path), merged or not.
+        lead = {"lead_ms": 1e9} if mode == "burst" else {}  # bursts beyond real time: lift the rate bound
+        x = RxDrainProcessor(params=RxDrainParams(merge_backlog=kind == "rx_merge", **lead), sink=gate)
     else:
         x = PassThrough()
     counter = Counter()
@@ -293,14 +300,25 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
         await asyncio.wait_for(started.wait(), 20)
         loop = asyncio.get_running_loop()
         w0, c0 = time.perf_counter(), time.process_time()
-        if mode == "burst":
+        held_wall = held_cpu = 0.0  # time spent filling RX's backlog (backlog mode): not counted
+        if mode in ("burst", "backlog"):
             sent = 0
             while sent < frames:
                 batch = min(100, frames - sent)
+                hold = mode == "backlog" and kind != "pass"
+                if hold:
+                    gate.open = False
+                    h0, hc0 = time.perf_counter(), time.process_time()
                 await worker.queue_frames(
                     [InputAudioRawFrame(audio=audio, sample_rate=8000, num_channels=1) for _ in range(batch)]
                 )
                 sent += batch
+                if hold:
+                    while x.stats.frames_in < sent:
+                        await asyncio.sleep(0.001)
+                    held_wall += time.perf_counter() - h0
+                    held_cpu += time.process_time() - hc0
+                    gate.open = True
                 while counter.n < sent:
                     await asyncio.sleep(0)
         else:
@@ -311,7 +329,7 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
                     await asyncio.sleep(delay)
                 await worker.queue_frame(InputAudioRawFrame(audio=audio, sample_rate=8000, num_channels=1))
         await asyncio.wait_for(counter.done.wait(), 30)
-        result.extend([time.perf_counter() - w0, time.process_time() - c0, counter.pushes])
+        result.extend([time.perf_counter() - w0 - held_wall, time.process_time() - c0 - held_cpu, counter.pushes])
         await worker.queue_frame(EndFrame())
 
     runner = WorkerRunner(handle_sigint=False)
@@ -329,28 +347,40 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
 
 
 def pipeline_table(burst_frames: int, stream_s: float, repeats: int) -> str:
-    kinds = ("pass", "rx", "rx_merge")
+    kinds = ("pass", "rx", "rx_merge")  # the pass-through is not run in backlog mode (no backlog forms)
     rows = [
         "| path | measure | pass-through | RxDrainProcessor | overhead | RxDrainProcessor, merge_backlog | overhead |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     stream_frames = int(stream_s / FRAME_S)
     measured: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
-    for mode, frames, runs in (("burst", burst_frames, repeats), ("stream", stream_frames, 1)):
+    for mode, frames, runs in (
+        ("burst", burst_frames, repeats), ("backlog", burst_frames, repeats), ("stream", stream_frames, 1)
+    ):
         for kind in kinds:
+            if mode == "backlog" and kind == "pass":
+                continue
             measured[mode, kind] = []
             for _ in range(runs):
                 wall, cpu, pushes = asyncio.run(_pipeline_run(kind, mode, frames))
                 measured[mode, kind].append((wall / frames * 1e6, cpu / frames * 1e6, pushes / frames))
     for mode, idx, what in (
         ("stream", 1, "CPU µs per 20 ms frame, real-time 50 fps (normal path, inline)"),
-        ("burst", 0, "wall µs per 20 ms frame, bursts of 100 (drain path)"),
-        ("burst", 1, "CPU µs per 20 ms frame, bursts of 100 (drain path)"),
-        ("burst", 2, "frames seen downstream per 20 ms of audio, bursts of 100"),
+        ("burst", 1, "CPU µs per 20 ms frame, bursts of 100, accepting sink, rate bound lifted (inline)"),
+        ("backlog", 0, "wall µs per 20 ms frame, releasing a held backlog of 100 (drain path)"),
+        ("backlog", 1, "CPU µs per 20 ms frame, releasing a held backlog of 100 (drain path)"),
+        ("backlog", 2, "frames seen downstream per 20 ms of audio, held backlog of 100"),
     ):
         pick = max if idx == 2 else min
-        per = {kind: pick(m[idx] for m in measured[mode, kind]) for kind in kinds}
+        per = {kind: pick(m[idx] for m in measured[mode, kind]) for kind in kinds if (mode, kind) in measured}
         fmt = "{:.2f}" if idx == 2 else "{:.1f}"
+        if mode == "backlog":
+            # No backlog forms in a pass-through: compare merging against not merging.
+            rows.append(
+                f"| {mode} | {what} | – | {fmt.format(per['rx'])} | – | {fmt.format(per['rx_merge'])} | "
+                f"{fmt.format(per['rx_merge'] - per['rx'])} vs not merging |"
+            )
+            continue
         rows.append(
             f"| {mode} | {what} | {fmt.format(per['pass'])} | {fmt.format(per['rx'])} | "
             f"{fmt.format(per['rx'] - per['pass'])} | {fmt.format(per['rx_merge'])} | "
