@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from pipecat_rxdrain.clock import FakeClock
-from pipecat_rxdrain.rx_backpressure import ActionKind, RxBackpressure
+from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure
 
 FRAME_S = 0.020
 
@@ -244,7 +244,7 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from pipecat_rxdrain.rx_processor import RxDrainParams, RxDrainProcessor
+    from pipecat_rxdrain.rx.processor import RxDrainParams, RxDrainProcessor
 
     class PassThrough(FrameProcessor):
         async def process_frame(self, frame, direction):

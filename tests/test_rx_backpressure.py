@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipecat_rxdrain.clock import FakeClock
-from pipecat_rxdrain.rx_backpressure import ActionKind, RxBackpressure, RxMode
+from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure, RxMode
 from pipecat_rxdrain.telemetry import RX_LINE_RE
 
 FRAME_S = 0.020

@@ -384,7 +384,7 @@ async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
 
 
 def test_rx_demo_shows_drain_start_and_end(capsys):
-    from pipecat_rxdrain.rx_demo import main
+    from pipecat_rxdrain.rx.demo import main
 
     # A 3 s cut of the bundled call: a 0.6 s network stall (30 held frames pass straight on), then the
     # sink refuses for 1 s: 50 frames queue behind it, so drain at 40/10.

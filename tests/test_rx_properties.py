@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pipecat_rxdrain.clock import FakeClock
-from pipecat_rxdrain.rx_backpressure import ActionKind, RxBackpressure
+from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure
 
 UNIT_US = 20_000
 DURATIONS_US = [10_000, 20_000, 20_000, 20_000, 94_750, 137_500]

@@ -52,8 +52,8 @@ async def _run(args: argparse.Namespace) -> int:
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from .rx_processor import RxDrainParams, RxDrainProcessor
-    from .samples import load_sample
+    from .processor import RxDrainParams, RxDrainProcessor
+    from ..samples import load_sample
 
     sample = load_sample(args.sample)
     chunks = _frames(sample.pcm16, sample.sample_rate, args.seconds)

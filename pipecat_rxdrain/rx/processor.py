@@ -4,7 +4,7 @@ Put it right after ``transport.input()``::
 
     Pipeline([transport.input(), RxDrainProcessor(sink=stt), stt, ...])
 
-The rules live in :mod:`pipecat_rxdrain.rx_backpressure`; this module only
+The rules live in :mod:`pipecat_rxdrain.rx.backpressure`; this module only
 moves frames in and out of it on the event loop: inline from ``process_frame``
 while nothing is behind, from a pacing task while something is.
 """
@@ -29,9 +29,9 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel, model_validator
 
-from . import rx_backpressure as rb
-from .clock import Clock, monotonic
-from .rx_backpressure import ActionKind, RxBackpressure, RxMode, RxStats
+from . import backpressure as rb
+from ..clock import Clock, monotonic
+from .backpressure import ActionKind, RxBackpressure, RxMode, RxStats
 from .sink import AudioSink
 
 
@@ -123,7 +123,7 @@ class RxDrainProcessor(FrameProcessor):
     * ``EndFrame``: the queued audio is flushed first (back-to-back), then the
       ``EndFrame`` passes. ``CancelFrame``: passes at once and the backlog is
       discarded (counted in ``stats.discarded_on_cancel``, not in ``drops``).
-    * With a ``sink`` (:class:`~pipecat_rxdrain.sink.AudioSink`) a frame is
+    * With a ``sink`` (:class:`~pipecat_rxdrain.rx.sink.AudioSink`) a frame is
       released only when ``sink.can_accept_audio()`` is true; without one, a
       pushed frame counts as accepted. If the sink also reports its backlog
       (``audio_backlog()``, 20 ms-frame equivalents), the audio held by both

@@ -70,8 +70,8 @@ from typing import Any, Callable, Hashable
 
 from loguru import logger
 
-from .clock import Clock, monotonic
-from .telemetry import SlidingCount, TelemetryWindow, WindowSample, format_rx_line
+from ..clock import Clock, monotonic
+from ..telemetry import SlidingCount, TelemetryWindow, WindowSample, format_rx_line
 
 FRAME_UNIT_MS = 20.0  # q, max_queue, watermarks and drops are counted in 20 ms-frame equivalents
 _UNIT_US = 20_000
