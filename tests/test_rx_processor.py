@@ -624,3 +624,19 @@ async def test_queue_watermarks_and_drops_count_audio_time_with_the_twilio_seria
     assert [f.id for f in out] == [f.id for f in frames[s.chunks_dropped:]]  # the newest, in order
     await wait_until(lambda: [m.value for m in modes] == ["drain", "normal"], timeout=5)
     await assert_no_leaked_tasks(baseline_tasks)
+
+
+def test_the_old_module_paths_are_deprecated_aliases_of_the_rx_package():
+    import importlib
+    import sys
+
+    from pipecat_rxdrain import AudioSink, RxBackpressure
+    from pipecat_rxdrain.rx import backpressure, processor, sink
+
+    for old, new in (("rx_processor", processor), ("rx_backpressure", backpressure), ("sink", sink)):
+        sys.modules.pop(f"pipecat_rxdrain.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"pipecat_rxdrain.{old} moved"):
+            mod = importlib.import_module(f"pipecat_rxdrain.{old}")
+        assert mod is new
+    assert processor.RxDrainProcessor is RxDrainProcessor and sink.AudioSink is AudioSink
+    assert backpressure.RxBackpressure is RxBackpressure
