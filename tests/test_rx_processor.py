@@ -35,8 +35,8 @@ from pipecat_rxdrain.telemetry import RX_LINE_RE
 DOWN = FrameDirection.DOWNSTREAM
 UP = FrameDirection.UPSTREAM
 
-# A non-draining queue with no lead: a burst leaves at real time, so a backlog stays around long
-# enough to observe (the rate bound holds it, as it would a sender faster than real time).
+# A non-draining queue with no lead: a burst faster than real time leaves at real time while it
+# keeps coming (the tests that need a backlog to stay also hold it behind a closed GateSink).
 SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, lead_ms=0)
 
 
@@ -130,7 +130,8 @@ async def assert_no_leaked_tasks(baseline: set) -> None:
 
 async def test_data_frames_keep_their_place_among_queued_audio():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+    sink = GateSink(open_=False)  # holds a backlog in RX until opened
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(60)])
@@ -140,6 +141,7 @@ async def test_data_frames_keep_their_place_among_queued_audio():
         await asyncio.sleep(0.05)
         await worker.queue_frames([audio(k) for k in range(60, 100)])
         await wait_until(lambda: proc.stats.frames_in == 100)
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -176,13 +178,15 @@ async def test_drain_burst_arrives_complete_and_in_order():
 
 async def test_system_frames_are_not_delayed_behind_the_backlog():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(150)])
         await wait_until(lambda: proc.stats.frames_in == 150)
         await worker.queue_frame(InputDTMFFrame(button=KeypadEntry.ONE))
         await wait_until(lambda: any(isinstance(f, InputDTMFFrame) for f in dst.down()))
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -198,13 +202,15 @@ async def test_system_frames_are_not_delayed_behind_the_backlog():
 
 async def test_upstream_frames_pass_immediately():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(100)])
         await wait_until(lambda: proc.stats.frames_in == 100)
         await worker.queue_frame(TextFrame("to the transport"), UP)
         await wait_until(lambda: any(isinstance(f, TextFrame) for f in src.up()))
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     src, dst = await run_pipeline(proc, script)
@@ -217,7 +223,8 @@ async def test_upstream_frames_pass_immediately():
 
 async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(40)])
@@ -226,6 +233,7 @@ async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
         await asyncio.sleep(0.03)
         await worker.queue_frame(InterruptionFrame())
         await asyncio.sleep(0.03)
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -482,8 +490,8 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
     """With the clock frozen no timer can ever fire: what leaves, left inline from process_frame.
 
     (Under the old 20 ms grid only the first frame would ever have left.) Past the rate bound's
-    lead (1 s of audio ahead of a clock that does not move) frames wait in the queue, and the
-    EndFrame flush releases them.
+    lead (1 s of audio ahead of a clock that does not move), and once more than 1.1 s of audio came
+    within the (frozen) last second, frames wait in the queue; the EndFrame flush releases them.
     """
     baseline_tasks = tasks_now()
     sink = GateSink(open_=True)
@@ -497,15 +505,16 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
         s = proc.stats
         assert (s.inline_releases, s.releases, s.frames_out, s.q, s.refusals) == (51, 51, 51, 0, 0)
         assert proc.pacing_steps <= 3  # the pacing task slept through all of it
-        for k in range(51, 60):
+        for k in range(51, 80):
             await worker.queue_frame(audio(k))
-        await wait_until(lambda: proc.stats.frames_in == 60)
+        await wait_until(lambda: proc.stats.frames_in == 80)
         await asyncio.sleep(0.05)
-        assert proc.stats.q == 9 and proc.stats.inline_releases == 51  # held by the bound, not lost
+        # frames 51..54 still went (1.1 s of input is not yet "ahead of real time"); the rest is held
+        assert proc.stats.q == 25 and proc.stats.inline_releases == 55  # held by the bound, not lost
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
-    assert labels(dst.down()) == list(range(60)) + ["EndFrame"]
+    assert labels(dst.down()) == list(range(80)) + ["EndFrame"]
     assert dst.q_at_arrival[:51] == [1] * 51  # nothing but the frame itself (in flight) was queued
     await assert_no_leaked_tasks(baseline_tasks)
 

@@ -30,15 +30,20 @@ The rules:
   forgiven or reset (there is nothing to reset: the bound only caps how far the
   released audio may run ahead of the clock). A caller delivering audio at
   real time never meets it; a sender faster than real time is paced to real
-  time once it is ``lead_ms`` ahead.
+  time once it is ``lead_ms`` ahead. The bound holds audio only while the input
+  is running ahead of real time (more than 1.1 s of audio offered in the last
+  second): once it is back at real time, what the bound still holds is a
+  one-time offset (a late first frame, a start-up backlog) and is released at
+  once, so the bound never leaves a standing queue behind.
 * **Hysteresis.** Enter ``drain`` when q >= ``high_watermark`` (default 100),
   go back to ``normal`` only when q <= ``low_watermark`` (default 20), or when
   the queue is empty. In ``drain`` (and during the end-of-stream flush) chunks
   are released back-to-back, the rate bound lifted: that audio is already
-  late, so it is not charged to the bound. Leaving ``drain`` lets the tail it
-  leaves (<= ``low_watermark``) go at once too: the bound is eased just enough
-  for it, so the last frames of a flood never wait for the wall clock to catch
-  up with it. This is the only time the bound is ever eased.
+  late, so it is not charged to the bound. Leaving ``drain`` restarts the
+  bound at the present: the tail the drain leaves (<= ``low_watermark``) goes
+  at once, with the full lead still ahead of it, so the last frames of a flood
+  never wait for the wall clock to catch up with it. This is the only time the
+  bound is ever eased.
 * **Refusals.** A chunk the sink refused stays at the head and is retried first
   after ``retry_interval_ms``; it is never dropped for being refused, never
   reordered, and the bound's deadline does not move for it.
@@ -85,6 +90,11 @@ DEFAULT_BATCH_MS = 60.0
 DEFAULT_RETRY_INTERVAL_MS = 5.0
 DEFAULT_TELEMETRY_INTERVAL_S = 1.0
 DEFAULT_FLUSH_TIMEOUT_S = 5.0
+
+# The rate bound holds audio only while the input runs ahead of real time: more than this much
+# audio offered within the last _RATE_WINDOW_S.
+_RATE_WINDOW_S = 1.0
+_RATE_LIMIT_US = 1_100_000
 
 # Deadlines within a nanosecond count as reached (float sums such as 0.025 + 0.005 overshoot).
 _EPS = 1e-9
@@ -286,6 +296,8 @@ class RxBackpressure:
 
         self._window = TelemetryWindow(telemetry_interval_s, clock=clock)
         self._arrivals = SlidingCount(1.0)  # fps_in: chunks offered in the last second
+        self._recent: deque[tuple[float, int]] = deque()  # (offered at, us) over the last _RATE_WINDOW_S
+        self._recent_us = 0
         self._last_sample = WindowSample(events_per_s=0, write_ms=0.0, write_count=0, elapsed_s=0.0)
 
         self._drops_us = 0
@@ -407,6 +419,8 @@ class RxBackpressure:
         self._audio_in_us += us
         self._window.count(1)
         self._arrivals.add(now)
+        self._recent.append((now, us))
+        self._recent_us += us
         if self._q_us > self._peak_us:
             self._peak_us = self._q_us
         if self._mode is RxMode.NORMAL and self._q_us >= self._high_us:
@@ -496,7 +510,13 @@ class RxBackpressure:
         start_at = self._bound_start(self._paced_us)
         if now + _EPS >= start_at:
             return self._release(now, paced=True)
-        return self._wait(start_at, now)
+        ahead_until = self._input_ahead_until(now)
+        if ahead_until is None:
+            # The input is back at real time: what the bound still holds is a one-time offset (a late
+            # first frame, a start-up backlog), not a fast sender. Holding it would only age it.
+            self._paced_us = min(self._paced_us, _us(now - self._anchor) + self._lead_us - self._q_us)
+            return self._release(now, paced=True)
+        return self._wait(min(start_at, ahead_until), now)
 
     def on_release_result(self, accepted: bool, now: float | None = None, write_s: float = 0.0) -> None:
         """Report what happened to the chunk(s) handed out by a RELEASE action.
@@ -580,6 +600,22 @@ class RxBackpressure:
             dropped = True
         return dropped
 
+    def _input_ahead_until(self, now: float) -> float | None:
+        """None if the audio offered in the last second is within real time (+10 %); else when it will be."""
+        recent = self._recent
+        horizon = now - _RATE_WINDOW_S
+        while recent and recent[0][0] <= horizon:
+            self._recent_us -= recent.popleft()[1]
+        limit = _RATE_LIMIT_US
+        if self._recent_us <= limit:
+            return None
+        total = self._recent_us
+        for t, us in recent:  # without new arrivals, the window sheds its oldest audio first
+            total -= us
+            if total <= limit:
+                return t + _RATE_WINDOW_S
+        return now + _RATE_WINDOW_S  # not reached (total ends at 0)
+
     def _bound_start(self, paced_us: int) -> float:
         """Earliest time a chunk may start once ``paced_us`` of audio went under the bound."""
         assert self._anchor is not None
@@ -627,8 +663,8 @@ class RxBackpressure:
                 self._drain_total_s += max(0.0, now - self._drain_started)
             self._drain_started = None
             if self._anchor is not None:
-                # The tail a drain leaves (<= low watermark) is the end of the same backlog: it goes
-                # now, not when the wall clock catches up with a flood that ran past the lead.
-                room = _us(now - self._anchor) + self._lead_us - self._q_us
-                self._paced_us = min(self._paced_us, room)
+                # The bound restarts at the present: the tail a drain leaves (<= low watermark) is the
+                # end of the same backlog and goes now, with the full lead still ahead of it, rather
+                # than waiting for the wall clock to catch up with a flood that ran past the lead.
+                self._paced_us = min(self._paced_us, _us(now - self._anchor) - self._q_us)
         self._report(now, periodic=False)
