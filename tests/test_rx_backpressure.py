@@ -842,3 +842,15 @@ def test_mode_change_line_reports_frames_of_the_last_second_and_keeps_the_period
     # At t=1.9 s the steady frames (offered up to t=0.88 s) have left the last second; the burst has not.
     assert rx.stats(1.5).fps_in == 19 + 150  # steady frames offered at 0.52..0.88 s are still inside
     assert rx.stats(1.9).fps_in == 150
+
+
+def test_memory_stays_bounded_over_a_long_idle_queue_call():
+    # An hour at 50 fps with every frame released inline: the rate window holds one second of chunks.
+    rx, _, _ = make()
+    for k in range(180_000):
+        now = k * FRAME_S
+        rx.offer(k, now)
+        rx.next_action(now)
+        rx.on_release_result(True, now)
+    assert len(rx._recent) <= 51 and rx.queued_chunks == 0
+    assert len(rx._arrivals._times) <= 51

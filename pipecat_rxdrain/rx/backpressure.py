@@ -419,8 +419,12 @@ class RxBackpressure:
         self._audio_in_us += us
         self._window.count(1)
         self._arrivals.add(now)
-        self._recent.append((now, us))
+        recent = self._recent
+        recent.append((now, us))
         self._recent_us += us
+        horizon = now - _RATE_WINDOW_S
+        while recent[0][0] <= horizon:  # bounded: one second of chunks
+            self._recent_us -= recent.popleft()[1]
         if self._q_us > self._peak_us:
             self._peak_us = self._q_us
         if self._mode is RxMode.NORMAL and self._q_us >= self._high_us:
