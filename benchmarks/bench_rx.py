@@ -196,6 +196,9 @@ def age_table(duration_s: float) -> str:
             with_stalls(duration_s, [(0.5 * k, 0.5) for k in range(int(duration_s / 0.5))]), None,
         ),
         "steady, sink refuses 300 ms at t=5 s": (steady(duration_s), (5.0, 5.3)),
+        "start-up backlog: 3 s arrive with the first frame": (
+            [0.0] * 150 + [k * FRAME_S for k in range(1, int(duration_s / FRAME_S) - 150)], None,
+        ),
     }
     variants = {
         "before issue 13 (20 ms grid, 1.5x catch-up)": None,

@@ -31,10 +31,11 @@ The rules:
   released audio may run ahead of the clock). A caller delivering audio at
   real time never meets it; a sender faster than real time is paced to real
   time once it is ``lead_ms`` ahead. The bound holds audio only while the input
-  is running ahead of real time (more than 1.1 s of audio offered in the last
-  second): once it is back at real time, what the bound still holds is a
-  one-time offset (a late first frame, a start-up backlog) and is released at
-  once, so the bound never leaves a standing queue behind.
+  is running ahead of real time (more than 550 ms of audio, besides the newest
+  chunk, offered in the last 500 ms): once it is back at real time, what the
+  bound still holds is a one-time offset (a late first frame, a start-up
+  backlog) and is released at once, so the bound never leaves a standing queue
+  behind.
 * **Hysteresis.** Enter ``drain`` when q >= ``high_watermark`` (default 100),
   go back to ``normal`` only when q <= ``low_watermark`` (default 20), or when
   the queue is empty. In ``drain`` (and during the end-of-stream flush) chunks
@@ -91,10 +92,11 @@ DEFAULT_RETRY_INTERVAL_MS = 5.0
 DEFAULT_TELEMETRY_INTERVAL_S = 1.0
 DEFAULT_FLUSH_TIMEOUT_S = 5.0
 
-# The rate bound holds audio only while the input runs ahead of real time: more than this much
-# audio offered within the last _RATE_WINDOW_S.
-_RATE_WINDOW_S = 1.0
-_RATE_LIMIT_US = 1_100_000
+# The rate bound holds audio only while the input runs ahead of real time: more than 110 % of
+# _RATE_WINDOW_S of audio offered within the last _RATE_WINDOW_S, not counting the newest chunk
+# (so that a stream of long chunks, 95 or 137.5 ms, is not "ahead" by where the window cuts it).
+_RATE_WINDOW_S = 0.5
+_RATE_LIMIT_US = 550_000
 
 # Deadlines within a nanosecond count as reached (float sums such as 0.025 + 0.005 overshoot).
 _EPS = 1e-9
@@ -605,12 +607,14 @@ class RxBackpressure:
         return dropped
 
     def _input_ahead_until(self, now: float) -> float | None:
-        """None if the audio offered in the last second is within real time (+10 %); else when it will be."""
+        """None if the input of the last half second is within real time (+10 %); else when it will be."""
         recent = self._recent
         horizon = now - _RATE_WINDOW_S
         while recent and recent[0][0] <= horizon:
             self._recent_us -= recent.popleft()[1]
-        limit = _RATE_LIMIT_US
+        if not recent:
+            return None
+        limit = _RATE_LIMIT_US + recent[-1][1]
         if self._recent_us <= limit:
             return None
         total = self._recent_us
