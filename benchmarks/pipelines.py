@@ -542,7 +542,7 @@ def build_ours(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
     from pipecat.services.google.stt import GoogleSTTSettings
     from pipecat.transcriptions.language import Language
 
-    from pipecat_rxdrain.rx_processor import RxDrainProcessor
+    from pipecat_rxdrain.rx.processor import RxDrainProcessor
     from pipecat_rxdrain.stt.service import GoogleSTTService
 
     kwargs = {}

@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # RX back-pressure
-    "RxBackpressure": "pipecat_rxdrain.rx_backpressure",
-    "RxStats": "pipecat_rxdrain.rx_backpressure",
-    "RxDrainProcessor": "pipecat_rxdrain.rx_processor",
-    "RxDrainParams": "pipecat_rxdrain.rx_processor",
+    "RxBackpressure": "pipecat_rxdrain.rx.backpressure",
+    "RxStats": "pipecat_rxdrain.rx.backpressure",
+    "RxDrainProcessor": "pipecat_rxdrain.rx.processor",
+    "RxDrainParams": "pipecat_rxdrain.rx.processor",
     # shared
-    "AudioSink": "pipecat_rxdrain.sink",
+    "AudioSink": "pipecat_rxdrain.rx.sink",
     "FakeClock": "pipecat_rxdrain.clock",
     # Google STT
     "StreamingSTTSession": "pipecat_rxdrain.stt.session",
@@ -42,8 +42,8 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import FakeClock
     from .emulator import SpeechEmulator
-    from .rx_backpressure import RxBackpressure, RxStats
-    from .rx_processor import RxDrainParams, RxDrainProcessor
-    from .sink import AudioSink
+    from .rx.backpressure import RxBackpressure, RxStats
+    from .rx.processor import RxDrainParams, RxDrainProcessor
+    from .rx.sink import AudioSink
     from .stt.service import GoogleSTTService
     from .stt.session import StreamingSTTSession

@@ -8,7 +8,7 @@
    and transcripts as they happen,
 4. prints a summary table and stops the bot with SIGTERM (it must exit 0).
 
-``--rx-only`` runs the RX back-pressure demo (:mod:`pipecat_rxdrain.rx_demo`) instead.
+``--rx-only`` runs the RX back-pressure demo (:mod:`pipecat_rxdrain.rx.demo`) instead.
 Exit code 0 when the call went through with transcripts, no RX drops and a clean bot exit.
 """
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--rx-only" in argv:
         argv.remove("--rx-only")
-        from .rx_demo import main as rx_main
+        from .rx.demo import main as rx_main
 
         return rx_main(argv)
     p = argparse.ArgumentParser(prog="rxdrain demo", description=__doc__.split("\n\n")[0])

@@ -1,29 +1,17 @@
-"""The acceptance protocol between the RX back-pressure processor and what it feeds."""
+"""Deprecated alias of :mod:`pipecat_rxdrain.rx.sink` (RX moved into the ``pipecat_rxdrain.rx`` package).
 
-from __future__ import annotations
+Kept so that code importing the old path keeps working; import from
+``pipecat_rxdrain`` (the public names) or ``pipecat_rxdrain.rx.sink`` instead.
+"""
 
-from typing import Protocol, runtime_checkable
+import sys as _sys
+import warnings as _warnings
 
+from .rx import sink as _moved
 
-@runtime_checkable
-class AudioSink(Protocol):
-    """Something downstream that can say whether it takes audio *now*.
-
-    ``RxDrainProcessor(sink=...)`` releases a queued frame only when
-    ``can_accept_audio()`` is true; otherwise the frame stays pending at the
-    head of the RX queue and the pacing deadline does not advance. The STT
-    service implements it as "my bounded queue has room, so this frame would be
-    taken without dropping anything". It must be cheap and must never block:
-    it is called from the event loop for every frame.
-
-    Optional: ``audio_backlog() -> int``, the frames the sink holds that were
-    not sent on yet. With it, ``RxDrainProcessor`` bounds the audio held by
-    *both* queues together: RX q + backlog never exceeds the RX ``max_queue``.
-    When it would, RX hands the head frame to the (refusing) sink anyway and the
-    sink's drop-oldest rule discards the globally oldest audio, rather than RX
-    holding newer audio behind a full sink (two 200-frame queues in series would
-    otherwise age audio by 8 s instead of 4 s during a stall).
-    """
-
-    def can_accept_audio(self) -> bool: ...
-
+_warnings.warn(
+    "pipecat_rxdrain.sink moved to pipecat_rxdrain.rx.sink; import from there or from pipecat_rxdrain",
+    DeprecationWarning,
+    stacklevel=2,
+)
+_sys.modules[__name__] = _moved

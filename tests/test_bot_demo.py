@@ -12,9 +12,10 @@ def test_demo_runs_emulator_bot_and_caller_and_exits_zero(capsys):
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "demo OK" in out and "bot stopped with SIGTERM, exit code 0" in out
-    # the reader sees the drain right after the stall and the return to normal
+    # RX is work-conserving: the frames held by the stall pass straight on (the STT takes them), so
+    # the reader sees no drain and no standing queue
     rx = [line for line in out.splitlines() if "[RX]" in line]
     modes = [re.search(r"mode=(\w+)", line)[1] for line in rx]
-    assert "drain" in modes and "normal" in modes[modes.index("drain"):]
-    assert re.search(r"\| RX drops\s+\| 0 ", out) and re.search(r"\| RX peak q\s+\| 1\d\d ", out)
+    assert modes and set(modes) == {"normal"}
+    assert re.search(r"\| RX drops\s+\| 0", out) and not re.search(r"\| RX peak q\s+\| \d{3}", out)
     assert "tomorrow morning at nine please" in out

@@ -1,8 +1,9 @@
 """RxDrainProcessor in real Pipecat pipelines (PipelineWorker + WorkerRunner, no mocks).
 
-Pacing runs on real asyncio time here, so these tests assert semantics (order,
-what arrives before what, counts), never speed. The exact timing rules are
-tested on the mechanism with a FakeClock in test_rx_backpressure.py.
+Pacing runs on real asyncio time here (or on a frozen FakeClock), so these
+tests assert semantics (order, what arrives before what, counts, which path a
+frame took), never speed. The exact timing rules are tested on the mechanism
+with a FakeClock in test_rx_backpressure.py.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
+from pipecat_rxdrain.clock import FakeClock
 from pipecat_rxdrain.telemetry import RX_LINE_RE
 
 DOWN = FrameDirection.DOWNSTREAM
 UP = FrameDirection.UPSTREAM
 
-# A slow, non-draining queue so that a backlog stays around long enough to observe.
-SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, catchup_speed=1.0)
+# A non-draining queue with no lead: a burst faster than real time leaves at real time while it
+# keeps coming (the tests that need a backlog to stay also hold it behind a closed GateSink).
+SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, lead_ms=0)
 
 
 def audio(k: int) -> InputAudioRawFrame:
@@ -127,7 +130,8 @@ async def assert_no_leaked_tasks(baseline: set) -> None:
 
 async def test_data_frames_keep_their_place_among_queued_audio():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+    sink = GateSink(open_=False)  # holds a backlog in RX until opened
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(60)])
@@ -137,6 +141,7 @@ async def test_data_frames_keep_their_place_among_queued_audio():
         await asyncio.sleep(0.05)
         await worker.queue_frames([audio(k) for k in range(60, 100)])
         await wait_until(lambda: proc.stats.frames_in == 100)
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -173,13 +178,15 @@ async def test_drain_burst_arrives_complete_and_in_order():
 
 async def test_system_frames_are_not_delayed_behind_the_backlog():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(150)])
         await wait_until(lambda: proc.stats.frames_in == 150)
         await worker.queue_frame(InputDTMFFrame(button=KeypadEntry.ONE))
         await wait_until(lambda: any(isinstance(f, InputDTMFFrame) for f in dst.down()))
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -195,13 +202,15 @@ async def test_system_frames_are_not_delayed_behind_the_backlog():
 
 async def test_upstream_frames_pass_immediately():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=10, **SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(100)])
         await wait_until(lambda: proc.stats.frames_in == 100)
         await worker.queue_frame(TextFrame("to the transport"), UP)
         await wait_until(lambda: any(isinstance(f, TextFrame) for f in src.up()))
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     src, dst = await run_pipeline(proc, script)
@@ -214,7 +223,8 @@ async def test_upstream_frames_pass_immediately():
 
 async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
     baseline_tasks = tasks_now()
-    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=20, **SLOW))
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(40)])
@@ -223,6 +233,7 @@ async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
         await asyncio.sleep(0.03)
         await worker.queue_frame(InterruptionFrame())
         await asyncio.sleep(0.03)
+        sink.open = True
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline(proc, script)
@@ -299,7 +310,7 @@ class GateSink:
 async def test_sink_holds_frames_until_it_accepts():
     baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(frame_interval_ms=5), sink=sink)
+    proc = RxDrainProcessor(sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(30)])
@@ -381,10 +392,12 @@ async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
 
 
 def test_rx_demo_shows_drain_start_and_end(capsys):
-    from pipecat_rxdrain.rx_demo import main
+    from pipecat_rxdrain.rx.demo import main
 
-    # A 3 s cut of the bundled call with a 1.2 s stall: 60 held frames, so drain at 40/10.
-    rc = main(["--seconds", "3", "--stall-at", "0.5", "--stall-s", "1.2", "--high", "40", "--low", "10"])
+    # A 3 s cut of the bundled call: a 0.6 s network stall (30 held frames pass straight on), then the
+    # sink refuses for 1 s: 50 frames queue behind it, so drain at 40/10.
+    rc = main(["--seconds", "3", "--stall-at", "0.3", "--stall-s", "0.6", "--sink-stall-at", "1.4",
+               "--sink-stall-s", "1.0", "--high", "40", "--low", "10"])
     out = capsys.readouterr().out
     assert rc == 0
     rx_lines = [line.split(" ", 1)[1] for line in out.splitlines() if " [RX] " in line]
@@ -393,6 +406,7 @@ def test_rx_demo_shows_drain_start_and_end(capsys):
     assert "drain" in modes and modes[modes.index("drain") + 1 :].count("normal") >= 1
     assert "drain started" in out and "drain ended" in out
     assert "RX summary" in out and "drops                0" in out
+    assert "held frames arrive at once" in out and "released inline" in out
 
 
 class BoundedSink:
@@ -467,3 +481,171 @@ async def test_rx_and_a_full_sink_together_hold_at_most_max_queue_dropping_the_o
     s = proc.stats
     assert s.discarded_on_end == 20  # the sink never accepted again: the flush gave up, counted
     await assert_no_leaked_tasks(baseline_tasks)
+
+
+# -- work-conserving release ------------------------------------------------------------
+
+
+async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
+    """With the clock frozen no timer can ever fire: what leaves, left inline from process_frame.
+
+    (Under the old 20 ms grid only the first frame would ever have left.) Past the rate bound's
+    lead (1 s of audio ahead of a clock that does not move), with all that audio offered within the
+    (frozen) last 500 ms, the input is ahead of real time: frames wait in the queue, and the
+    EndFrame flush releases them.
+    """
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=True)
+    clock = FakeClock(100.0)
+    proc = RxDrainProcessor(sink=sink, clock=clock)
+
+    async def script(worker, src, dst):
+        for k in range(51):  # the 1 s lead: frames starting at 0 .. 1000 ms of audio may go at t=0
+            await worker.queue_frame(audio(k))
+            await wait_until(lambda: len(dst.down()) == k + 1)
+        s = proc.stats
+        assert (s.inline_releases, s.releases, s.frames_out, s.q, s.refusals) == (51, 51, 51, 0, 0)
+        assert proc.pacing_steps <= 3  # the pacing task slept through all of it
+        for k in range(51, 80):
+            await worker.queue_frame(audio(k))
+        await wait_until(lambda: proc.stats.frames_in == 80)
+        await asyncio.sleep(0.05)
+        assert proc.stats.q == 29 and proc.stats.inline_releases == 51  # held by the bound, not lost
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(80)) + ["EndFrame"]
+    assert dst.q_at_arrival[:51] == [1] * 51  # nothing but the frame itself (in flight) was queued
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_it():
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(sink=sink)
+
+    async def script(worker, src, dst):
+        await worker.queue_frame(audio(0))  # arrives to an empty queue, refused inline
+        await wait_until(lambda: proc.stats.refusals >= 1)
+        await worker.queue_frames([audio(k) for k in range(1, 5)])
+        await wait_until(lambda: proc.stats.frames_in == 5)
+        await wait_until(lambda: proc.stats.refusals >= 3)  # retried by the pacing task
+        assert proc.stats.q == 5 and proc.stats.frames_out == 0
+        sink.open = True
+        await wait_until(lambda: proc.stats.frames_out == 5)
+        await worker.queue_frame(audio(5))  # nothing behind any more: inline again
+        await wait_until(lambda: proc.stats.frames_out == 6)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    assert labels(dst.down()) == list(range(6)) + ["EndFrame"]
+    assert proc.stats.inline_releases == 1  # frame 5; frame 0 was refused inline, released by the task
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+async def test_merge_backlog_hands_a_backlog_downstream_as_batch_ms_chunks():
+    baseline_tasks = tasks_now()
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(merge_backlog=True, batch_ms=60), sink=sink)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(k) for k in range(8)])
+        await wait_until(lambda: proc.stats.frames_in == 8)
+        sink.open = True
+        await wait_until(lambda: proc.stats.frames_out == 8)
+        await worker.queue_frame(audio(8))  # alone: inline, not merged, not held
+        await wait_until(lambda: proc.stats.frames_out == 9)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    got = [f for f in dst.down() if isinstance(f, InputAudioRawFrame)]
+    ids = [[int.from_bytes(f.audio[i : i + 2], "little") for i in range(0, len(f.audio), 320)] for f in got]
+    assert ids == [[0, 1, 2], [3, 4, 5], [6, 7], [8]]
+    assert [len(f.audio) for f in got] == [960, 960, 640, 320]
+    assert all(f.sample_rate == 8000 and f.num_channels == 1 for f in got)
+    s = proc.stats
+    assert (s.frames_out, s.releases) == (9, 4)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+def _twilio_media(k: int) -> str:
+    import base64
+    import json
+    import math
+
+    payload = bytes(int(128 + 90 * math.sin((k * 160 + i) / 7.0)) % 256 for i in range(160))
+    return json.dumps({"event": "media", "media": {"payload": base64.b64encode(payload).decode()}})
+
+
+async def _twilio_frames(rate: int, n_messages: int) -> list[InputAudioRawFrame]:
+    """What Pipecat's own Twilio serializer hands the pipeline at ``rate``: 20 ms at 8 kHz, ~95 ms at 16 kHz."""
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+
+    ser = TwilioFrameSerializer("MZ00000000000000000000000000000000",
+                                params=TwilioFrameSerializer.InputParams(auto_hang_up=False))
+
+    class _Setup:
+        audio_in_sample_rate = rate
+
+    await ser.setup(_Setup())
+    frames = []
+    for k in range(n_messages):
+        f = await ser.deserialize(_twilio_media(k))
+        if f is not None:
+            frames.append(f)
+    return frames
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000])
+async def test_queue_watermarks_and_drops_count_audio_time_with_the_twilio_serializer(rate):
+    """3 s of Twilio audio behind a closed sink, max_queue 100 (2 s): RX holds 2 s of audio, not 100 chunks."""
+    baseline_tasks = tasks_now()
+    frames = await _twilio_frames(rate, 150)
+    chunk = len(frames[1].audio) / 2 / rate / 0.020  # in 20 ms-frame equivalents
+    if rate > 8000:
+        assert chunk > 4  # ~95 ms (16 kHz) / ~137 ms (24 kHz): a chunk count would mean 19 s / 27 s
+    audio_in = sum(len(f.audio) for f in frames) / 2 / rate / 0.020
+    sink = GateSink(open_=False)
+    proc = RxDrainProcessor(params=RxDrainParams(max_queue=100, high_watermark=60, low_watermark=10), sink=sink)
+    modes: list = []
+
+    @proc.event_handler("on_rx_mode_changed")
+    async def _mode(_proc, mode):
+        modes.append(mode)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames(frames)
+        await wait_until(lambda: proc.stats.frames_in == len(frames))
+        s = proc.stats
+        assert s.audio_in == pytest.approx(audio_in)
+        assert 100 - chunk < s.q <= 100  # 2 s of audio, whatever the chunk size
+        assert s.drops == pytest.approx(audio_in - s.q)  # the oldest audio went, counted in audio
+        assert s.peak_q <= 100
+        assert s.mode == "drain"  # entered when the queued audio reached 60 x 20 ms
+        sink.open = True
+        await wait_until(lambda: proc.stats.q == 0)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline(proc, script)
+    s = proc.stats
+    out = [f for f in dst.down() if isinstance(f, InputAudioRawFrame)]
+    assert len(out) == s.frames_out == len(frames) - s.chunks_dropped
+    assert [f.id for f in out] == [f.id for f in frames[s.chunks_dropped:]]  # the newest, in order
+    await wait_until(lambda: [m.value for m in modes] == ["drain", "normal"], timeout=5)
+    await assert_no_leaked_tasks(baseline_tasks)
+
+
+def test_the_old_module_paths_are_deprecated_aliases_of_the_rx_package():
+    import importlib
+    import sys
+
+    from pipecat_rxdrain import AudioSink, RxBackpressure
+    from pipecat_rxdrain.rx import backpressure, processor, sink
+
+    for old, new in (("rx_processor", processor), ("rx_backpressure", backpressure), ("sink", sink)):
+        sys.modules.pop(f"pipecat_rxdrain.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"pipecat_rxdrain.{old} moved"):
+            mod = importlib.import_module(f"pipecat_rxdrain.{old}")
+        assert mod is new
+    assert processor.RxDrainProcessor is RxDrainProcessor and sink.AudioSink is AudioSink
+    assert backpressure.RxBackpressure is RxBackpressure

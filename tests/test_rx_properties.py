@@ -1,21 +1,32 @@
 """Property-based tests (Hypothesis) of the RX mechanism's invariants, with a FakeClock.
 
 A rule-based state machine drives ``RxBackpressure`` through arbitrary
-interleavings of offers, releases (accepted, refused, or left in flight while
-more audio arrives), passengers, clock jumps, cancels and end-of-stream
-flushes, and checks after every step against a plain reference model:
+interleavings of offers (chunks of 10, 20, 95 and 137.5 ms: what Pipecat's
+Twilio serializer hands over at 8, 16 and 24 kHz), releases (accepted, refused,
+or left in flight while more audio arrives), passengers, clock jumps, cancels
+and end-of-stream flushes, with merging on or off, and checks after every step
+against a plain reference model:
 
-* q <= max_queue, always;
-* every offered frame is accounted for exactly:
+* q <= max_queue in audio time, always, except that the chunk being pushed and
+  the newest chunk are never dropped to make room;
+* every offered microsecond of audio is accounted for exactly:
   offered = released + queued + dropped + discarded_on_cancel + discarded_on_end;
-* frames leave in the order they were offered (and exactly the frames the
+* chunks leave in the order they were offered (and exactly the chunks the
   reference model says are still queued are queued: drop-oldest, sparing the
-  frame in flight);
-* mode rules: ``drain`` is entered only by an offer that makes q >= high;
-  it is left only when q <= low or the queue is empty (or on cancel);
-  in ``normal`` q < high, in ``drain`` q > low;
-* the pacing deadline never advances on a refused frame, and a refused frame
-  is the next one offered downstream;
+  chunks in flight); a merged release is consecutive chunks of one key within
+  ``batch_ms``, never across a passenger;
+* mode rules in audio time: ``drain`` is entered only by an offer that makes
+  q >= high; it is left only when q <= low or the queue is empty (or on
+  cancel); in ``normal`` q < high, in ``drain`` q > low;
+* the rate bound: in ``normal`` a chunk starts only while the audio released
+  under the bound is <= the time since the first chunk + lead; the bound's
+  deadline advances by exactly the accepted duration, never on a refusal, and
+  only ever eases (when a drain ends, or when the input is back at real time);
+* work-conserving: in ``normal`` with audio queued, nothing in flight and no
+  refusal pending, the next action is a release unless the bound holds it
+  *and* the input is ahead of real time (more than 550 ms of audio besides the
+  newest chunk offered within the last 500 ms; in particular a chunk offered
+  to an idle queue is released at once);
 * passengers are never dropped except by ``drop_passengers`` and keep their
   place behind the audio offered before them.
 """
@@ -29,17 +40,22 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pipecat_rxdrain.clock import FakeClock
-from pipecat_rxdrain.rx_backpressure import ActionKind, RxBackpressure
+from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure
+
+UNIT_US = 20_000
+DURATIONS_US = [10_000, 20_000, 20_000, 20_000, 94_750, 137_500]
 
 
 class RxMachine(RuleBasedStateMachine):
     @initialize(
         max_queue=st.integers(1, 30),
         data=st.data(),
-        catchup=st.sampled_from([1.0, 1.5, 3.0]),
+        lead_ms=st.sampled_from([0.0, 40.0, 1000.0]),
+        merge=st.booleans(),
+        batch_ms=st.sampled_from([40.0, 60.0, 200.0]),
         flush_timeout_s=st.sampled_from([0.0, 0.05, 1.0]),
     )
-    def setup(self, max_queue, data, catchup, flush_timeout_s):
+    def setup(self, max_queue, data, lead_ms, merge, batch_ms, flush_timeout_s):
         high = data.draw(st.integers(1, max_queue), label="high")
         low = data.draw(st.integers(0, high - 1), label="low")
         self.clock = FakeClock(0.0)
@@ -48,103 +64,176 @@ class RxMachine(RuleBasedStateMachine):
             max_queue=max_queue,
             high_watermark=high,
             low_watermark=low,
-            catchup_speed=catchup,
+            lead_ms=lead_ms,
+            merge_backlog=merge,
+            batch_ms=batch_ms,
             flush_timeout_s=flush_timeout_s,
             clock=self.clock,
             emit=self.lines.append,
         )
-        self.high, self.low, self.cap = high, low, max_queue
-        self.model: deque[int] = deque()  # audio ids the reference model says are queued, oldest first
-        self.in_flight: int | None = None  # id handed out by a RELEASE not yet reported
+        self.high_us, self.low_us, self.cap_us = high * UNIT_US, low * UNIT_US, max_queue * UNIT_US
+        self.lead_s, self.batch_us, self.merge = lead_ms / 1000, int(batch_ms * 1000), merge
+        self.model: deque[tuple[int, int, int]] = deque()  # (id, duration us, key) queued, oldest first
+        self.in_flight: tuple | None = None  # ids handed out by a RELEASE not yet reported
+        self.in_flight_paced = False
         self.next_id = 0
         self.released: list[int] = []
         self.out: list = []  # everything handed downstream, audio ids and passengers, in order
         self.passengers_expected: deque[tuple[int, str]] = deque()  # (audio offered before it, name)
-        self.dropped_model = 0
-        self.cancelled_model = 0
+        self.offered_us = self.released_us = self.dropped_us = self.cancelled_us = self.ended_us = 0
+        self.refused_pending = False
+        self.offer_log: list[tuple[float, int]] = []  # (offered at, us)
 
     # -- helpers ------------------------------------------------------------
 
-    def _check_mode_transition(self, before_mode: str, before_q: int, op: str) -> None:
+    def _q_us(self) -> int:
+        return sum(d for _, d, _ in self.model)
+
+    def _check_mode_transition(self, before_mode: str, op: str) -> None:
         rx = self.rx
         if before_mode == "normal" and rx.mode == "drain":
             assert op == "offer", f"drain entered by {op}"
-            assert rx.q >= self.high
+            assert self._q_us() >= self.high_us
         if before_mode == "drain" and rx.mode == "normal":
-            assert op in ("release", "next_action", "cancel"), f"drain left by {op}"
-            assert rx.q <= self.low or rx.q == 0
+            # (an offer leaves drain only when a long chunk pushed out more old audio than it brought)
+            assert op in ("release", "next_action", "cancel", "offer"), f"drain left by {op}"
+            assert self._q_us() <= self.low_us or not self.model
+
+    def _bound_allows(self, paced_s: float) -> bool:
+        return paced_s <= (self.clock.now - self.rx.anchor) + self.lead_s + 1e-9
+
+    def _input_ahead(self) -> bool:
+        """More than 550 ms of audio besides the newest chunk offered within the last 500 ms: only then
+        may the bound hold audio."""
+        now = self.clock.now
+        recent = [d for t, d in self.offer_log if t > now - 0.5]
+        return bool(recent) and sum(recent) - recent[-1] > 550_000
 
     def _pass_or_release(self, accept: bool | None) -> None:
         """Ask for the next action and carry it out. accept=None leaves a RELEASE in flight."""
         rx, clock = self.rx, self.clock
-        mode, q = rx.mode, rx.q
-        ended_before = rx.stats(clock.now).discarded_on_end
+        mode = rx.mode
+        ended_before = rx._discarded_on_end_us
         action = rx.next_action(clock.now)
         self._sync_end_discard(ended_before)
-        self._check_mode_transition(mode, q, "next_action")
+        self._check_mode_transition(mode, "next_action")
         if action.kind is ActionKind.PASS:
             # A passenger goes only once all audio offered before it has left.
             before, name = self.passengers_expected.popleft()
             assert action.item == name
-            assert not self.model or self.model[0] >= before
+            assert not self.model or self.model[0][0] >= before
             self.out.append(name)
         elif action.kind is ActionKind.RELEASE:
-            assert self.model and action.item == self.model[0], "released out of order"
-            if accept is None:
-                self.in_flight = action.item
-                return
-            self._report(accept)
+            ids = tuple(action.items)
+            assert ids and action.item == ids[0]
+            assert [i for i, _, _ in list(self.model)[: len(ids)]] == list(ids), "released out of order"
+            chunks = list(self.model)[: len(ids)]
+            if len(ids) > 1:
+                assert self.merge, "merged with merge_backlog off"
+                assert sum(d for _, d, _ in chunks) <= self.batch_us
+                assert len({k for _, _, k in chunks}) == 1, "merged across a format change"
+                if self.passengers_expected:
+                    assert ids[-1] < self.passengers_expected[0][0], "merged across a passenger"
+            paced = rx.mode == "normal" and not rx.flushing
+            if paced:
+                # The rate bound: each chunk in it starts within lead of the clock.
+                start = rx.paced_audio_s
+                for _, d, _ in chunks:
+                    assert self._bound_allows(start), "released past the rate bound"
+                    start += d / 1e6
+            self.in_flight, self.in_flight_paced = ids, paced
+            if accept is not None:
+                self._report(accept)
         else:
             assert action.wait_s >= 0.0
+            self._check_wait_is_justified()
+
+    def _check_wait_is_justified(self) -> None:
+        """Work-conserving: waiting with audio queued needs a reason."""
+        rx = self.rx
+        if not self.model or self.in_flight is not None:
+            return
+        if rx.mode == "drain" or rx.flushing:
+            assert self.refused_pending, "drain / flush waited with nothing refused"
+            return
+        held_by_bound = not self._bound_allows(rx.paced_audio_s) and self._input_ahead()
+        assert self.refused_pending or held_by_bound, "waited while it could release"
 
     def _sync_end_discard(self, before: int) -> None:
         """The flush timed out inside next_action: the model drops everything still queued, counted."""
-        gone = self.rx.stats(self.clock.now).discarded_on_end - before
+        gone = self.rx._discarded_on_end_us - before
         if gone:
-            assert gone == len(self.model)
+            assert gone == self._q_us()
+            self.ended_us += gone
             self.model.clear()
+            self.refused_pending = False
 
     def _report(self, accept: bool) -> None:
         rx, clock = self.rx, self.clock
-        mode, q = rx.mode, rx.q
-        deadline_before = rx._deadline
-        head = self.in_flight if self.in_flight is not None else (self.model[0] if self.model else None)
+        mode = rx.mode
+        paced_before = rx.paced_audio_s
+        ids, self.in_flight = self.in_flight, None
         rx.on_release_result(accept, clock.now)
-        self._check_mode_transition(mode, q, "release")
-        if head is None or not self.model or self.model[0] != head:
-            self.in_flight = None
-            return  # a result for a frame that was discarded meanwhile is ignored
+        if ids is None or not self.model or self.model[0][0] != ids[0]:
+            assert rx.paced_audio_s == paced_before
+            self._check_mode_transition(mode, "release")
+            return  # a result for chunks discarded meanwhile is ignored
         if accept:
-            self.model.popleft()
-            self.released.append(head)
-            self.out.append(head)
+            us = 0
+            for i in ids:
+                fid, d, _ = self.model.popleft()
+                assert fid == i
+                us += d
+                self.released.append(fid)
+                self.out.append(fid)
+            self.released_us += us
+            self.refused_pending = False
+            expected = paced_before + (us / 1e6 if self.in_flight_paced else 0.0)
+            if rx.mode == mode:
+                assert abs(rx.paced_audio_s - expected) < 1e-9, "deadline did not advance by the accepted audio"
+            else:  # leaving drain may only ease the bound
+                assert rx.paced_audio_s <= expected + 1e-9
         else:
-            assert rx._deadline == deadline_before, "the pacing deadline moved on a refused frame"
-            assert rx.q == q
-        self.in_flight = None
+            assert rx.paced_audio_s == paced_before, "the bound's deadline moved on a refused chunk"
+            self.refused_pending = True
+            self._model_trim(spared=0)  # the spared chunks are the oldest now: over the cap, they go
+        self._check_mode_transition(mode, "release")
+
+    def _model_trim(self, spared: int) -> bool:
+        dropped = False
+        while self._q_us() > self.cap_us and len(self.model) > spared + 1:
+            _, d, _ = self.model[spared]
+            del self.model[spared]
+            self.dropped_us += d
+            dropped = True
+        return dropped
 
     # -- rules ----------------------------------------------------------------
 
-    @rule(n=st.integers(1, 40))
-    def offer(self, n):
+    @rule(n=st.integers(1, 30), dur=st.sampled_from(DURATIONS_US), key=st.sampled_from([8000, 8000, 16000]))
+    def offer(self, n, dur, key):
         rx = self.rx
         for _ in range(n):
-            mode, q = rx.mode, rx.q
+            mode = rx.mode
+            was_idle = rx.idle
             fid = self.next_id
             self.next_id += 1
-            dropped = rx.offer(fid, self.clock.now)
-            if len(self.model) == self.cap:
-                assert dropped
-                self.dropped_model += 1
-                if self.in_flight is not None and self.model[0] == self.in_flight and len(self.model) > 1:
-                    del self.model[1]  # the frame being pushed is spared
-                else:
-                    self.model.popleft()
-            else:
-                assert not dropped
-            self.model.append(fid)
-            self._check_mode_transition(mode, q, "offer")
+            dropped = rx.offer(fid, self.clock.now, duration_s=dur / 1e6, key=key)
+            self.offered_us += dur
+            self.offer_log.append((self.clock.now, dur))
+            spared = len(self.in_flight) if self.in_flight is not None else 0
+            self.model.append((fid, dur, key))
+            assert dropped == self._model_trim(spared)
+            self._check_mode_transition(mode, "offer")
             self.check_state()
+            if was_idle and rx.mode == "normal" and (self._bound_allows(rx.paced_audio_s) or not self._input_ahead()):
+                # Offered to an idle queue within the bound (or with the input not ahead of real
+                # time, when the bound holds nothing back): released in the same step (inline).
+                action = rx.next_action(self.clock.now)
+                assert action.kind is ActionKind.RELEASE and action.items == (fid,)
+                self.in_flight, self.in_flight_paced = (fid,), not rx.flushing
+                self._report(True)
+                self.check_state()
 
     @precondition(lambda self: self.in_flight is None)
     @rule(accept=st.booleans(), n=st.integers(1, 20))
@@ -177,12 +266,13 @@ class RxMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.in_flight is None)
     @rule()
     def cancel(self):
-        mode, q = self.rx.mode, self.rx.q
+        mode = self.rx.mode
         n = self.rx.discard_backlog(self.clock.now)
-        assert n == len(self.model)
-        self.cancelled_model += n
+        assert n * UNIT_US == self._q_us()
+        self.cancelled_us += self._q_us()
         self.model.clear()
-        self._check_mode_transition(mode, q, "cancel")
+        self.refused_pending = False
+        self._check_mode_transition(mode, "cancel")
         assert self.rx.mode == "normal"
 
     @rule()
@@ -193,30 +283,33 @@ class RxMachine(RuleBasedStateMachine):
 
     @invariant()
     def check_state(self):
-        rx = self.rx
         if not hasattr(self, "rx"):
             return
+        rx = self.rx
         s = rx.stats(self.clock.now)
-        assert rx.q <= self.cap
-        assert rx.q == len(self.model)
-        assert [item for _, item in rx._audio] == list(self.model)
-        # Exact accounting of every offered frame.
+        q_us = self._q_us()
+        assert rx._q_us == q_us
+        assert [(c.item, c.us) for c in rx._audio] == [(i, d) for i, d, _ in self.model]
+        spared = len(self.in_flight) if self.in_flight is not None else 0
+        assert q_us <= self.cap_us or len(self.model) <= spared + 1  # only the in-flight and newest exceed it
+        # Exact accounting of every offered microsecond (and the reported units agree).
+        assert rx._audio_in_us == self.offered_us
+        assert self.offered_us == self.released_us + q_us + self.dropped_us + self.cancelled_us + self.ended_us
+        assert rx._drops_us == self.dropped_us
+        assert rx._discarded_on_cancel_us == self.cancelled_us
+        assert abs(s.audio_in - (s.audio_out + s.q + s.drops + s.discarded_on_cancel + s.discarded_on_end)) < 1e-6
         assert s.frames_in == self.next_id
-        assert s.frames_in == s.frames_out + s.q + s.drops + s.discarded_on_cancel + s.discarded_on_end
-        assert s.drops == self.dropped_model
-        assert s.discarded_on_cancel == self.cancelled_model
         # Order: released ids strictly increasing, and all queued ids are newer than every released one.
         assert all(a < b for a, b in zip(self.released, self.released[1:]))
         if self.released and self.model:
-            assert self.model[0] > self.released[-1]
-        # Mode bands.
+            assert self.model[0][0] > self.released[-1]
+        # Mode bands, in audio time.
         if rx.mode == "normal":
-            assert rx.q < self.high
+            assert q_us < self.high_us
         else:
-            assert rx.q > self.low
+            assert q_us > self.low_us
         # Passengers are never lost.
         assert s.passengers_in == s.passengers_out + len(self.passengers_expected)
-        assert s.peak_q <= self.cap
 
     def teardown(self):
         if not hasattr(self, "rx"):
@@ -227,7 +320,7 @@ class RxMachine(RuleBasedStateMachine):
                 self._report(True)
             if not self.rx.pending:
                 break
-            ended_before = self.rx.stats(self.clock.now).discarded_on_end
+            ended_before = self.rx._discarded_on_end_us
             action = self.rx.next_action(self.clock.now)
             self._sync_end_discard(ended_before)
             if action.kind is ActionKind.WAIT:
@@ -238,13 +331,12 @@ class RxMachine(RuleBasedStateMachine):
                 assert action.item == name
                 self.out.append(name)
             else:
-                self.in_flight = action.item
+                self.in_flight = tuple(action.items)
+                self.in_flight_paced = self.rx.mode == "normal" and not self.rx.flushing
                 self._report(True)
         assert not self.rx.pending, "the queue never drained"
         assert not self.passengers_expected
-        s = self.rx.stats(self.clock.now)
-        assert s.frames_in == s.frames_out + s.drops + s.discarded_on_cancel + s.discarded_on_end
-        # Passengers sit exactly where they were added among the released audio.
+        assert self.offered_us == self.released_us + self.dropped_us + self.cancelled_us + self.ended_us
         audio = [x for x in self.out if isinstance(x, int)]
         assert audio == sorted(audio)
 
@@ -264,31 +356,43 @@ from hypothesis import given  # noqa: E402
 @given(
     cap=st.integers(1, 50),
     n=st.integers(0, 400),
+    dur=st.sampled_from(DURATIONS_US),
 )
-def test_drop_oldest_is_exact_for_any_burst(cap, n):
-    """A burst of n frames into an idle queue of cap c: exactly max(0, n - c) dropped, the newest c kept in order."""
+def test_drop_oldest_is_exact_for_any_burst(cap, n, dur):
+    """A burst of n chunks into an idle queue of cap c: the newest that fit are kept in order, the rest dropped."""
     rx = RxBackpressure(max_queue=cap, high_watermark=cap, low_watermark=0, clock=FakeClock(), emit=lambda _l: None)
-    dropped = sum(rx.offer(k, 0.0) for k in range(n))
-    assert dropped == rx.drops == max(0, n - cap)
-    assert [f for _, f in rx._audio] == list(range(max(0, n - cap), n))
+    dropped = sum(rx.offer(k, 0.0, duration_s=dur / 1e6) for k in range(n))
+    fit = max(1, cap * UNIT_US // dur)  # the newest chunk is always kept
+    kept = min(n, fit)
+    assert dropped == rx.stats(0.0).chunks_dropped == n - kept
+    assert rx._drops_us == (n - kept) * dur
+    assert [c.item for c in rx._audio] == list(range(n - kept, n))
 
 
 @settings(max_examples=150, deadline=None)
-@given(refusals=st.lists(st.integers(0, 5), min_size=1, max_size=30), interval_ms=st.sampled_from([10.0, 20.0]))
-def test_refusals_never_speed_up_or_skip_the_cadence(refusals, interval_ms):
-    """In normal mode the cadence is deadline based and refusals never move the deadline: whatever the
-    refusals, the k-th frame is accepted no earlier than k intervals after the first, in order."""
+@given(
+    refusals=st.lists(st.integers(0, 5), min_size=1, max_size=5),  # <= 475 ms of audio: within the rate window
+    dur_us=st.sampled_from([20_000, 94_750]),
+    lead_ms=st.sampled_from([0.0, 100.0]),
+)
+def test_refusals_never_speed_up_or_skip_the_rate_bound(refusals, dur_us, lead_ms):
+    """Refusals never move the bound's deadline: whatever the refusals, chunk k (each ``dur``) is
+    accepted no earlier than anchor + k * dur - lead, in order; with no refusal exactly then (or at
+    once, while within the lead): a bound, with no drift and no ratchet. (All of it is offered at
+    t=0, so the input is ahead of real time for the first 500 ms, which the measured chunks fit in.)"""
     clock = FakeClock(0.0)
     rx = RxBackpressure(
-        max_queue=200, high_watermark=200, low_watermark=0, catchup_speed=1.0,
-        frame_interval_ms=interval_ms, clock=clock, emit=lambda _l: None,
+        max_queue=10_000, high_watermark=10_000, low_watermark=0, lead_ms=lead_ms, clock=clock, emit=lambda _l: None
     )
-    for k in range(len(refusals)):
-        rx.offer(k, 0.0)
+    dur, lead = dur_us / 1e6, lead_ms / 1000
+    n = len(refusals)
+    # the measured chunks, then 2 s more at once: the input stays ahead of real time while they leave
+    for k in range(n + int(2.0 / dur) + 1):
+        rx.offer(k, 0.0, duration_s=dur)
     accepted_at: list[float] = []
     out = []
     pending = list(refusals)
-    while rx.pending:
+    while pending:
         action = rx.next_action(clock.now)
         if action.kind is ActionKind.WAIT:
             clock.advance(max(action.wait_s, 1e-6))
@@ -296,18 +400,16 @@ def test_refusals_never_speed_up_or_skip_the_cadence(refusals, interval_ms):
         assert action.kind is ActionKind.RELEASE
         if pending[0] > 0:
             pending[0] -= 1
-            before = rx._deadline
+            before = rx.paced_audio_s
             rx.on_release_result(False, clock.now)
-            assert rx._deadline == before
+            assert rx.paced_audio_s == before
             continue
         pending.pop(0)
         rx.on_release_result(True, clock.now)
         accepted_at.append(clock.now)
         out.append(action.item)
-    assert out == list(range(len(refusals)))
-    step = interval_ms / 1000.0
+    assert out == list(range(n))
     for k, t in enumerate(accepted_at):
-        assert t >= k * step - 1e-9
-    # and refusals only ever delay: with no refusal at all the k-th frame goes at exactly k intervals
+        assert t >= k * dur - lead - 1e-9
     if not any(refusals):
-        assert all(abs(t - k * step) < 1e-9 for k, t in enumerate(accepted_at))
+        assert all(abs(t - max(0.0, k * dur - lead)) < 1e-6 for k, t in enumerate(accepted_at))

@@ -389,7 +389,7 @@ class _Call:
         from pipecat.transcriptions.language import Language
         from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
-        from pipecat_rxdrain.rx_processor import RxDrainParams, RxDrainProcessor
+        from pipecat_rxdrain.rx.processor import RxDrainParams, RxDrainProcessor
         from pipecat_rxdrain.stt.service import GoogleSTTService
         from pipecat_rxdrain.twilio.serializer import HardenedTwilioFrameSerializer
 

@@ -99,7 +99,7 @@ class GoogleSTTService(STTService):
     unfinalized audio so no word is lost or repeated; a non-retriable error is
     reported once (``push_error``, permanent categories make the service
     unusable) instead of a retry storm; ``can_accept_audio()`` implements the
-    :class:`~pipecat_rxdrain.sink.AudioSink` protocol for ``RxDrainProcessor``.
+    :class:`~pipecat_rxdrain.rx.sink.AudioSink` protocol for ``RxDrainProcessor``.
 
     Turn timing (see :mod:`pipecat_rxdrain.stt.turns`): interims are coalesced
     to one per ``debounce_ms``; after a VAD stop, ``vad_hangover_ms`` plus

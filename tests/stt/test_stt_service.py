@@ -31,7 +31,7 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.google_clients import EMULATOR_ENV
 from pipecat_rxdrain.samples import load_sample
-from pipecat_rxdrain.sink import AudioSink
+from pipecat_rxdrain.rx.sink import AudioSink
 from pipecat_rxdrain.stt import service as our_module
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.service import GoogleSTTService
