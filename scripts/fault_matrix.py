@@ -28,11 +28,15 @@ from typing import Any, Callable
 import psutil
 
 from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
+from pipecat_rxdrain.emulator.faults import FAULT_CODES
 from pipecat_rxdrain.google_clients import emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
-from pipecat_rxdrain.stt.session import RETRIABLE_CODES, SttError, StreamingSTTSession
+import grpc
+
+from pipecat_rxdrain.stt.reconnect import ReconnectPolicy
+from pipecat_rxdrain.stt.session import SttError, StreamingSTTSession
 
 CHUNK = 320  # 20 ms of 8 kHz mono PCM16
 CHUNKS_PER_S = 50
@@ -85,6 +89,9 @@ class Outcome:
     duplicates: int  # words delivered beyond the expected transcript (repeated or invented)
     finals: list[str]
     audio_dropped_ms: float  # counted drops (bounded queue) and audio discarded by a fatal error
+    stale_dropped_ms: float  # sent audio too old to replay after the write-stall watchdog fired
+    write_stalls: int
+    max_lead_ms: float  # the furthest a stream got ahead of its wall clock (in real-time audio ms)
     recovery_s: float  # longest wall-clock gap in audio reaching the server during the call
     reconnects: int
     rotations: int
@@ -135,7 +142,10 @@ def _stall(seconds_wall: float) -> Callable[[SpeechEmulator], Any]:
     return lambda emu: emu.faults.stall(seconds_wall, after_chunks=10)
 
 
-RETRIABLE = sorted(c.name for c in RETRIABLE_CODES)
+# Every status the session retries (all but OK and the non-retriable ones, see ReconnectPolicy).
+RETRIABLE = sorted(
+    c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK and not ReconnectPolicy.is_fatal(c) and c.name in FAULT_CODES
+)
 
 SCENARIOS: list[Scenario] = [
     Scenario(
@@ -286,10 +296,11 @@ def run_scenario(sc: Scenario) -> Outcome:
         on_error=errors.append,
         max_queue=sc.queue,
         backoff=Backoff(rng=lambda: 0.5),
+        # Production's 4 s stall bound and 5 s lead bound, in compressed wall time.
+        **{"write_stall_s": PRODUCTION_QUEUE * 0.02 / sc.speed, "realtime_factor": sc.speed, **sc.session},
         metadata=[("x-rxdrain-session", str(uuid.uuid4()))],
         telemetry_interval_s=None,
         name=f"fault-{sc.id}",
-        **sc.session,
     )
     ctx = CallContext(emulator=emu, session=session, script=script, results=results)
     action_thread: threading.Thread | None = None
@@ -356,6 +367,9 @@ def run_scenario(sc: Scenario) -> Outcome:
         duplicates=len(got) - matched,
         finals=finals,
         audio_dropped_ms=(st.drops + st.discarded_on_error) * 20.0,
+        stale_dropped_ms=st.stale_dropped_ms,
+        write_stalls=st.write_stalls,
+        max_lead_ms=st.max_lead_ms,
         recovery_s=recovery,
         reconnects=st.reconnects,
         rotations=st.rotations,
@@ -407,8 +421,8 @@ def markdown(outcomes: list[Outcome]) -> str:
         "the server (at the compressed speed); **threads** = threads left after the call minus",
         "before; **RSS** = resident memory after minus before (noisy: includes the emulator).",
         "",
-        "| scenario | fault | outcome | words lost (target) | dup (target) | dropped | recovery | streams / reconnects / rotations | replayed | threads | RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | fault | outcome | words lost (target) | dup (target) | dropped | recovery | streams / reconnects / rotations | replayed | max lead | threads | RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         sc = o.scenario
@@ -416,7 +430,7 @@ def markdown(outcomes: list[Outcome]) -> str:
             f"| `{sc.id}` | {sc.fault} | {_outcome_text(o)} | {o.words_lost}/{o.expected_words} ({_target(sc.max_words_lost)})"
             f" | {o.duplicates} ({_target(sc.max_duplicates)}) | {o.audio_dropped_ms / 1000:.1f} s"
             f" | {o.recovery_s:.2f} s | {o.streams} / {o.reconnects} / {o.rotations} | {o.replayed_ms / 1000:.1f} s"
-            f" | {o.threads_delta:+d} | {o.rss_delta_mb:+.1f} MB |"
+            f" | {o.max_lead_ms / 1000:.1f} s | {o.threads_delta:+d} | {o.rss_delta_mb:+.1f} MB |"
         )
     lines += ["", "## Time compression and notes", ""]
     for o in outcomes:
@@ -427,6 +441,11 @@ def markdown(outcomes: list[Outcome]) -> str:
             extra.append(sc.equivalent)
         if o.response_delay_s > 0.05:
             extra.append(f"mean response delay {o.response_delay_s:.2f} s")
+        if o.write_stalls:
+            extra.append(
+                f"write-stall watchdog fired {o.write_stalls}x; {o.stale_dropped_ms / 1000:.1f} s of sent, unfinalized "
+                "audio older than the bound not replayed"
+            )
         if o.dup_finals_suppressed:
             extra.append(f"{o.dup_finals_suppressed} repeated final(s) suppressed by the session")
         extra += o.notes

@@ -390,9 +390,9 @@ class StreamingSTTSession:
             )
         return False
 
-    def can_accept(self) -> bool:
-        """True while the next 20 ms of audio would be queued without dropping anything."""
-        return self._queue.can_accept()
+    def can_accept(self, nbytes: int | None = None) -> bool:
+        """True while the next 20 ms of audio (or ``nbytes``) would be queued without dropping anything."""
+        return self._queue.can_accept(nbytes)
 
     @property
     def queued(self) -> int:
