@@ -373,13 +373,8 @@ class StreamingSTTSession:
         pushed = self._queue.push(pcm16)
         if pushed is Pushed.QUEUED:
             return True
-        if pushed is Pushed.WAKE:
-            loop = self._loop
-            if loop is not None:
-                try:
-                    loop.call_soon_threadsafe(self._wake_writer)
-                except RuntimeError:  # loop already closed
-                    pass
+        if pushed is Pushed.WAKE:  # the writer is idle: one wake, without handing the GIL over
+            self._io.notify(self._wake_writer)
             return True
         if pushed is Pushed.MALFORMED and self._queue.malformed == 1:
             # Not whole samples: sending it would shift every later sample by a byte
