@@ -50,7 +50,14 @@ class AudioQueue:
     Every chunk is stamped with the clock at push, so callers can bound audio age.
     """
 
-    def __init__(self, max_frames: int, bytes_per_ms: float, frame_bytes: int = 2, clock: Clock = monotonic) -> None:
+    def __init__(
+        self,
+        max_frames: int,
+        bytes_per_ms: float,
+        frame_bytes: int = 2,
+        clock: Clock = monotonic,
+        lock: threading.Lock | None = None,
+    ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_frames}")
         self.frame_bytes = max(1, int(frame_bytes))
@@ -58,8 +65,10 @@ class AudioQueue:
         self.max_frames = int(max_frames)
         self.bound_bytes = self.max_frames * self.frame20_bytes
         self._clock = clock
-        self._lock = threading.Lock()
-        self._q: deque[tuple[bytes, float]] = deque()
+        self._lock = lock or threading.Lock()
+        # Chunks and their push times in two parallel deques (the benchmark probe wraps ``_q``).
+        self._q: deque[bytes] = deque()
+        self._at: deque[float] = deque()
         self._bytes = 0
         self._idle = False
         self._closed = False
@@ -82,11 +91,13 @@ class AudioQueue:
             q = self._q
             if self._bytes + n > self.bound_bytes:
                 while q and self._bytes + n > self.bound_bytes:
-                    old = q.popleft()[0]
+                    old = q.popleft()
+                    self._at.popleft()
                     self._bytes -= len(old)
                     self.drops += 1
                     self.dropped_bytes += len(old)
-            q.append((chunk, self._clock()))
+            q.append(chunk)
+            self._at.append(self._clock())
             self._bytes += n
             self.pushed += 1
             if self._idle:
@@ -102,17 +113,18 @@ class AudioQueue:
     def take(self, max_bytes: int) -> Batch | None:
         max_bytes -= max_bytes % self.frame_bytes
         with self._lock:
-            q = self._q
+            q, ats = self._q, self._at
             if not q:
                 self._idle = True
                 return None
             parts: list[bytes] = []
             stamps: list[tuple[int, float]] = []
             size = 0
-            while q and (not parts or size + len(q[0][0]) <= max_bytes):
-                chunk, at = q.popleft()
+            while q and (not parts or size + len(q[0]) <= max_bytes):
+                chunk, at = q.popleft(), ats.popleft()
                 if len(chunk) > max_bytes - size:  # only the first chunk can get here
-                    q.appendleft((chunk[max_bytes:], at))
+                    q.appendleft(chunk[max_bytes:])
+                    ats.appendleft(at)
                     chunk = chunk[:max_bytes]
                 self._bytes -= len(chunk)
                 parts.append(chunk)
@@ -139,6 +151,7 @@ class AudioQueue:
         with self._lock:
             chunks, nbytes = len(self._q), self._bytes
             self._q.clear()
+            self._at.clear()
             self._bytes = 0
         return chunks, nbytes
 
@@ -162,8 +175,7 @@ class AudioQueue:
         return self._bytes / self.frame20_bytes
 
     def oldest_at(self) -> float | None:
-        q = self._q
         try:
-            return q[0][1]
+            return self._at[0]
         except IndexError:
             return None

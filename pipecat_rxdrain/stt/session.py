@@ -69,6 +69,11 @@ _ids = itertools.count(1)
 _HEALTHY_AFTER_S = 2.0  # a stream that lived this long counts as healthy even without a response
 
 
+def _channel_of(client: Any) -> Any:
+    """The grpc.aio channel under an official async Speech client, if any."""
+    return getattr(getattr(client, "transport", None), "grpc_channel", None)
+
+
 class SessionState(str, Enum):
     """``new -> running -> closing -> closed``, or ``failed`` after a non-retriable error."""
 
@@ -284,8 +289,9 @@ class StreamingSTTSession:
         self.io_mode = mode
         self._io: SttIoThread = shared_io_thread() if mode is IoThreadMode.SHARED else SttIoThread(f"rxdrain-stt-{self.name}")
 
-        self._queue = AudioQueue(p.max_queue, spec.bytes_per_ms, spec.frame_bytes, clock=clock)
+        # One lock for the queue and the session state (never held while calling the queue).
         self._lock = threading.Lock()  # guards _state, _closing, _pending_spec, _loop
+        self._queue = AudioQueue(p.max_queue, spec.bytes_per_ms, spec.frame_bytes, clock=clock, lock=self._lock)
         self._state = SessionState.NEW
         self._closing = False
         self._pending_spec: StreamSpec | None = None
@@ -426,17 +432,18 @@ class StreamingSTTSession:
         """
         timeout = self.params.close_timeout_s if timeout is None else timeout
         with self._lock:
-            if self._state is SessionState.NEW:
+            new = self._state is SessionState.NEW
+            if new:
                 self._state = SessionState.CLOSED
-                self._queue.close()
                 self._done.set()
-                return True
-            if self._state is SessionState.RUNNING:
+            elif self._state is SessionState.RUNNING:
                 self._state = SessionState.CLOSING
             first = not self._closing
             self._closing = True
             loop = self._loop
         self._queue.close()
+        if new:
+            return True
         if first and loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._begin_close, max(0.0, timeout))
@@ -504,6 +511,15 @@ class StreamingSTTSession:
 
     def __repr__(self) -> str:
         return f"StreamingSTTSession(name={self.name!r}, api={self._spec.api!r}, state={str(self._state)!r})"
+
+    # The benchmark probe (benchmarks/pipelines.py) wraps the chunk deque under ``_lock``.
+    @property
+    def _q(self):
+        return self._queue._q
+
+    @_q.setter
+    def _q(self, value) -> None:
+        self._queue._q = value
 
     # ------------------------------------------------------------ I/O loop
     def _release_io(self) -> None:
@@ -606,7 +622,7 @@ class StreamingSTTSession:
             logger.log(level, f"{self!r}: stream ended with {desc}; reconnecting in {decision.delay_s:.2f}s")
             if self._closing:
                 return
-            await self._sleep_unless_closing(decision.delay_s)
+            await self._sleep_unless_closing(decision.delay_s, _channel_of(client))
 
     def _masked_by_grpc_aio(self, exc: BaseException) -> bool:
         # grpc.aio (1.85) reports a server's early rejection that races with a client write
@@ -654,18 +670,42 @@ class StreamingSTTSession:
                 return True
             await self._wake.wait()
 
-    async def _sleep_unless_closing(self, delay: float) -> None:
+    async def _sleep_unless_closing(self, delay: float, channel: Any = None) -> None:
+        """Sleep ``delay`` (the backoff), cut short by close() or by the channel reconnecting.
+
+        Our backoff must not stack on gRPC's own channel reconnect backoff: when the
+        connection is down, the channel keeps trying (see ``google_clients.CHANNEL_OPTIONS``)
+        and the next stream opens the moment it is READY again, so a 2 s outage costs about
+        2 s. A server that answers errors over a healthy connection still gets the full delay.
+        """
         if delay <= 0 or self._closing:
             return
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
-        while not self._closing and (left := end - loop.time()) > 0:
-            self._wake.clear()
+        ready = None
+        if channel is not None:
             try:
-                await asyncio.wait_for(self._wake.wait(), left)  # close() wakes us
-            except asyncio.TimeoutError:
-                pass
+                if channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
+                    ready = asyncio.ensure_future(channel.channel_ready())
+            except Exception:  # pragma: no cover - not a grpc.aio channel
+                ready = None
+        try:
+            while not self._closing and (left := end - loop.time()) > 0:
+                if ready is not None and ready.done():
+                    return
+                self._wake.clear()
+                waiters = {asyncio.ensure_future(self._wake.wait())}
+                if ready is not None:
+                    waiters.add(ready)
+                done, _ = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    if w is not ready and not w.done():
+                        w.cancel()
+        finally:
+            if ready is not None and not ready.done():
+                ready.cancel()
+                await asyncio.gather(ready, return_exceptions=True)
 
     async def _run_stream(self, client: Any) -> tuple[StreamOutcome, BaseException | None]:
         spec, p = self._spec, self.params
