@@ -51,7 +51,9 @@ class _Waker:
 
     Guarantees: every callback passed to ``notify`` runs once, on the loop, in order;
     ``notify`` costs a deque append and, only when no signal is outstanding, one
-    GIL-holding pipe write (no GIL hand-off to the loop's thread).
+    GIL-holding pipe write (no GIL hand-off to the loop's thread). Called from a
+    thread running an event loop, the write is deferred to the end of that loop's
+    current callback (one write for all the pushes of that turn).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -65,9 +67,26 @@ class _Waker:
 
     def notify(self, callback: Callable[[], Any]) -> None:
         self._pending.append(callback)
-        if not self._signalled:
-            self._signalled = True
+        if self._signalled:
+            return  # a signal is outstanding: the loop will run this callback with the others
+        self._signalled = True
+        try:
+            caller = asyncio.get_running_loop()
+        except RuntimeError:
+            caller = None
+        if caller is None or caller is self._loop:
+            self._signal()
+        else:
+            # Called from an event loop (Pipecat's): signal when the current callback is done,
+            # once for every session of that loop that had audio meanwhile, so the push itself
+            # makes no syscall and hands nothing over.
+            caller.call_soon(self._signal)
+
+    def _signal(self) -> None:
+        try:
             _write_keeping_gil(self._w, b"\0")
+        except OSError:  # pragma: no cover - closed during shutdown
+            pass
 
     def _drain(self) -> None:
         try:
