@@ -110,16 +110,17 @@ class Outcome:
 # -- in-call actions ------------------------------------------------------------------------
 
 
-def _restart_emulator(ctx: CallContext) -> None:
+def _restart_emulator(ctx: CallContext, down_s: float = 0.0) -> None:
     """Stop the emulator (streams die with UNAVAILABLE) and start a fresh one on the same port.
 
     The fresh server knows nothing of the call. Its scripted transcripts continue from the
     finals the client has received, as a real recognizer would transcribe the replayed audio.
+    ``down_s``: how long the port stays closed (connection refused) before the new one listens.
     """
     old = ctx.emulator
     port = old.port
     old.stop()
-    time.sleep(0.05)  # let results already on the wire reach the client
+    time.sleep(max(0.05, down_s))  # let results already on the wire reach the client
     delivered = sum(1 for r in list(ctx.results) if r.is_final)
     new = SpeechEmulator(port=port, script=list(ctx.script[delivered:]))
     for _ in range(50):
@@ -228,6 +229,32 @@ SCENARIOS: list[Scenario] = [
         "proactive rotation before the limit (stream_limit_s), >= 3 times in the call",
         session=dict(stream_limit_s=0.6, rotate_grace_s=0.3),
     ),
+    *[
+        Scenario(
+            f"refused_{secs:g}s_midcall",
+            f"connection refused for {secs:g} s mid-call (port closed, streams cut with UNAVAILABLE)",
+            at_audio_s=6.0,
+            action=lambda ctx, secs=secs: ctx.emulator.go_down(secs),
+            equivalent=f"a {secs:g} s outage in wall time (the 4 s queue is wall time too); deaf time should be "
+            "~the outage, not gRPC's channel backoff stacked on ours",
+        )
+        for secs in (2.0, 3.0)
+    ],
+    Scenario(
+        "kill_restart_3_6s",
+        "server killed and restarted ~3.6 s later (new server, same port, no state)",
+        at_audio_s=6.0,
+        action=lambda ctx: _restart_emulator(ctx, 3.6),
+        equivalent="3.6 s down in wall time, within the 4 s queue",
+    ),
+    *[
+        Scenario(
+            f"late_answers_{secs:g}s",
+            f"every response delayed {secs:g} s",
+            arm=lambda emu, secs=secs: emu.faults.latency(secs),
+        )
+        for secs in (0.3, 0.6, 1.0)
+    ],
     Scenario(
         "emulator_restart",
         "emulator process restarted mid-call (new server, same port, no state)",

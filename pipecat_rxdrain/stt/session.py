@@ -620,9 +620,8 @@ class StreamingSTTSession:
             self._reconnects += 1
             level = "DEBUG" if code == grpc.StatusCode.ABORTED else "WARNING"
             logger.log(level, f"{self!r}: stream ended with {desc}; reconnecting in {decision.delay_s:.2f}s")
-            if self._closing:
-                return
-            await self._sleep_unless_closing(decision.delay_s, _channel_of(client))
+            # Also while closing: close() flushes within its own bound (then _hard_stop).
+            await self._backoff_sleep(decision.delay_s, _channel_of(client))
 
     def _masked_by_grpc_aio(self, exc: BaseException) -> bool:
         # grpc.aio (1.85) reports a server's early rejection that races with a client write
@@ -670,19 +669,16 @@ class StreamingSTTSession:
                 return True
             await self._wake.wait()
 
-    async def _sleep_unless_closing(self, delay: float, channel: Any = None) -> None:
-        """Sleep ``delay`` (the backoff), cut short by close() or by the channel reconnecting.
+    async def _backoff_sleep(self, delay: float, channel: Any = None) -> None:
+        """Sleep ``delay`` (the backoff), cut short by the channel reconnecting.
 
         Our backoff must not stack on gRPC's own channel reconnect backoff: when the
         connection is down, the channel keeps trying (see ``google_clients.CHANNEL_OPTIONS``)
         and the next stream opens the moment it is READY again, so a 2 s outage costs about
         2 s. A server that answers errors over a healthy connection still gets the full delay.
         """
-        if delay <= 0 or self._closing:
+        if delay <= 0:
             return
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        end = loop.time() + delay
         ready = None
         if channel is not None:
             try:
@@ -690,20 +686,13 @@ class StreamingSTTSession:
                     ready = asyncio.ensure_future(channel.channel_ready())
             except Exception:  # pragma: no cover - not a grpc.aio channel
                 ready = None
+        if ready is None:
+            await asyncio.sleep(delay)
+            return
         try:
-            while not self._closing and (left := end - loop.time()) > 0:
-                if ready is not None and ready.done():
-                    return
-                self._wake.clear()
-                waiters = {asyncio.ensure_future(self._wake.wait())}
-                if ready is not None:
-                    waiters.add(ready)
-                done, _ = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    if w is not ready and not w.done():
-                        w.cancel()
+            await asyncio.wait({ready}, timeout=delay)
         finally:
-            if ready is not None and not ready.done():
+            if not ready.done():
                 ready.cancel()
                 await asyncio.gather(ready, return_exceptions=True)
 
