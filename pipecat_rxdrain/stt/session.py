@@ -759,6 +759,7 @@ class StreamingSTTSession:
         request, so whatever was queued meanwhile is sent together in the next one.
         """
         bpm = st.spec.bytes_per_ms
+        # write_ms is a measurement, not timing logic: it reads perf_counter, not the injected clock.
         yield st.spec.config_request()
         for piece in st.replay:
             if not await self._pace(st, len(piece) / bpm):

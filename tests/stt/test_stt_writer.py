@@ -127,3 +127,35 @@ def test_io_thread_model_and_every_thread_stops(mode, expected_threads):
         for s in sessions:
             assert s.close(3)
     assert stt_threads() == []
+
+
+def test_a_drop_storm_logs_a_rate_limited_warning():
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING",
+                      filter=lambda r: "dropped" in r["message"])
+    try:
+        with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+            emu.faults.stall(5.0, after_chunks=2)
+            s = make_session(emu, max_queue=10, telemetry_interval_s=0.1, drop_warning_interval_s=0.5,
+                             write_stall_s=30.0)
+            feed(s, HELLO.pcm16[: 8000 * 2 * 2], speed=1.0)  # 2 s of audio into a 0.2 s queue
+            drops = s.stats.drops
+            assert s.close(0.5)
+    finally:
+        logger.remove(sink)
+    assert drops > 50
+    storm = [m for m in lines if "queued audio chunk" in m]
+    assert 2 <= len(storm) <= 5, storm  # once per 0.5 s at most, not once per drop
+
+
+def test_audio_still_queued_when_close_gives_up_is_counted_in_drops():
+    with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+        emu.faults.stall(30.0, after_chunks=2)
+        s = make_session(emu, max_queue=1000, close_timeout_s=0.3, drain_timeout_s=0.2)
+        durations = feed(s, HELLO.pcm16[: 8000 * 2 * 3], speed=4)
+        assert s.close()
+        st = s.stats
+    assert st.discarded_on_close > 0 and st.drops >= st.discarded_on_close
+    assert st.audio_sent_ms * 16 / CHUNK + st.drops == len(durations) == st.pushed_chunks  # nothing silent
