@@ -28,11 +28,15 @@ from typing import Any, Callable
 import psutil
 
 from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
+from pipecat_rxdrain.emulator.faults import FAULT_CODES
 from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
-from pipecat_rxdrain.stt.session import RETRIABLE_CODES, SttError, StreamingSTTSession
+import grpc
+
+from pipecat_rxdrain.stt.reconnect import ReconnectPolicy
+from pipecat_rxdrain.stt.session import SttError, StreamingSTTSession
 
 CHUNK = 320  # 20 ms of 8 kHz mono PCM16
 CHUNKS_PER_S = 50
@@ -85,6 +89,9 @@ class Outcome:
     duplicates: int  # words delivered beyond the expected transcript (repeated or invented)
     finals: list[str]
     audio_dropped_ms: float  # counted drops (bounded queue) and audio discarded by a fatal error
+    stale_dropped_ms: float  # sent audio too old to replay after the write-stall watchdog fired
+    write_stalls: int
+    max_lead_ms: float  # the furthest a stream got ahead of its wall clock (in real-time audio ms)
     recovery_s: float  # longest wall-clock gap in audio reaching the server during the call
     reconnects: int
     rotations: int
@@ -103,16 +110,17 @@ class Outcome:
 # -- in-call actions ------------------------------------------------------------------------
 
 
-def _restart_emulator(ctx: CallContext) -> None:
+def _restart_emulator(ctx: CallContext, down_s: float = 0.0) -> None:
     """Stop the emulator (streams die with UNAVAILABLE) and start a fresh one on the same port.
 
     The fresh server knows nothing of the call. Its scripted transcripts continue from the
     finals the client has received, as a real recognizer would transcribe the replayed audio.
+    ``down_s``: how long the port stays closed (connection refused) before the new one listens.
     """
     old = ctx.emulator
     port = old.port
     old.stop()
-    time.sleep(0.05)  # let results already on the wire reach the client
+    time.sleep(max(0.05, down_s))  # let results already on the wire reach the client
     delivered = sum(1 for r in list(ctx.results) if r.is_final)
     new = SpeechEmulator(port=port, script=list(ctx.script[delivered:]))
     for _ in range(50):
@@ -135,7 +143,10 @@ def _stall(seconds_wall: float) -> Callable[[SpeechEmulator], Any]:
     return lambda emu: emu.faults.stall(seconds_wall, after_chunks=10)
 
 
-RETRIABLE = sorted(c.name for c in RETRIABLE_CODES)
+# Every status the session retries (all but OK and the non-retriable ones, see ReconnectPolicy).
+RETRIABLE = sorted(
+    c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK and not ReconnectPolicy.is_fatal(c) and c.name in FAULT_CODES
+)
 
 SCENARIOS: list[Scenario] = [
     Scenario(
@@ -218,6 +229,32 @@ SCENARIOS: list[Scenario] = [
         "proactive rotation before the limit (stream_limit_s), >= 3 times in the call",
         session=dict(stream_limit_s=0.6, rotate_grace_s=0.3),
     ),
+    *[
+        Scenario(
+            f"refused_{secs:g}s_midcall",
+            f"connection refused for {secs:g} s mid-call (port closed, streams cut with UNAVAILABLE)",
+            at_audio_s=6.0,
+            action=lambda ctx, secs=secs: ctx.emulator.go_down(secs),
+            equivalent=f"a {secs:g} s outage in wall time (the 4 s queue is wall time too); deaf time should be "
+            "~the outage, not gRPC's channel backoff stacked on ours",
+        )
+        for secs in (2.0, 3.0)
+    ],
+    Scenario(
+        "kill_restart_3_6s",
+        "server killed and restarted ~3.6 s later (new server, same port, no state)",
+        at_audio_s=6.0,
+        action=lambda ctx: _restart_emulator(ctx, 3.6),
+        equivalent="3.6 s down in wall time, within the 4 s queue",
+    ),
+    *[
+        Scenario(
+            f"late_answers_{secs:g}s",
+            f"every response delayed {secs:g} s",
+            arm=lambda emu, secs=secs: emu.faults.latency(secs),
+        )
+        for secs in (0.3, 0.6, 1.0)
+    ],
     Scenario(
         "emulator_restart",
         "emulator process restarted mid-call (new server, same port, no state)",
@@ -286,10 +323,11 @@ def run_scenario(sc: Scenario) -> Outcome:
         on_error=errors.append,
         max_queue=sc.queue,
         backoff=Backoff(rng=lambda: 0.5),
+        # Production's 4 s stall bound and 5 s lead bound, in compressed wall time.
+        **{"write_stall_s": PRODUCTION_QUEUE * 0.02 / sc.speed, "realtime_factor": sc.speed, **sc.session},
         metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
         telemetry_interval_s=None,
         name=f"fault-{sc.id}",
-        **sc.session,
     )
     ctx = CallContext(emulator=emu, session=session, script=script, results=results)
     action_thread: threading.Thread | None = None
@@ -356,6 +394,9 @@ def run_scenario(sc: Scenario) -> Outcome:
         duplicates=len(got) - matched,
         finals=finals,
         audio_dropped_ms=(st.drops + st.discarded_on_error) * 20.0,
+        stale_dropped_ms=st.stale_dropped_ms,
+        write_stalls=st.write_stalls,
+        max_lead_ms=st.max_lead_ms,
         recovery_s=recovery,
         reconnects=st.reconnects,
         rotations=st.rotations,
@@ -400,6 +441,7 @@ def markdown(outcomes: list[Outcome]) -> str:
         "faster than real time; the queue is then 200 x speed so it holds the same 4 s of *wall*",
         "time as production (outages and backoff are wall time), except in the stall rows, where",
         "the stall is compressed instead and the queue stays 200 (see the notes below the table).",
+        "The write-stall bound (4 s) and the lead bound (5 s of audio) are scaled the same way.",
         "",
         "Columns: **words lost** / **dup** = words of the expected transcript missing from / added",
         "to the finals delivered (word alignment); **dropped** = audio dropped by the bounded",
@@ -407,8 +449,8 @@ def markdown(outcomes: list[Outcome]) -> str:
         "the server (at the compressed speed); **threads** = threads left after the call minus",
         "before; **RSS** = resident memory after minus before (noisy: includes the emulator).",
         "",
-        "| scenario | fault | outcome | words lost (target) | dup (target) | dropped | recovery | streams / reconnects / rotations | replayed | threads | RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | fault | outcome | words lost (target) | dup (target) | dropped | recovery | streams / reconnects / rotations | replayed | max lead | threads | RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         sc = o.scenario
@@ -416,7 +458,7 @@ def markdown(outcomes: list[Outcome]) -> str:
             f"| `{sc.id}` | {sc.fault} | {_outcome_text(o)} | {o.words_lost}/{o.expected_words} ({_target(sc.max_words_lost)})"
             f" | {o.duplicates} ({_target(sc.max_duplicates)}) | {o.audio_dropped_ms / 1000:.1f} s"
             f" | {o.recovery_s:.2f} s | {o.streams} / {o.reconnects} / {o.rotations} | {o.replayed_ms / 1000:.1f} s"
-            f" | {o.threads_delta:+d} | {o.rss_delta_mb:+.1f} MB |"
+            f" | {o.max_lead_ms / 1000:.1f} s | {o.threads_delta:+d} | {o.rss_delta_mb:+.1f} MB |"
         )
     lines += ["", "## Time compression and notes", ""]
     for o in outcomes:
@@ -427,6 +469,11 @@ def markdown(outcomes: list[Outcome]) -> str:
             extra.append(sc.equivalent)
         if o.response_delay_s > 0.05:
             extra.append(f"mean response delay {o.response_delay_s:.2f} s")
+        if o.write_stalls:
+            extra.append(
+                f"write-stall watchdog fired {o.write_stalls}x; {o.stale_dropped_ms / 1000:.1f} s of sent, unfinalized "
+                "audio older than the bound not replayed"
+            )
         if o.dup_finals_suppressed:
             extra.append(f"{o.dup_finals_suppressed} repeated final(s) suppressed by the session")
         extra += o.notes
@@ -436,10 +483,21 @@ def markdown(outcomes: list[Outcome]) -> str:
         "",
         "Reading the stalls: a stalled server stops reading, HTTP/2 flow control blocks the",
         "writer, and `push_audio` keeps taking audio into the bounded queue (it never blocks the",
-        "call). Up to 4 s of stall costs nothing; beyond that the oldest audio is dropped and",
-        "counted, by design (the alternative is a reply seconds late for the rest of the call).",
-        "Lost words in those rows are exactly the words inside the dropped audio. Extra words",
-        "there are the scripted recognizer numbering a segment the gap split in two, not a replay.",
+        "call). A write blocked for 4 s (the write-stall watchdog's bound, the queue's audio time)",
+        "cancels the stream: the next one replays only unfinalized audio younger than 4 s and then",
+        "the queue, so no audio older than the bound reaches the server, however long the stall;",
+        "what the queue could not hold meanwhile is dropped, oldest first, and counted. Lost words",
+        "there would be exactly the words inside the dropped audio.",
+        "",
+        "Reading the outages (`refused_*_midcall`, `kill_restart_3_6s`): *recovery* is the deaf time.",
+        "Channels retry the connection every 250 ms..1 s and the session opens its next stream as",
+        "soon as the channel is READY again, so the deaf time is the outage plus a fraction of a",
+        "second, not gRPC's channel backoff stacked on ours. *max lead* is how far a stream's audio",
+        "got ahead of its own wall clock (the replay after a reconnect; bounded by `max_lead_ms`, 5 s).",
+        "",
+        "Not in the matrix: a server frozen by SIGSTOP (the emulator runs in the test process, so it",
+        "cannot be stopped alone); such a peer is detected by gRPC keep-alive (ping every 10 s,",
+        "5 s timeout) or, once HTTP/2 windows fill, by the write-stall watchdog.",
         "",
     ]
     return "\n".join(lines)

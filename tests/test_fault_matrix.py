@@ -80,5 +80,12 @@ def test_fault(sc):
         assert o.reconnects >= 3 and o.streams >= 4, summary
     elif sc.id == "rotations_x3":
         assert o.rotations >= 3 and o.streams >= 4, summary
+    elif sc.id.startswith("refused_") and sc.id.endswith("_midcall") or sc.id == "kill_restart_3_6s":
+        # Reconnect timing is ours: deaf for about the outage, not the outage plus stacked backoffs.
+        outage = 3.6 if sc.id == "kill_restart_3_6s" else float(sc.id.split("_")[1].rstrip("s"))
+        assert outage <= o.recovery_s <= outage + 1.5, summary
+        assert o.reconnects >= 1 and o.audio_dropped_ms == 0, summary
+    elif sc.id.startswith("late_answers_"):
+        assert o.response_delay_s >= float(sc.id.split("_")[2].rstrip("s")) - 0.05, summary
     elif sc.id == "emulator_restart":
         assert o.streams >= 2 and o.reconnects >= 1 and o.notes, summary

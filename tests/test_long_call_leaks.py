@@ -75,6 +75,8 @@ def test_thirty_minute_call_rotates_many_times_loses_nothing_and_stays_flat():
             stream_limit_s=60.0,
             rotate_grace_s=10.0,
             clock=audio_clock,
+            max_lead_ms=None,  # ~500x real time: a lead bound would pace it back to real time
+            write_stall_s=60.0,  # session time is audio time: an 8 ms write is 4 s of it at ~500x
             telemetry_interval_s=None,
             backoff=Backoff(initial_s=0.05, max_s=0.2, rng=lambda: 0.5),
             metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
@@ -85,7 +87,7 @@ def test_thirty_minute_call_rotates_many_times_loses_nothing_and_stays_flat():
         for rep in range(repeats):
             for i in range(0, len(CALL.pcm16), chunk):
                 deadline = time.monotonic() + 10
-                while not s.can_accept():  # back-pressure, like RxDrainProcessor with its sink
+                while not s.can_accept(chunk):  # back-pressure, like RxDrainProcessor with its sink
                     assert time.monotonic() < deadline, "the session stopped taking audio"
                     time.sleep(0.001)
                 piece = CALL.pcm16[i : i + chunk]

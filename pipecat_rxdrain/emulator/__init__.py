@@ -53,7 +53,9 @@ timing=TimingProfile.FAST, seed=0)``
   305 seconds.``), inactivity (v1 OUT_OF_RANGE ``Audio Timeout Error: ...``, v2 ABORTED
   ``Stream timed out after receiving no more client requests.``); requests over 25 KB are
   counted (``oversize_requests``), rejected only with ``strict_request_size=True`` (Google
-  accepts its own sample's 57958-byte request). Audio sent faster than real time is accepted.
+  accepts its own sample's 57958-byte request). Audio sent faster than real time is accepted, unless ``EmulatorLimits(max_lead_s=...)``: a stream
+  whose audio gets further ahead of its wall clock fails with Google's OUT_OF_RANGE ``Audio data is
+  being streamed too fast. Please stream audio data approximately at real time.``
 * Client gotchas found with the official clients (google-cloud-speech 2.41): the v1
   ``SpeechClient.streaming_recognize(config, requests, metadata=...)`` helper silently
   drops ``metadata`` (call the generated ``speech_v1.services.speech.SpeechClient.

@@ -56,6 +56,12 @@ class EmulatorLimits:
     inactivity_timeout_s: float = 10.0  # no request at all for this long ends the stream
     max_request_bytes: int = 25 * 1024  # audio bytes per request (docs: 25 KB)
     strict_request_size: bool = False  # reject requests over max_request_bytes (Google accepts them)
+    # Optional "too fast" rule: a stream whose audio runs more than this many seconds ahead of
+    # its own wall clock fails with Google's OUT_OF_RANGE text. None (default): accepted.
+    max_lead_s: float | None = None
+
+
+TOO_FAST = "Audio data is being streamed too fast. Please stream audio data approximately at real time."
 
 
 @dataclass
@@ -312,6 +318,7 @@ class StreamRun:
             self.shared.log.update(self._count_oversize)
         chunk = ChunkRecord(len(self.record.chunks), len(audio), received, self.audio_offset)
         self.audio_offset += len(audio)
+        self._check_lead(received)
         self.fstate.chunks += 1
         self.shared.log.update(lambda: self.record.chunks.append(chunk))
         if self.single_done:
@@ -344,6 +351,15 @@ class StreamRun:
         if (end_t is not None and not self.in_speech and self.last_speech_end_s is not None
                 and heard - self.last_speech_end_s >= end_t - 1e-9):
             raise StreamError(grpc.StatusCode.OK, "", "speech_end_timeout")
+
+    def _check_lead(self, received: float) -> None:
+        max_lead = self.shared.limits.max_lead_s
+        cfg = self.config
+        if max_lead is None or cfg is None or cfg.encoding == "AUTO" or not cfg.sample_rate:
+            return
+        per_s = cfg.sample_rate * cfg.channels * (2 if cfg.encoding == "LINEAR16" else 1)
+        if self.audio_offset / per_s - (received - self.started) > max_lead:
+            raise StreamError(grpc.StatusCode.OUT_OF_RANGE, TOO_FAST, "too_fast")
 
     async def _finalize(self) -> None:
         if self.segmenter is not None and not self.single_done:

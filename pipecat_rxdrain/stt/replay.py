@@ -12,8 +12,10 @@ class ReplayBuffer:
     audio (``end`` is everything sent so far); ``trim_to(pos)`` forgets audio
     before ``pos`` (a final's end); at most ``max_bytes`` are kept, the oldest
     going first and being counted in ``overflow_bytes``. Positions stay aligned
-    to ``frame_bytes`` (one sample of all channels). Not thread-safe: it is
-    owned by the session's I/O thread.
+    to ``frame_bytes`` (one sample of all channels). Audio appended with push
+    times (``stamps``) can be aged out: ``drop_older_than(t)`` forgets every
+    chunk pushed before ``t`` (counted in ``stale_bytes``). Not thread-safe: it
+    is owned by the session's I/O thread.
     """
 
     def __init__(self, max_bytes: int, frame_bytes: int = 2) -> None:
@@ -25,13 +27,20 @@ class ReplayBuffer:
         self.start = 0  # session byte position of the first buffered byte
         self.end = 0  # session byte position just after the last sent byte
         self.overflow_bytes = 0
+        self.stale_bytes = 0
+        self._marks: deque[tuple[int, float]] = deque()  # (session position where a chunk starts, its push time)
 
     def __len__(self) -> int:
         return self.end - self.start
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, stamps: tuple[tuple[int, float], ...] = ()) -> None:
+        """Add sent audio; ``stamps`` are (bytes, push time) per chunk of ``data``, in order."""
         if not data:
             return
+        pos = self.end
+        for nbytes, at in stamps:
+            self._marks.append((pos, at))
+            pos += nbytes
         self._chunks.append(data)
         self.end += len(data)
         excess = len(self) - self.max_bytes
@@ -47,6 +56,20 @@ class ReplayBuffer:
         if pos <= self.start:
             return 0
         n = pos - self.start
+        self._drop_front(n)
+        return n
+
+    def drop_older_than(self, cutoff: float) -> int:
+        """Forget the audio of chunks pushed before ``cutoff`` (clock time); returns bytes dropped."""
+        marks = self._marks
+        while marks and marks[0][1] < cutoff:
+            marks.popleft()
+        pos = marks[0][0] if marks else self.end
+        pos -= pos % self.frame_bytes
+        if pos <= self.start:
+            return 0
+        n = pos - self.start
+        self.stale_bytes += n
         self._drop_front(n)
         return n
 
@@ -67,3 +90,8 @@ class ReplayBuffer:
             else:
                 self._chunks[0] = head[n:]
                 n = 0
+        marks = self._marks
+        while len(marks) >= 2 and marks[1][0] <= self.start:
+            marks.popleft()
+        if len(self) == 0:
+            marks.clear()

@@ -66,7 +66,10 @@ from ..clock import Clock, monotonic
 from ..google_clients import build_speech_client, resolve_target
 from .backoff import Backoff
 from .recognition_config import StreamSpec, build_v1_spec, build_v2_spec, recognizer_path
-from .session import SttError, SttResult, SttStats, StreamingSTTSession, check_session_params, status_of
+from .params import SttSessionParams
+from .session import SttError, SttResult, SttStats, StreamingSTTSession, status_of
+
+_DEFAULTS = SttSessionParams()  # the session defaults, written once (params.py)
 from .turns import TurnEmit, TurnTimer
 
 EMULATOR_PROJECT_ID = "rxdrain-emulator"
@@ -125,21 +128,22 @@ class GoogleSTTService(STTService):
         settings: GoogleSTTSettings | None = None,
         ttfs_p99_latency: float | None = GOOGLE_TTFS_P99,
         # --- pipecat-rxdrain extras (keyword-only) ---
-        max_queue: int = 200,
-        batch_ms: float = 60,
+        max_queue: int = _DEFAULTS.max_queue,
+        batch_ms: float = _DEFAULTS.batch_ms,
         debounce_ms: float | None = 110,
         final_timeout_ms: float | None = 320,
         vad_hangover_ms: float | None = 180,
         api: str = "v2",
         endpoint: str | None = None,
         stream_limit_s: float = STREAMING_LIMIT / 1000.0,
-        rotate_grace_s: float = 30.0,
-        max_replay_ms: float = 30_000,
-        close_timeout_s: float = 3.0,
+        rotate_grace_s: float = _DEFAULTS.rotate_grace_s,
+        max_replay_ms: float = _DEFAULTS.max_replay_ms,
+        close_timeout_s: float = _DEFAULTS.close_timeout_s,
         backoff: Backoff | None = None,
-        max_consecutive_failures: int = 12,
-        telemetry_interval_s: float | None = 1.0,
+        max_consecutive_failures: int = _DEFAULTS.max_consecutive_failures,
+        telemetry_interval_s: float | None = _DEFAULTS.telemetry_interval_s,
         clock: Clock = monotonic,
+        session_params: SttSessionParams | None = None,
         **kwargs,
     ):
         """Same arguments as the stock service, then the rxdrain extras.
@@ -147,8 +151,9 @@ class GoogleSTTService(STTService):
         Args:
             credentials / credentials_path / location / sample_rate / params /
                 settings / ttfs_p99_latency: exactly as ``pipecat.services.google.stt.GoogleSTTService``.
-            max_queue: Audio chunks held while gRPC is slow; the oldest is dropped (and counted) beyond it.
-            batch_ms: Most audio per request, and the longest the writer waits to fill one.
+            max_queue: Audio held while gRPC is slow, in 20 ms frames of audio whatever the chunk size
+                (200 = 4 s); the oldest is dropped (and counted) beyond it.
+            batch_ms: Most audio per request while a write is in flight (an idle writer sends at once).
             debounce_ms: At most one InterimTranscriptionFrame per this many ms (newest text). None/0: off.
             final_timeout_ms: After the VAD stop (+ hangover), how long to wait for Google's final
                 before emitting the newest interim as the final. None/0: no early finals.
@@ -162,11 +167,13 @@ class GoogleSTTService(STTService):
             backoff / max_consecutive_failures: Reconnect policy for retriable errors.
             telemetry_interval_s: Period of the ``[STT] q= drops= write_ms=`` line (None: off).
             clock: Time source for turn timing.
+            session_params: All session settings at once (``SttSessionParams``: also ``write_stall_s``,
+                ``max_lead_ms``, ...); the keyword settings above that differ from their defaults override it.
         """
         if api not in ("v1", "v2"):
             raise ValueError(f"api must be 'v1' or 'v2', got {api!r}")
         # Bad configuration fails here, at construction, never mid-call.
-        check_session_params(
+        overrides = dict(
             max_queue=max_queue,
             batch_ms=batch_ms,
             stream_limit_s=stream_limit_s,
@@ -174,7 +181,11 @@ class GoogleSTTService(STTService):
             max_replay_ms=max_replay_ms,
             max_consecutive_failures=max_consecutive_failures,
             close_timeout_s=close_timeout_s,
+            telemetry_interval_s=telemetry_interval_s,
         )
+        if session_params is not None:
+            overrides = {k: v for k, v in overrides.items() if v != getattr(_DEFAULTS, k)}
+        self._session_params = SttSessionParams.build(session_params, **overrides)
         _check_sample_rate(sample_rate, "sample_rate")
         default_settings = self.Settings(
             language=None,
@@ -218,15 +229,8 @@ class GoogleSTTService(STTService):
         self._location = location
         self._api = api
         self._target = resolve_target(location=location, endpoint=endpoint)
-        self._max_queue = max_queue
-        self._batch_ms = batch_ms
-        self._stream_limit_s = stream_limit_s
-        self._rotate_grace_s = rotate_grace_s
-        self._max_replay_ms = max_replay_ms
-        self._close_timeout_s = close_timeout_s
+        self._close_timeout_s = self._session_params.close_timeout_s
         self._backoff = backoff
-        self._max_failures = max_consecutive_failures
-        self._telemetry_interval_s = telemetry_interval_s
         self._clock = clock
         self._turn_args = dict(debounce_ms=debounce_ms, vad_hangover_ms=vad_hangover_ms, final_timeout_ms=final_timeout_ms)
         self._turns = TurnTimer(clock=clock, **self._turn_args)
@@ -330,16 +334,21 @@ class GoogleSTTService(STTService):
 
     # ------------------------------------------------------------ sink API
     def can_accept_audio(self) -> bool:
-        """AudioSink protocol: True when the next chunk would be queued without dropping anything."""
+        """AudioSink protocol: True while the next 20 ms of audio would be queued without dropping anything."""
         session = self._session
         if session is None or not session.accepting:
             return True  # nothing to wait for; audio is counted in audio_rejected
         return session.can_accept()
 
-    def audio_backlog(self) -> int:
-        """AudioSink (optional): chunks queued here that were not handed to gRPC yet."""
+    def audio_backlog(self) -> float:
+        """AudioSink (optional): audio queued here and not yet handed to gRPC, in 20 ms-frame equivalents."""
         session = self._session
-        return session.queued if session is not None else 0
+        return session.backlog_frames() if session is not None else 0.0
+
+    @property
+    def session_params(self) -> SttSessionParams:
+        """The validated session settings every session of this service runs with."""
+        return self._session_params
 
     @property
     def session(self) -> StreamingSTTSession | None:
@@ -389,16 +398,9 @@ class GoogleSTTService(STTService):
             probe_factory=lambda: build_speech_client(api=api, asynchronous=False, target=target, credentials=creds),
             on_result=lambda r: post("result", r),
             on_error=lambda e: post("error", e),
-            max_queue=self._max_queue,
-            batch_ms=self._batch_ms,
-            stream_limit_s=self._stream_limit_s,
-            rotate_grace_s=self._rotate_grace_s,
-            max_replay_ms=self._max_replay_ms,
+            params=self._session_params,
             backoff=self._backoff,
-            max_consecutive_failures=self._max_failures,
             metadata=metadata,
-            close_timeout_s=self._close_timeout_s,
-            telemetry_interval_s=self._telemetry_interval_s,
             name=self.name,
         ).start()
         self._events_task = self.create_task(self._event_loop(), name=f"{self.name}::stt_events")

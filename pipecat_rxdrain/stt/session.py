@@ -2,19 +2,22 @@
 
 Threads and data flow::
 
-    caller thread ── push_audio() ──► bounded deque (drop-oldest, counted)
-                                            │
-    rxdrain-stt-<name> (own asyncio loop)   ▼
-      writer  : request generator, batches ≤ batch_ms / ≤ 25 KB, times each write
-      reader  : response iterator → SttResult callbacks (session-relative times)
-      supervisor: opens streams only when audio exists, rotates before the
-                  duration limit, reconnects with backoff, replays unfinalized audio
-      telemetry: "[STT] q=<n> drops=<n> write_ms=<x.xx>" once per interval
+    caller thread ── push_audio() ──► AudioQueue (audio-time bound, drop-oldest, counted)
+                                            │  wake only when the writer is idle
+    gRPC I/O loop (shared "rxdrain-stt-io"  ▼  thread, or one per session)
+      writer    : request generator; sends at once when idle, and while a write is
+                  in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB)
+      watchdog  : a write blocked past the stall bound cancels the stream
+      reader    : response iterator → SttResult callbacks (session-relative times)
+      supervisor: opens streams only when audio exists, rotates before the duration
+                  limit, reconnects per ReconnectPolicy, replays unfinalized audio
+                  (paced so a stream never leads its wall clock by more than max_lead_ms)
+      ticker    : "[STT] q=<n> drops=<n> write_ms=<x.xx>" once per interval, drop-storm WARNINGs
 
-``push_audio`` only takes a lock and appends (a few µs); it never touches the
-network, so a stalled server costs dropped (and counted) audio, never a
-blocked event loop. ``write_ms`` is the time gRPC takes to accept one request
-(it grows under HTTP/2 back-pressure while ``push_audio`` stays in µs).
+``push_audio`` takes one short lock and appends; it never touches the network
+and wakes the I/O loop only when the writer is idle (one cross-thread wake per
+idle spell, none while it is busy). ``write_ms`` is the time gRPC takes to accept
+one request (it grows under HTTP/2 back-pressure while ``push_audio`` stays in µs).
 
 Replay (Google's "endless streaming", done exactly): every byte handed to a
 stream is also kept in a :class:`ReplayBuffer` until a final's end offset says
@@ -27,52 +30,79 @@ suppressed, so each word is delivered once.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import queue
 import threading
 import time
-from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Sequence
 
 import grpc
 from loguru import logger
 
 from ..clock import Clock, monotonic
-from ..event_loops import finish_event_loop
 from ..telemetry import TelemetryWindow, format_stt_line
+from .audio_queue import AudioQueue, Pushed
 from .backoff import Backoff
+from .io_thread import IoThreadMode, SttIoThread, run_blocking, shared_io_thread
+from .lead import StreamLead
+from .params import SttSessionParams, check_session_params
+from .reconnect import FATAL_CODES, ReconnectPolicy, Verdict
 from .recognition_config import MAX_REQUEST_BYTES, StreamSpec
 from .replay import ReplayBuffer
 
-RETRIABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.ABORTED,  # incl. v2 "409 Stream timed out after receiving no more client requests"
-        grpc.StatusCode.OUT_OF_RANGE,  # incl. "Exceeded maximum allowed stream duration of 305 seconds."
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,  # cancelled by the server side (ours are handled before classification)
-    }
-)
-FATAL_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.ALREADY_EXISTS,
-    }
-)
+__all__ = [
+    "FATAL_CODES",
+    "SessionState",
+    "StreamingSTTSession",
+    "SttError",
+    "SttResult",
+    "SttStats",
+    "SttSessionParams",
+    "check_session_params",
+    "status_of",
+]
 
 _ids = itertools.count(1)
-_ROTATE = b"rotate"  # sentinel from _take_batch (identity-compared)
-_ENDED = b"ended"  # sentinel from _take_batch: the stream is over, take no more audio for it
+_HEALTHY_AFTER_S = 2.0  # a stream that lived this long counts as healthy even without a response
+
+
+def _channel_of(client: Any) -> Any:
+    """The grpc.aio channel under an official async Speech client, if any."""
+    return getattr(getattr(client, "transport", None), "grpc_channel", None)
+
+
+class SessionState(str, Enum):
+    """``new -> running -> closing -> closed``, or ``failed`` after a non-retriable error."""
+
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StreamOutcome(Enum):
+    """How one gRPC stream ended, as the supervisor sees it."""
+
+    CLOSED = "closed"  # half-closed at close() with nothing left: the session is done
+    ENDED = "ended"  # the server ended it cleanly, or close() with audio still queued
+    ROTATE = "rotate"  # we cancelled it to rotate (limit, config change)
+    STALLED = "stalled"  # the write-stall watchdog cancelled it
+    ERROR = "error"
+
+
+class _Take(Enum):
+    """What the writer does instead of sending a batch."""
+
+    HALF_CLOSE = "half_close"  # closing and flushed
+    ROTATE = "rotate"
+    ENDED = "ended"  # the call is over; take no more audio for it
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
@@ -97,33 +127,6 @@ def _describe(exc: BaseException) -> str:
     if msg is None:
         msg = str(exc)
     return f"{code.name if code else type(exc).__name__}: {msg}"
-
-
-def check_session_params(
-    *,
-    max_queue: int,
-    batch_ms: float,
-    stream_limit_s: float,
-    rotate_grace_s: float = 0.0,
-    max_replay_ms: float = 0.0,
-    max_consecutive_failures: int = 0,
-    close_timeout_s: float = 0.0,
-) -> None:
-    """Raise ``ValueError`` naming the first bad session parameter (used at construction, never mid-call)."""
-    if not max_queue >= 1:
-        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-    if not batch_ms > 0:
-        raise ValueError(f"batch_ms must be > 0, got {batch_ms}")
-    if not stream_limit_s > 0:
-        raise ValueError(f"stream_limit_s must be > 0, got {stream_limit_s}")
-    if not rotate_grace_s >= 0:
-        raise ValueError(f"rotate_grace_s must be >= 0, got {rotate_grace_s}")
-    if not max_replay_ms >= 0:
-        raise ValueError(f"max_replay_ms must be >= 0, got {max_replay_ms}")
-    if not max_consecutive_failures >= 0:
-        raise ValueError(f"max_consecutive_failures must be >= 0 (0: retry forever), got {max_consecutive_failures}")
-    if not close_timeout_s >= 0:
-        raise ValueError(f"close_timeout_s must be >= 0, got {close_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,10 @@ class SttError:
 class SttStats:
     """A snapshot of the session's counters (same numbers as the telemetry line)."""
 
-    state: str
+    state: str  # a SessionState (compares equal to its string value)
     q: int
     max_queue: int
-    drops: int
+    drops: int  # chunks dropped: oldest-first by the full queue, plus any still queued when close() gave up
     rejected: int  # chunks pushed after close() or a fatal error
     pushed_chunks: int
     write_ms: float  # mean over the last telemetry window
@@ -178,6 +181,12 @@ class SttStats:
     last_error: str | None
     malformed: int = 0  # chunks refused because they were not whole samples (odd-length PCM16)
     discarded_on_error: int = 0  # chunks still queued when a non-retriable error stopped the session
+    dropped_ms: float = 0.0  # audio in ``drops``
+    discarded_on_close: int = 0  # chunks still queued when close() hit its bound (also in ``drops``)
+    backlog_frames: float = 0.0  # audio queued now, in 20 ms-frame equivalents
+    write_stalls: int = 0  # streams cancelled by the write-stall watchdog
+    stale_dropped_ms: float = 0.0  # sent, unfinalized audio older than the stall bound, not replayed after a stall
+    max_lead_ms: float = 0.0  # the furthest any stream got ahead of its own wall clock
 
 
 @dataclass
@@ -187,11 +196,16 @@ class _Stream:
     origin: int  # session byte position of this stream's audio offset 0
     started: float
     replay: list[bytes]
+    lead: StreamLead
     rotate: bool = False
     config_change_at: float | None = None  # when a new spec was asked for (rotate at the next final/silence)
     half_closed: bool = False
     pending_interim: bool = False
     got_response: bool = False
+    stalled: bool = False
+    write_started: float | None = None  # clock time the write in flight began
+    watchdog: asyncio.TimerHandle | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
     call: Any = None
     # Set when _run_stream is done with the call. grpc.aio's call.cancel() is a no-op on a call
     # that already failed, and then leaves our request generator running: without this it
@@ -203,32 +217,44 @@ class StreamingSTTSession:
     """Streams audio to Google STT without ever blocking the caller, across reconnects.
 
     Guarantees:
-      * ``push_audio`` never blocks on the network; when the queue (``max_queue``
-        chunks) is full the oldest chunk is dropped and counted in ``drops``.
+      * ``push_audio`` never blocks on the network; the queue holds at most
+        ``max_queue`` x 20 ms of audio, and beyond it the oldest chunks are
+        dropped and counted in ``drops``.
       * At most one gRPC stream at a time; a stream is opened only when there
-        is audio to send; each request carries at most ``batch_ms`` of audio and
-        at most 25 KB, and the writer never waits longer than ``batch_ms`` to
-        fill a batch.
+        is audio to send. The writer sends a chunk as soon as the previous write
+        finished (no fill wait); what piled up meanwhile goes in one request of
+        at most ``batch_ms`` of audio and 25 KB.
+      * A write blocked longer than the stall bound (``write_stall_s``, default
+        the queue's audio time) cancels the stream; the next one replays only
+        unfinalized audio younger than the bound (the rest is counted in
+        ``stale_dropped_ms``).
+      * No stream leads its own wall clock by more than ``max_lead_ms`` of audio
+        (replay is paced); the largest lead is in ``stats.max_lead_ms``.
       * Streams rotate before ``stream_limit_s`` (right after a final or in
         silence, at the latest ``rotate_grace_s`` later; a config change
         rotates the same way within ``config_change_grace_s``). A rotation
         cancels the old stream rather than half-closing it, so Google does not
-        finalize a half-heard utterance; only ``close()`` half-closes. Streams reconnect on
-        retriable errors with capped exponential backoff and jitter; unfinalized
+        finalize a half-heard utterance; only ``close()`` half-closes. Streams
+        reconnect on retriable errors per :class:`ReconnectPolicy`; unfinalized
         audio is replayed (bounded by ``max_replay_ms``) and no final is
         delivered twice.
       * A non-retriable error stops the session and is reported exactly once
         through ``on_error``.
       * ``close()`` flushes the queue within its bound, half-closes, cancels
-        the call if the server stalls, and joins the thread.
+        the call if the server stalls, counts what it could not send in
+        ``drops``, and releases the I/O thread.
 
-    ``client_factory`` is called on the session's thread and must return an
-    async Speech client (``speech_v2``/``speech_v1`` ``SpeechAsyncClient``)
-    matching ``spec.api``. ``probe_factory`` (optional) returns the matching
-    *sync* client, used only to learn the real status when grpc.aio masks an
-    early rejection as INTERNAL "Internal error from Core". ``on_result``/``on_error`` are called on the
-    session's thread; when ``on_result`` is None results go to ``self.results``
-    (a thread-safe queue).
+    Settings come as ``params`` (:class:`SttSessionParams`) and/or as keyword
+    overrides of its fields (``max_queue=...``, ``batch_ms=...``).
+
+    ``client_factory`` is called on the I/O loop and must return an async
+    Speech client (``speech_v2``/``speech_v1`` ``SpeechAsyncClient``) matching
+    ``spec.api``. ``probe_factory`` (optional) returns the matching *sync*
+    client, used only to learn the real status when grpc.aio masks an early
+    rejection as INTERNAL "Internal error from Core". ``on_result``/``on_error``
+    are called on the I/O thread; when ``on_result`` is None results go to
+    ``self.results`` (a thread-safe queue). ``io_thread`` picks the shared I/O
+    thread (default) or one of the session's own.
     """
 
     def __init__(
@@ -236,86 +262,54 @@ class StreamingSTTSession:
         spec: StreamSpec,
         client_factory: Callable[[], Any],
         *,
+        params: SttSessionParams | None = None,
         on_result: Callable[[SttResult], None] | None = None,
         on_error: Callable[[SttError], None] | None = None,
-        max_queue: int = 200,
-        batch_ms: float = 60,
-        stream_limit_s: float = 240.0,
-        rotate_grace_s: float = 30.0,
-        config_change_grace_s: float = 3.0,
-        max_replay_ms: float = 30_000,
         backoff: Backoff | None = None,
-        max_consecutive_failures: int = 12,
         metadata: Sequence[tuple[str, str]] = (),
-        close_timeout_s: float = 3.0,
-        drain_timeout_s: float = 2.0,
-        telemetry_interval_s: float | None = 1.0,
         clock: Clock = monotonic,
         name: str | None = None,
-        poll_ms: float | None = 10.0,
         probe_factory: Callable[[], Any] | None = None,
+        io_thread: IoThreadMode | str = IoThreadMode.SHARED,
+        **settings: Any,
     ) -> None:
-        check_session_params(
-            max_queue=max_queue,
-            batch_ms=batch_ms,
-            stream_limit_s=stream_limit_s,
-            rotate_grace_s=rotate_grace_s,
-            max_replay_ms=max_replay_ms,
-            max_consecutive_failures=max_consecutive_failures,
-            close_timeout_s=close_timeout_s,
-        )
+        p = self.params = SttSessionParams.build(params, **settings)
         self._spec = spec
         self._client_factory = client_factory
         self._on_result = on_result
         self._on_error = on_error
         self.results: queue.SimpleQueue[SttResult] = queue.SimpleQueue()
-        self.max_queue = int(max_queue)
-        self.batch_ms = float(batch_ms)
-        self.stream_limit_s = float(stream_limit_s)
-        self.rotate_grace_s = float(rotate_grace_s)
-        self.config_change_grace_s = float(config_change_grace_s)
-        self.max_replay_ms = float(max_replay_ms)
-        self._backoff = backoff or Backoff()
-        self._max_failures = max_consecutive_failures
+        self._policy = ReconnectPolicy(backoff, p.max_consecutive_failures)
         self._metadata = tuple(metadata)
-        self.close_timeout_s = float(close_timeout_s)
-        self.drain_timeout_s = float(drain_timeout_s)
         self._clock = clock
         self.name = name or f"stt-{next(_ids)}"
-        # The writer polls the queue every poll_ms instead of being woken per push: a
-        # cross-thread wake-up (self-pipe write) in push_audio hands the GIL to the I/O
-        # thread and costs the caller ~1 ms at p99. None = wake on push.
-        self._poll_s = poll_ms / 1000.0 if poll_ms else None
         self._probe_factory = probe_factory  # a *sync* Speech client, see _masked_by_grpc_aio
         self._probe_client: Any = None
+        mode = IoThreadMode(io_thread)
+        self.io_mode = mode
+        self._io: SttIoThread = shared_io_thread() if mode is IoThreadMode.SHARED else SttIoThread(f"rxdrain-stt-{self.name}")
 
-        # Shared between the caller and the I/O thread, guarded by _lock.
-        self._lock = threading.Lock()
-        self._q: deque[bytes] = deque()
-        self._q_bytes = 0
-        self._drops = 0
-        self._rejected = 0
-        self._malformed = 0
-        self._discarded_on_error = 0
-        self._pushed = 0
-        self._wake_at: int | None = None  # wake the writer once _q_bytes reaches this
-        self._state = "new"  # new -> running -> closing -> closed | failed
+        # One lock for the queue and the session state (never held while calling the queue).
+        self._lock = threading.Lock()  # guards _state, _closing, _pending_spec, _loop
+        self._queue = AudioQueue(p.max_queue, spec.bytes_per_ms, spec.frame_bytes, clock=clock, lock=self._lock)
+        self._state = SessionState.NEW
         self._closing = False
         self._pending_spec: StreamSpec | None = None
-
-        # I/O thread state.
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: Future | None = None
+        self._io_held = False
+        self._done = threading.Event()
+
+        # I/O loop state.
         self._wake: asyncio.Event | None = None
         self._main_task: asyncio.Task | None = None
         self._stream: _Stream | None = None
-        self._replay = ReplayBuffer(int(self.max_replay_ms * spec.bytes_per_ms), spec.frame_bytes)
+        self._replay = ReplayBuffer(int(p.max_replay_ms * spec.bytes_per_ms), spec.frame_bytes)
         self._last_final_end = -1  # session byte position of the last delivered final's end
-        self._ready = threading.Event()
-        self._done = threading.Event()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
 
-        self._window = TelemetryWindow(telemetry_interval_s or 1.0, clock=clock)
-        self._telemetry_enabled = telemetry_interval_s is not None and telemetry_interval_s > 0
+        self._window = TelemetryWindow(p.telemetry_interval_s or 1.0, clock=clock)
         self._write_total_s = 0.0
         self._write_max_s = 0.0
         self._last_window_write_ms = 0.0
@@ -325,27 +319,53 @@ class StreamingSTTSession:
         self._streams = 0
         self._reconnects = 0
         self._rotations = 0
+        self._write_stalls = 0
+        self._max_lead_ms = 0.0
         self._finals = 0
         self._interims = 0
         self._dup_finals = 0
+        self._discarded_on_error = 0
+        self._discarded_on_close = 0
+        self._discarded_on_close_bytes = 0
+        self._warned_drops = 0
+        self._warned_at: float | None = None
         self._last_error: str | None = None
         self._fatal: SttError | None = None
         self._stream_was_healthy = False
-        self._write_samples: deque[float] = deque(maxlen=8192)
+        self._write_samples: list[float] = []
+        self._write_sample_i = 0
+
+    # ------------------------------------------------------------ settings (read-only views)
+    @property
+    def max_queue(self) -> int:
+        return self.params.max_queue
+
+    @property
+    def batch_ms(self) -> float:
+        return self.params.batch_ms
+
+    @property
+    def stream_limit_s(self) -> float:
+        return self.params.stream_limit_s
+
+    @property
+    def close_timeout_s(self) -> float:
+        return self.params.close_timeout_s
 
     # ------------------------------------------------------------ public API
     def start(self) -> "StreamingSTTSession":
-        """Start the I/O thread (no network until the first audio). Idempotent."""
+        """Start the session on its I/O loop (no network until the first audio). Idempotent."""
         with self._lock:
-            if self._state != "new":
+            if self._state is not SessionState.NEW:
                 return self
-            self._state = "running"
-        ctx = contextvars.copy_context()  # so logger.contextualize(call_sid=...) tags our lines
-        self._thread = threading.Thread(
-            target=ctx.run, args=(self._thread_main,), name=f"rxdrain-stt-{self.name}", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait(5.0)
+            self._state = SessionState.RUNNING
+        loop = self._io.acquire()
+        self._io_held = True
+        with self._lock:
+            self._loop = loop
+        # run_coroutine_threadsafe runs in a copy of this context, so
+        # logger.contextualize(call_sid=...) tags the session's lines.
+        self._future = asyncio.run_coroutine_threadsafe(self._main(), loop)
         return self
 
     def push_audio(self, pcm16: bytes) -> bool:
@@ -356,50 +376,37 @@ class StreamingSTTSession:
         """
         if not pcm16:
             return True
-        loop = None
-        with self._lock:
-            if self._state not in ("new", "running"):
-                self._rejected += 1
-                return False
-            if len(pcm16) % self._spec.frame_bytes:
-                # Not whole samples: sending it would shift every later sample by a byte
-                # (loud noise to the recognizer). Refuse it, counted, and say so once.
-                self._malformed += 1
-                if self._malformed == 1:
-                    logger.warning(
-                        f"{self!r}: refused a {len(pcm16)}-byte audio chunk: not a whole number of "
-                        f"{self._spec.frame_bytes}-byte samples (counted in stats.malformed; not logged again)"
-                    )
-                return False
-            if len(self._q) >= self.max_queue:
-                self._q_bytes -= len(self._q.popleft())
-                self._drops += 1
-            self._q.append(pcm16)
-            self._q_bytes += len(pcm16)
-            self._pushed += 1
-            if self._wake_at is not None and self._q_bytes >= self._wake_at:
-                self._wake_at = None
-                loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._wake_writer)
-            except RuntimeError:  # loop already closed
-                pass
-        self._window.count(1)
-        return True
+        pushed = self._queue.push(pcm16)
+        if pushed is Pushed.QUEUED:
+            return True
+        if pushed is Pushed.WAKE:  # the writer is idle: one wake, without handing the GIL over
+            self._io.notify(self._wake_writer)
+            return True
+        if pushed is Pushed.MALFORMED and self._queue.malformed == 1:
+            # Not whole samples: sending it would shift every later sample by a byte
+            # (loud noise to the recognizer). Refused, counted, and said once.
+            logger.warning(
+                f"{self!r}: refused a {len(pcm16)}-byte audio chunk: not a whole number of "
+                f"{self._spec.frame_bytes}-byte samples (counted in stats.malformed; not logged again)"
+            )
+        return False
 
-    def can_accept(self) -> bool:
-        """True when a pushed chunk would be taken without dropping anything (or the session is not taking audio)."""
-        return len(self._q) < self.max_queue
+    def can_accept(self, nbytes: int | None = None) -> bool:
+        """True while the next 20 ms of audio (or ``nbytes``) would be queued without dropping anything."""
+        return self._queue.can_accept(nbytes)
 
     @property
     def queued(self) -> int:
-        """Chunks waiting in the queue right now (cheap; for back-pressure decisions)."""
-        return len(self._q)
+        """Chunks waiting in the queue right now."""
+        return len(self._queue)
+
+    def backlog_frames(self) -> float:
+        """Audio queued and not yet handed to gRPC, in 20 ms-frame equivalents (cheap)."""
+        return self._queue.backlog_frames()
 
     @property
     def accepting(self) -> bool:
-        return self._state in ("new", "running")
+        return self._state in (SessionState.NEW, SessionState.RUNNING)
 
     @property
     def failed(self) -> SttError | None:
@@ -417,54 +424,56 @@ class StreamingSTTSession:
                 pass
 
     def close(self, timeout: float | None = None, *, wait: bool = True) -> bool:
-        """Flush queued audio within ``timeout`` (default ``close_timeout_s``), half-close, join.
+        """Flush queued audio within ``timeout`` (default ``close_timeout_s``), half-close, release the I/O thread.
 
-        Never hangs: after the bound the call is cancelled and the thread
+        Never hangs: after the bound the call is cancelled and the session
         stopped. With ``wait=False`` it only starts closing (poll ``closed``).
-        Returns True when the thread has ended.
+        Returns True when the session has ended.
         """
-        timeout = self.close_timeout_s if timeout is None else timeout
+        timeout = self.params.close_timeout_s if timeout is None else timeout
         with self._lock:
-            if self._state == "new":
-                self._state = "closed"
+            new = self._state is SessionState.NEW
+            if new:
+                self._state = SessionState.CLOSED
                 self._done.set()
-                return True
-            if self._state == "running":
-                self._state = "closing"
+            elif self._state is SessionState.RUNNING:
+                self._state = SessionState.CLOSING
+            first = not self._closing
             self._closing = True
             loop = self._loop
-        if loop is not None and not loop.is_closed():
-            deadline = time.monotonic() + max(0.0, timeout)
+        self._queue.close()
+        if new:
+            return True
+        if first and loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._begin_close, deadline)
+                loop.call_soon_threadsafe(self._begin_close, max(0.0, timeout))
             except RuntimeError:
                 pass
         if not wait:
+            if self._done.is_set():
+                self._release_io()
             return self._done.is_set()
         if not self._done.wait(timeout + 2.0):
             self._hard_stop_threadsafe()
             self._done.wait(2.0)
-        if self._thread is not None:
-            self._thread.join(1.0)
-            return not self._thread.is_alive()
-        return True
+        self._release_io()
+        return self._done.is_set()
 
     @property
     def closed(self) -> bool:
-        return self._done.is_set() and (self._thread is None or not self._thread.is_alive())
+        return self._done.is_set()
 
     @property
     def stats(self) -> SttStats:
         bpm = self._spec.bytes_per_ms
-        with self._lock:
-            q, drops, rejected, pushed, state = len(self._q), self._drops, self._rejected, self._pushed, self._state
+        q = self._queue
         return SttStats(
-            state=state,
-            q=q,
-            max_queue=self.max_queue,
-            drops=drops,
-            rejected=rejected,
-            pushed_chunks=pushed,
+            state=self._state,
+            q=len(q),
+            max_queue=self.params.max_queue,
+            drops=q.drops + self._discarded_on_close,
+            rejected=q.rejected,
+            pushed_chunks=q.pushed,
             write_ms=self._last_window_write_ms,
             write_ms_mean=(self._write_total_s / self._requests_sent * 1000.0) if self._requests_sent else 0.0,
             write_ms_max=self._write_max_s * 1000.0,
@@ -479,54 +488,51 @@ class StreamingSTTSession:
             interims=self._interims,
             duplicate_finals_suppressed=self._dup_finals,
             last_error=self._last_error,
-            malformed=self._malformed,
+            malformed=q.malformed,
             discarded_on_error=self._discarded_on_error,
+            dropped_ms=(q.dropped_bytes + self._discarded_on_close_bytes) / bpm,
+            discarded_on_close=self._discarded_on_close,
+            backlog_frames=q.backlog_frames(),
+            write_stalls=self._write_stalls,
+            stale_dropped_ms=self._replay.stale_bytes / bpm,
+            max_lead_ms=self._max_lead_ms,
         )
 
     def write_samples(self) -> list[float]:
         """Durations (s) of the most recent gRPC writes (up to 8192), oldest first."""
-        return list(self._write_samples)
+        s, i = self._write_samples, self._write_sample_i
+        return s[i:] + s[:i] if len(s) == _MAX_SAMPLES else list(s)
 
     def telemetry_line(self) -> str:
-        """Roll the telemetry window and return the ``[STT]`` line (also what the thread logs)."""
+        """Roll the telemetry window and return the ``[STT]`` line (also what the I/O loop logs)."""
         sample = self._window.roll()
         self._last_window_write_ms = sample.write_ms
-        with self._lock:
-            q, drops = len(self._q), self._drops
-        return format_stt_line(q=q, drops=drops, write_ms=sample.write_ms)
+        return format_stt_line(q=len(self._queue), drops=self._queue.drops + self._discarded_on_close, write_ms=sample.write_ms)
 
     def __repr__(self) -> str:
-        return f"StreamingSTTSession(name={self.name!r}, api={self._spec.api!r}, state={self._state!r})"
+        return f"StreamingSTTSession(name={self.name!r}, api={self._spec.api!r}, state={str(self._state)!r})"
 
-    # ------------------------------------------------------------ I/O thread
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:  # pragma: no cover - last resort, never crash the process
-            logger.exception(f"{self!r}: I/O thread crashed: {exc!r}")
-        finally:
-            try:
-                finish_event_loop(loop)
-            except Exception:
-                pass
-            with self._lock:
-                self._loop = None
-                if self._state != "failed":
-                    self._state = "closed"
-            loop.close()
-            self._ready.set()
-            self._done.set()
+    # The benchmark probe (benchmarks/pipelines.py) wraps the chunk deque under ``_lock``.
+    @property
+    def _q(self):
+        return self._queue._q
+
+    @_q.setter
+    def _q(self, value) -> None:
+        self._queue._q = value
+
+    # ------------------------------------------------------------ I/O loop
+    def _release_io(self) -> None:
+        if self._io_held and self._done.is_set():
+            self._io_held = False
+            self._io.release()
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
         self._main_task = asyncio.current_task()
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            if self._q:
-                self._wake.set()
-        self._ready.set()
-        telemetry = asyncio.create_task(self._telemetry()) if self._telemetry_enabled else None
+        if self._queue:
+            self._wake.set()
+        self._schedule_tick()
         client = None
         try:
             client = self._client_factory()
@@ -539,9 +545,9 @@ class StreamingSTTSession:
             st = self._stream
             if st is not None and st.call is not None:
                 st.call.cancel()
-            if telemetry is not None:
-                telemetry.cancel()
-                await asyncio.gather(telemetry, return_exceptions=True)
+            for h in (self._tick_handle, self._close_handle):
+                if h is not None:
+                    h.cancel()
             if client is not None:
                 try:
                     await asyncio.wait_for(client.transport.close(), 1.0)
@@ -552,46 +558,70 @@ class StreamingSTTSession:
                     self._probe_client.transport.close()
                 except Exception:
                     pass
+            self._finish()
+
+    def _finish(self) -> None:
+        chunks, nbytes = self._queue.discard()
+        if chunks and self._fatal is None:
+            # close() gave up with audio still queued (a stalled or dead server): that is a drop.
+            self._discarded_on_close += chunks
+            self._discarded_on_close_bytes += nbytes
+            logger.warning(
+                f"{self!r}: {chunks} queued chunk(s) ({nbytes / self._spec.bytes_per_ms / 1000:.1f} s of audio) "
+                "not sent before close() gave up (counted in stats.drops)"
+            )
+        elif chunks:
+            self._discarded_on_error += chunks
+        with self._lock:
+            if self._state is not SessionState.FAILED:
+                self._state = SessionState.CLOSED
+            self._loop = None
+        self._done.set()
 
     async def _supervise(self, client: Any) -> None:
-        failures = 0
+        p = self.params
         while True:
             if not await self._wait_for_audio():
                 return  # closing with nothing left to send
             self._apply_pending_spec()
             outcome, exc = await self._run_stream(client)
-            if outcome == "closed":
+            if outcome is StreamOutcome.CLOSED:
                 return
-            if outcome in ("rotate", "ended"):
-                if outcome == "rotate":
+            if outcome in (StreamOutcome.ROTATE, StreamOutcome.ENDED):
+                if outcome is StreamOutcome.ROTATE:
                     self._rotations += 1
                 else:
                     self._reconnects += 1
-                failures = 0
+                self._policy.healthy()
                 continue
-            # outcome == "error"
-            assert exc is not None
-            if self._masked_by_grpc_aio(exc):
-                exc = self._probe_status(exc)
-            code = status_of(exc)
-            desc = _describe(exc)
+            if outcome is StreamOutcome.STALLED:
+                code: grpc.StatusCode | None = grpc.StatusCode.DEADLINE_EXCEEDED
+                desc = f"DEADLINE_EXCEEDED: a write was blocked for more than {p.stall_bound_s:g} s (write-stall watchdog)"
+                # What the recognizer has not finalized and is older than the bound is not worth
+                # sending any more: the caller has moved on. Count it and replay the rest.
+                cutoff = self._clock() - p.stall_bound_s
+                self._replay.drop_older_than(cutoff)
+            else:
+                assert exc is not None
+                if self._masked_by_grpc_aio(exc):
+                    exc = await self._probe_status(exc)
+                code = status_of(exc)
+                desc = _describe(exc)
             self._last_error = desc
-            if code in FATAL_CODES or code is None:
+            decision = self._policy.on_error(code, stream_was_healthy=self._stream_was_healthy)
+            if decision.verdict is Verdict.FATAL:
                 self._fail(SttError(code, f"Google STT stopped: {desc}", False, exc))
                 return
-            failures = 1 if self._stream_was_healthy else failures + 1
-            if self._max_failures and failures >= self._max_failures:
-                self._fail(SttError(code, f"Google STT gave up after {failures} failed attempts: {desc}", True, exc))
+            if decision.verdict is Verdict.GIVE_UP:
+                self._fail(
+                    SttError(code, f"Google STT gave up after {decision.failures} failed attempts: {desc}", True, exc)
+                )
                 return
             self._reconnects += 1
-            if self._stream_was_healthy:  # a working stream that later failed: start over
-                self._backoff.reset()
-            delay = self._backoff.next_delay()
             level = "DEBUG" if code == grpc.StatusCode.ABORTED else "WARNING"
-            logger.log(level, f"{self!r}: stream ended with {desc}; reconnecting in {delay:.2f}s")
-            if self._closing:
-                return
-            await self._sleep_unless_closing(delay)
+            logger.log(level, f"{self!r}: stream ended with {desc}; reconnecting in {decision.delay_s:.2f}s")
+            # Also while closing: close() flushes within its own bound (then _hard_stop).
+            await self._backoff_sleep(decision.delay_s, _channel_of(client))
 
     def _masked_by_grpc_aio(self, exc: BaseException) -> bool:
         # grpc.aio (1.85) reports a server's early rejection that races with a client write
@@ -604,56 +634,87 @@ class StreamingSTTSession:
             and "Internal error from Core" in _describe(exc)
         )
 
-    def _probe_status(self, exc: BaseException) -> BaseException:
-        """Open a config-only stream with the sync client (blocking, bounded) and return its error, or ``exc``."""
-        try:
-            if self._probe_client is None:
-                self._probe_client = self._probe_factory()  # type: ignore[misc]
-            responses = self._probe_client.streaming_recognize(
-                requests=iter([self._spec.config_request()]), metadata=self._metadata, timeout=self.drain_timeout_s
-            )
-            for _ in responses:
-                pass
-        except Exception as real:
-            if status_of(real) not in (None, grpc.StatusCode.DEADLINE_EXCEEDED):
-                logger.debug(f"{self!r}: INTERNAL from grpc.aio was really {_describe(real)}")
+    async def _probe_status(self, exc: BaseException) -> BaseException:
+        """Open a config-only stream with the sync client (on a short-lived thread, bounded); its error, or ``exc``."""
+
+        def probe() -> BaseException | None:
+            try:
+                if self._probe_client is None:
+                    self._probe_client = self._probe_factory()  # type: ignore[misc]
+                responses = self._probe_client.streaming_recognize(
+                    requests=iter([self._spec.config_request()]),
+                    metadata=self._metadata,
+                    timeout=self.params.drain_timeout_s,
+                )
+                for _ in responses:
+                    pass
+            except Exception as real:
                 return real
+            return None
+
+        real = await run_blocking(probe, name=f"rxdrain-stt-probe-{self.name}")
+        if real is not None and status_of(real) not in (None, grpc.StatusCode.DEADLINE_EXCEEDED):
+            logger.debug(f"{self!r}: INTERNAL from grpc.aio was really {_describe(real)}")
+            return real
         return exc
 
     async def _wait_for_audio(self) -> bool:
         """Wait until there is queued audio; False when closing and nothing is left."""
         assert self._wake is not None
         while True:
-            with self._lock:
-                if self._q:
-                    return True
-                if self._closing:
-                    return False
-                self._wake.clear()
-                self._wake_at = 1
+            self._wake.clear()
+            if self._closing and not self._queue:
+                return False
+            if not self._queue.idle_if_empty():
+                return True
+            await self._wake.wait()
+
+    async def _backoff_sleep(self, delay: float, channel: Any = None) -> None:
+        """Sleep ``delay`` (the backoff), cut short by the channel reconnecting.
+
+        Our backoff must not stack on gRPC's own channel reconnect backoff: when the
+        connection is down, the channel keeps trying (see ``google_clients.CHANNEL_OPTIONS``)
+        and the next stream opens the moment it is READY again, so a 2 s outage costs about
+        2 s. A server that answers errors over a healthy connection still gets the full delay.
+        """
+        if delay <= 0:
+            return
+        ready = None
+        if channel is not None:
             try:
-                await asyncio.wait_for(self._wake.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+                if channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
+                    ready = asyncio.ensure_future(channel.channel_ready())
+            except Exception:  # pragma: no cover - not a grpc.aio channel
+                ready = None
+        if ready is None:
+            await asyncio.sleep(delay)
+            return
+        try:
+            await asyncio.wait({ready}, timeout=delay)
+        finally:
+            if not ready.done():
+                ready.cancel()
+                await asyncio.gather(ready, return_exceptions=True)
 
-    async def _sleep_unless_closing(self, delay: float) -> None:
-        end = time.monotonic() + delay
-        while not self._closing and (left := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
-
-    async def _run_stream(self, client: Any) -> tuple[str, BaseException | None]:
-        spec = self._spec
+    async def _run_stream(self, client: Any) -> tuple[StreamOutcome, BaseException | None]:
+        spec, p = self._spec, self.params
         self._replay.trim_to(self._last_final_end)
+        now = self._clock()
         st = _Stream(
             index=self._streams,
             spec=spec,
             origin=self._replay.start if len(self._replay) else self._replay.end,
-            started=self._clock(),
+            started=now,
             replay=self._replay.pieces(MAX_REQUEST_BYTES),
+            lead=StreamLead(p.max_lead_ms, self._clock, started=now, rate=p.realtime_factor),
         )
         self._streams += 1
         self._stream = st
         self._stream_was_healthy = False
+        loop = asyncio.get_running_loop()
+        # Wake the writer when a rotation may become due (it otherwise sleeps until audio comes).
+        for after in (p.stream_limit_s, p.stream_limit_s + p.rotate_grace_s):
+            st.timers.append(loop.call_later(after, self._wake_writer))
         try:
             call = await client.streaming_recognize(requests=self._requests(st), metadata=self._metadata)
             st.call = call
@@ -665,55 +726,135 @@ class StreamingSTTSession:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            # The call was cancelled by us (drain/close bound): not an error.
+            # The call was cancelled by us (rotation, watchdog, drain/close bound): not an error.
         except Exception as exc:
-            if not (self._closing and st.half_closed):
-                return "error", exc
+            if not (self._closing and st.half_closed) and not st.stalled:
+                return StreamOutcome.ERROR, exc
         finally:
             self._stream = None
             st.ended.set()
+            for h in st.timers:
+                h.cancel()
+            if st.watchdog is not None:
+                st.watchdog.cancel()
             self._wake_writer()  # a request generator still waiting for audio sees the end at once
             if st.call is not None:
                 st.call.cancel()
-            if self._clock() - st.started >= 2.0:
+            if self._clock() - st.started >= _HEALTHY_AFTER_S:
                 self._stream_was_healthy = True
+            if st.lead.max_seen_ms > self._max_lead_ms:
+                self._max_lead_ms = st.lead.max_seen_ms
+        if st.stalled and not self._closing:
+            return StreamOutcome.STALLED, None
         if self._closing:
-            with self._lock:
-                left = bool(self._q)
-            return ("ended" if left else "closed"), None
+            return (StreamOutcome.ENDED if self._queue else StreamOutcome.CLOSED), None
         if st.rotate:
-            return "rotate", None
-        return "ended", None  # the server ended the stream on its own: reopen on the next audio
+            return StreamOutcome.ROTATE, None
+        return StreamOutcome.ENDED, None  # the server ended the stream on its own: reopen on the next audio
 
     async def _requests(self, st: _Stream):
-        """The request stream: config, replayed audio, then live batches. Runs on gRPC's consumer task."""
+        """The request stream: config, replayed audio (paced to the lead bound), then live audio.
+
+        Runs on gRPC's consumer task: a ``yield`` returns once gRPC has accepted the
+        request, so whatever was queued meanwhile is sent together in the next one.
+        """
+        bpm = st.spec.bytes_per_ms
+        # write_ms is a measurement, not timing logic: it reads perf_counter, not the injected clock.
         yield st.spec.config_request()
         for piece in st.replay:
+            if not await self._pace(st, len(piece) / bpm):
+                return
+            self._replayed_bytes += len(piece)
+            st.lead.sent(len(piece) / bpm)
+            self._begin_write(st)
             t0 = time.perf_counter()
             yield st.spec.audio_request(piece)
-            self._record_write(time.perf_counter() - t0)
-            self._replayed_bytes += len(piece)
+            self._end_write(st, time.perf_counter() - t0)
+        target = self._batch_target()
+        q = self._queue
+        wake = self._wake
+        assert wake is not None
         while True:
-            batch = await self._take_batch(st)
-            if batch is None:
-                break
-            if batch is _ENDED:
+            take = self._next_action(st)
+            if take is _Take.ENDED:
                 return
-            if batch is _ROTATE:
+            if take is _Take.ROTATE:
                 # Rotation: cancel instead of half-closing, so the server does not finalize a
                 # half-heard utterance; the new stream re-hears it from the replay buffer.
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
-            self._replay.append(batch)
-            self._sent_bytes += len(batch)
+            batch = q.take(target)
+            if batch is None:
+                if take is _Take.HALF_CLOSE:
+                    break
+                wake.clear()  # a push that sees the writer idle schedules wake.set() after this
+                await wake.wait()
+                continue
+            n = len(batch.data)
+            self._replay.append(batch.data, batch.stamps)
+            self._sent_bytes += n
+            if not await self._pace(st, n / bpm):
+                return
+            st.lead.sent(n / bpm)
+            self._begin_write(st)
             t0 = time.perf_counter()
-            yield st.spec.audio_request(batch)
-            self._record_write(time.perf_counter() - t0)
+            yield st.spec.audio_request(batch.data)
+            self._end_write(st, time.perf_counter() - t0)
         # Half-close; bound the wait for the server's last results.
         st.half_closed = True
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.drain_timeout_s, self._cancel_if_running, st)
+        st.timers.append(asyncio.get_running_loop().call_later(self.params.drain_timeout_s, self._cancel_if_running, st))
+
+    def _next_action(self, st: _Stream) -> _Take | None:
+        if st.ended.is_set():
+            return _Take.ENDED
+        if self._closing:
+            return _Take.HALF_CLOSE  # once the queue is flushed
+        if self._should_rotate(st):
+            return _Take.ROTATE
+        return None
+
+    async def _pace(self, st: _Stream, audio_ms: float) -> bool:
+        """Wait so the stream's lead stays within max_lead_ms; False if the stream ended meanwhile."""
+        delay = st.lead.delay_for(audio_ms)
+        if delay > 0:
+            try:
+                await asyncio.wait_for(st.ended.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        return not st.ended.is_set()
+
+    def _begin_write(self, st: _Stream) -> None:
+        st.write_started = self._clock()
+        if st.watchdog is None:
+            st.watchdog = asyncio.get_running_loop().call_later(self.params.stall_bound_s, self._check_stall, st)
+
+    def _end_write(self, st: _Stream, seconds: float) -> None:
+        st.write_started = None
+        self._record_write(seconds)
+
+    def _check_stall(self, st: _Stream) -> None:
+        """The write-stall watchdog: one timer per stream, re-armed only while writes are in flight."""
+        st.watchdog = None
+        started = st.write_started
+        if started is None or st.ended.is_set():
+            return
+        bound = self.params.stall_bound_s
+        left = bound - (self._clock() - started)
+        if left > 0:
+            st.watchdog = asyncio.get_running_loop().call_later(left, self._check_stall, st)
+            return
+        if self._closing:
+            return  # close() has its own bound
+        st.stalled = True
+        st.write_started = None
+        self._write_stalls += 1
+        self._record_write(self._clock() - started)  # the blocked write never completes: count its time
+        logger.warning(
+            f"{self!r}: a write to stream {st.index} has been blocked for {bound:g}s; cancelling it and "
+            "reconnecting (unfinalized audio younger than that is replayed)"
+        )
+        self._cancel_stream(st)
 
     def _cancel_stream(self, st: _Stream) -> None:
         if st.call is not None:
@@ -721,84 +862,30 @@ class StreamingSTTSession:
 
     def _cancel_if_running(self, st: _Stream) -> None:
         if st.call is not None and not st.call.done():
-            logger.debug(f"{self!r}: stream {st.index} did not finish within {self.drain_timeout_s}s of half-close; cancelling")
+            logger.debug(
+                f"{self!r}: stream {st.index} did not finish within {self.params.drain_timeout_s}s of half-close; cancelling"
+            )
             st.call.cancel()
 
     def _batch_target(self) -> int:
         spec = self._spec
-        n = int(self.batch_ms * spec.bytes_per_ms)
+        n = int(self.params.batch_ms * spec.bytes_per_ms)
         n -= n % spec.frame_bytes
         return max(spec.frame_bytes, min(n, MAX_REQUEST_BYTES))
 
     def _should_rotate(self, st: _Stream) -> bool:
         if st.rotate:
             return True
+        p = self.params
         now = self._clock()
         age = now - st.started
-        if age >= self.stream_limit_s and (not st.pending_interim or age >= self.stream_limit_s + self.rotate_grace_s):
+        if age >= p.stream_limit_s and (not st.pending_interim or age >= p.stream_limit_s + p.rotate_grace_s):
             st.rotate = True
         elif st.config_change_at is not None and (
-            not st.pending_interim or now - st.config_change_at >= self.config_change_grace_s
+            not st.pending_interim or now - st.config_change_at >= p.config_change_grace_s
         ):
             st.rotate = True
         return st.rotate
-
-    async def _take_batch(self, st: _Stream) -> bytes | None:
-        """Up to one batch of queued audio; None to half-close (closing, flushed); _ROTATE to rotate."""
-        assert self._wake is not None
-        target = self._batch_target()
-        # Wait for the first chunk.
-        while True:
-            with self._lock:
-                has = bool(self._q)
-                closing = self._closing
-                if not has and not closing:
-                    self._wake.clear()
-                    self._wake_at = None if self._poll_s else 1
-            if st.ended.is_set():
-                return _ENDED
-            if closing and not has:
-                return None  # flushed: half-close
-            if not closing and self._should_rotate(st):
-                return _ROTATE
-            if has:
-                break
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_s or 0.25)
-            except asyncio.TimeoutError:
-                pass
-        # Let the batch fill for at most batch_ms.
-        deadline = time.perf_counter() + self.batch_ms / 1000.0
-        while True:
-            with self._lock:
-                if self._q_bytes >= target or self._closing:
-                    break
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._wake.clear()
-                self._wake_at = None if self._poll_s else target
-            try:
-                await asyncio.wait_for(self._wake.wait(), min(left, self._poll_s) if self._poll_s else left)
-            except asyncio.TimeoutError:
-                pass
-        if st.ended.is_set():
-            return _ENDED  # the call died while the batch was filling: the audio stays queued
-        with self._lock:
-            self._wake_at = None
-            parts: list[bytes] = []
-            size = 0
-            while self._q and (not parts or size + len(self._q[0]) <= target):
-                chunk = self._q.popleft()
-                self._q_bytes -= len(chunk)
-                if len(chunk) > MAX_REQUEST_BYTES:
-                    cut = MAX_REQUEST_BYTES - MAX_REQUEST_BYTES % st.spec.frame_bytes
-                    self._q.appendleft(chunk[cut:])
-                    self._q_bytes += len(chunk) - cut
-                    chunk = chunk[:cut]
-                parts.append(chunk)
-                size += len(chunk)
-        return b"".join(parts)
 
     def _handle_response(self, st: _Stream, response: Any) -> None:
         bpm = st.spec.bytes_per_ms
@@ -855,7 +942,12 @@ class StreamingSTTSession:
         if seconds > self._write_max_s:
             self._write_max_s = seconds
         self._window.record_write(seconds)
-        self._write_samples.append(seconds)
+        s = self._write_samples
+        if len(s) < _MAX_SAMPLES:
+            s.append(seconds)
+        else:
+            s[self._write_sample_i] = seconds
+            self._write_sample_i = (self._write_sample_i + 1) % _MAX_SAMPLES
 
     def _wake_writer(self) -> None:
         if self._wake is not None:
@@ -868,18 +960,19 @@ class StreamingSTTSession:
             return
         if spec.bytes_per_ms != self._spec.bytes_per_ms:
             # A different audio format invalidates offsets: start a fresh audio clock.
-            self._replay = ReplayBuffer(int(self.max_replay_ms * spec.bytes_per_ms), spec.frame_bytes)
+            self._replay = ReplayBuffer(int(self.params.max_replay_ms * spec.bytes_per_ms), spec.frame_bytes)
             self._last_final_end = -1
         self._spec = spec
-        if self._stream is not None and self._stream.config_change_at is None:
+        st = self._stream
+        if st is not None and st.config_change_at is None:
             # Rotate at the next final or silence so an utterance is not split in two.
-            self._stream.config_change_at = self._clock()
+            st.config_change_at = self._clock()
+            st.timers.append(asyncio.get_running_loop().call_later(self.params.config_change_grace_s, self._wake_writer))
         self._wake_writer()
 
-    def _begin_close(self, deadline: float) -> None:
+    def _begin_close(self, timeout: float) -> None:
         self._wake_writer()
-        loop = asyncio.get_running_loop()
-        loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._hard_stop)
+        self._close_handle = asyncio.get_running_loop().call_later(timeout, self._hard_stop)
 
     def _hard_stop(self) -> None:
         st = self._stream
@@ -902,10 +995,9 @@ class StreamingSTTSession:
         self._fatal = error
         self._last_error = error.message
         with self._lock:
-            self._state = "failed"
-            self._discarded_on_error += len(self._q)
-            self._q.clear()
-            self._q_bytes = 0
+            self._state = SessionState.FAILED
+        self._queue.close()
+        self._discarded_on_error += self._queue.discard()[0]
         logger.error(f"{self!r}: {error.message}")
         if self._on_error is not None:
             try:
@@ -913,8 +1005,33 @@ class StreamingSTTSession:
             except Exception:
                 logger.exception(f"{self!r}: on_error callback raised")
 
-    async def _telemetry(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            if self._window.due():
-                logger.info(self.telemetry_line())
+    # ------------------------------------------------------------ telemetry and drop warnings
+    def _schedule_tick(self) -> None:
+        p = self.params
+        interval = p.telemetry_interval_s if p.telemetry_enabled else p.drop_warning_interval_s
+        self._tick_handle = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        """Once per interval (one timer per session, no polling): the [STT] line and drop-storm warnings."""
+        if self.params.telemetry_enabled:
+            logger.info(self.telemetry_line())
+        self._warn_drops()
+        if not self._done.is_set():
+            self._schedule_tick()
+
+    def _warn_drops(self) -> None:
+        drops = self._queue.drops
+        if drops <= self._warned_drops:
+            return
+        now = self._clock()
+        if self._warned_at is not None and now - self._warned_at < self.params.drop_warning_interval_s:
+            return
+        new = drops - self._warned_drops
+        self._warned_drops, self._warned_at = drops, now
+        logger.warning(
+            f"{self!r}: dropped {new} queued audio chunk(s), oldest first (total {drops}): Google STT is not "
+            f"keeping up (write_ms max {self._write_max_s * 1000:.0f})"
+        )
+
+
+_MAX_SAMPLES = 8192

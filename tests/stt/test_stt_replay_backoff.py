@@ -54,7 +54,7 @@ def test_queue_drops_oldest_and_can_accept_reflects_room():
     assert not s.can_accept()
     st = s.stats
     assert st.q == 3 and st.drops == 2 and st.pushed_chunks == 5
-    assert [c[0] for c in s._q] == [2, 3, 4]  # the oldest went first
+    assert [s._queue.take(320).data[0] for _ in range(3)] == [2, 3, 4]  # the oldest went first
     assert s.push_audio(b"") is True and s.stats.pushed_chunks == 5  # empty audio is a no-op
     assert s.close(0)
     assert s.push_audio(b"\0" * 320) is False and s.stats.rejected == 1
