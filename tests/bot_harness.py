@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import importlib
 import json
 import sys
 import threading
@@ -14,20 +14,18 @@ from pathlib import Path
 
 from loguru import logger
 
+from pipecat_rxdrain.twilio.logs import LOG_FORMAT
+from pipecat_rxdrain.twilio.server import BotServer
+
 REPO = Path(__file__).resolve().parents[1]
 BOT_PATH = REPO / "examples" / "twilio_bot" / "bot.py"
+BOT_MODULE = "pipecat_rxdrain.examples.twilio_bot.bot"
+STATS_TOKEN = "stats-token-for-tests-0123456789"
 
 
 def load_bot_module():
-    """Import ``examples/twilio_bot/bot.py`` (once) as ``rxdrain_example_bot``."""
-    name = "rxdrain_example_bot"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BOT_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The example bot (``examples/twilio_bot/bot.py``), imported as the installed package sees it."""
+    return importlib.import_module(BOT_MODULE)
 
 
 class LogCapture:
@@ -47,9 +45,8 @@ class LogCapture:
             self.records.append({"message": rec["message"], "call_sid": rec["extra"].get("call_sid", "-"), "level": rec["level"].name})
 
     def __enter__(self) -> "LogCapture":
-        bot = load_bot_module()
         logger.configure(extra={"call_sid": "-"})
-        self._id = logger.add(self._sink, level=self._level, format=bot.LOG_FORMAT, enqueue=False)
+        self._id = logger.add(self._sink, level=self._level, format=LOG_FORMAT, enqueue=False)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -68,9 +65,9 @@ class LogCapture:
 
 @contextlib.asynccontextmanager
 async def running_bot(config):
-    """Serve ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``."""
+    """Serve the example's ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``."""
     bot = load_bot_module()
-    server = bot.BotServer(config)
+    server = BotServer(config, bot.create_app(config))
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + 15
@@ -89,13 +86,14 @@ async def running_bot(config):
 
 def make_config(**overrides):
     bot = load_bot_module()
-    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG")
+    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG", stats_token=STATS_TOKEN)
     base.update(overrides)
     return bot.BotConfig.from_env({}, **base)
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, token: str | None = STATS_TOKEN) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read().decode())
 
 
