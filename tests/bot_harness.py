@@ -110,3 +110,79 @@ async def wait_until(predicate, timeout: float, interval: float = 0.05):
 
 def non_daemon_threads() -> set[str]:
     return {t.name for t in threading.enumerate()}
+
+
+def clean_env(tmp_path, **extra) -> dict[str, str]:
+    """The environment for a bot subprocess: none of the developer's Google/Twilio/bot settings."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GOOGLE", "TWILIO", "SPEECH_", "STT_", "RX_", "BOT_", "MEDIA_", "STATS_", "MAX_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class BotProcess:
+    """The example bot as a subprocess on a free loopback port (``python -m``), its output collected."""
+
+    def __init__(self, env: dict[str, str], *, nofile: int | None = None) -> None:
+        import subprocess
+
+        def limit_fds():  # runs in the child before exec
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.ready = threading.Event()
+        self.url: str | None = None
+        self.p = subprocess.Popen([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=limit_fds if nofile else None)
+        self._t = [threading.Thread(target=self._pump, args=(self.p.stdout, self.out), daemon=True),
+                   threading.Thread(target=self._pump, args=(self.p.stderr, self.err), daemon=True)]
+        for t in self._t:
+            t.start()
+
+    def _pump(self, stream, sink):
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            if line.startswith("BOT_LISTENING="):
+                self.url = line.strip().split("=", 1)[1]
+                self.ready.set()
+        self.ready.set()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self.ready.wait(timeout) or not self.url:
+            raise RuntimeError("bot did not start:\n" + "\n".join(self.err[-30:]))
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.p.pid).memory_info().rss
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+        import subprocess
+
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            code = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            code = self.p.wait(10)
+        for t in self._t:
+            t.join(5)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.err)

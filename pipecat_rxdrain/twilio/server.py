@@ -232,7 +232,7 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         except Exception as e:  # the client vanished mid-handshake, or a close raced a disconnect
             logger.debug(f"[BOT] media websocket ended early: {type(e).__name__}")
         finally:
-            if not bound:
+            if admission is Admission.ADMITTED and not bound:
                 registry.unreserve()
             if call is not None:
                 registry.finish(call.start.call_sid, call.record)
