@@ -329,3 +329,172 @@ async def test_row14_a_signed_webhook_through_two_proxies_is_accepted():
         status, _ = await asyncio.to_thread(_post, f"http://{host}/twiml", form,
                                             {"X-Twilio-Signature": sig, "X-Forwarded-Proto": "https, http"})
     assert status == 200
+
+
+# ------------------------------------------------------------------ row 4
+async def _flood(port: int, frames: list[bytes], n: int) -> int | None:
+    async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+        await ws.send(json.dumps(connected_message()))
+        await ws.send(json.dumps(start_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT)))
+        for i in range(n):  # as fast as the socket takes them
+            await ws.send(json.dumps(media_message(stream_sid=STREAM, sequence_number=i + 2, chunk=i + 1,
+                                                   timestamp_ms=20 * i, payload=frames[i % len(frames)])))
+        await ws.send(json.dumps(stop_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT, sequence_number=n + 2)))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 30)
+        return ws.close_code
+
+
+async def test_row4_a_media_flood_is_bounded_before_rx_counted_and_the_call_still_ends_gracefully(tmp_path):
+    """A token holder floods media as fast as it can. Before: frames piled up in Pipecat's unbounded
+    transport queue (RSS 50 -> 310 MB for 200k frames), 181,980 were discarded after stop uncounted,
+    and the graceful end failed.
+
+    RSS ceiling: measured growth for 20k flooded frames is ~10-20 MB here (the STT, VAD and RX at
+    work, plus the bounded backlog of 400 frames); 60 MB leaves room for allocator noise and is still
+    far below what an unbounded queue of 20k frames holding their JSON, base64 and PCM copies costs.
+    """
+    n = 20_000
+    frames = wav_to_twilio_frames(sample_path("hello_en"))
+    with SpeechEmulator(script="hello_en") as emu:
+        bot = BotProcess(clean_env(tmp_path, SPEECH_EMULATOR_HOST=emu.address, STT_LANGUAGE="en-US",
+                                   REQUIRE_MEDIA_TOKEN="false", STATS_TOKEN=STATS))
+        try:
+            bot.wait_ready()
+            # warm up: the first call loads the VAD model, the gRPC channel and lazy imports (~90 MB)
+            warm = await simulate_call(CallerOptions(url=f"ws://127.0.0.1:{bot.port}/ws", frames=frames[:50],
+                                                     speed=10.0, tail_silence_s=0, call_sid="CA" + "e" * 32))
+            assert warm.ok, warm.error
+            await asyncio.sleep(0.5)
+            base = bot.rss()
+            peak = [base]
+
+            async def sample():
+                while True:
+                    peak[0] = max(peak[0], bot.rss())
+                    await asyncio.sleep(0.05)
+
+            sampler = asyncio.create_task(sample())
+            close_code = await asyncio.wait_for(_flood(bot.port, frames, n), 120)
+            sampler.cancel()
+            stats = None
+            for _ in range(100):
+                stats = await asyncio.to_thread(get_json, f"{bot.url}/stats", STATS)
+                if any(c["call_sid"] == CALL for c in stats["completed"]):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            code = bot.stop()
+    call = next(c for c in stats["completed"] if c["call_sid"] == CALL)
+    tw, inp, rx = call["twilio"], call["input"], call["rx"]
+    print(f"flood: RSS +{(peak[0] - base) / MB:.1f} MB, input {inp}, rx drops {rx['drops']} peak_q {rx['peak_q']}")
+    assert close_code == 1000 and call["end_reason"] == "stop", (close_code, call["end_reason"])
+    assert tw["by_event"]["media"] + tw["dropped"].get("input_overflow", 0) == n
+    assert inp["peak_in_flight"] <= 400  # the input transport never held more than the bound
+    assert inp["sent"] == inp["arrived"] + inp["discarded_at_end"] and rx["frames_in"] == inp["arrived"]
+    assert rx["frames_in"] == rx["frames_out"] + rx["drops"] + rx["q"]
+    assert inp["discarded_at_end"] == 0  # stop waited for the backlog
+    growth_mb = (peak[0] - base) / MB
+    assert growth_mb < 60, f"bot RSS grew {growth_mb:.1f} MB during a {n}-frame flood"
+    if rx["drops"]:
+        assert "[BOT] dropping the oldest caller audio" in bot.log  # a drop storm is a WARNING, once
+    assert code == 0 and "Traceback" not in bot.log
+
+
+# ------------------------------------------------------------------ fail loudly
+async def test_a_fatal_stt_error_hangs_up_counts_the_call_and_healthz_reports_degraded(emulator):
+    """Before: after a fatal STT error the call stayed up, deaf, until the caller hung up, and
+    /healthz said ok while every call failed on bad credentials."""
+    emulator.faults.refuse(1000, code="PERMISSION_DENIED")  # every stream: credentials rejected
+    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
+    frames = wav_to_twilio_frames(sample_path("hello_en"))
+    with LogCapture(level="INFO") as logs:
+        async with running_bot(cfg) as bot:
+            port = bot.port
+            health_before = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/healthz")
+            summaries = []
+            for i in range(3):
+                started = time.monotonic()
+                summaries.append(await simulate_call(CallerOptions(
+                    url=f"ws://127.0.0.1:{port}/ws", frames=frames, speed=1.0, tail_silence_s=0,
+                    call_sid="CA" + f"{i + 1:032x}")))
+                summaries[-1].duration_s = time.monotonic() - started
+            await wait_until(lambda: len(bot.app.state.calls.completed) == 3, timeout=10)
+            records = [r.as_dict() for r in bot.app.state.calls.completed]
+            health_after = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/healthz")
+            health = await asyncio.to_thread(_json_or_error, f"http://127.0.0.1:{port}/healthz")
+    assert health_before == 200 and health_after == 503 and health["status"] == "degraded" and health["failed_calls"] == 3
+    for s, r in zip(summaries, records):
+        assert r["outcome"] == "failed" and r["end_reason"] == "failed" and "PERMISSION_DENIED" in r["error"], r
+        assert s.frames_sent < s.frames_total  # the bot hung up on the caller, mid-call
+        assert s.duration_s < 5.0, s.duration_s  # promptly (the sample is 7.6 s long)
+    assert "[BOT] call failed, hanging up" in logs.text
+
+
+def _json_or_error(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+# ------------------------------------------------------------------ row 10
+async def test_row10_mark_names_are_not_kept_for_the_whole_call(emulator):
+    """Before: every mark name was kept for the call (10k marks of 15 KB: RSS +160 MB)."""
+    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
+    n = 2000
+    async with running_bot(cfg) as bot:
+        async with connect(f"ws://127.0.0.1:{bot.port}/ws", max_size=None) as ws:
+            await ws.send(json.dumps(connected_message()))
+            await ws.send(json.dumps(start_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT)))
+            for i in range(n):
+                await ws.send(json.dumps({"event": "mark", "sequenceNumber": str(i + 2), "streamSid": STREAM,
+                                          "mark": {"name": f"{i:06d}" + "m" * 15_000}}))
+            call = await wait_until(lambda: bot.app.state.calls.active.get(CALL), timeout=10)
+            await wait_until(lambda: call.serializer and call.serializer.marks_total == n, timeout=20)
+            kept = list(call.serializer.marks_received)
+            await ws.send(json.dumps(stop_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT, sequence_number=n + 2)))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 15)
+        done = await wait_until(lambda: list(bot.app.state.calls.completed), timeout=10)
+    assert call.serializer.marks_total == n and done[0].twilio["marks"] == n
+    assert len(kept) <= 16 and sum(len(k) for k in kept) <= 16 * 64
+
+
+# ------------------------------------------------------------------ row 6
+async def test_row6_idle_and_half_sent_sockets_cannot_starve_real_calls_of_descriptors(tmp_path):
+    """1,100 idle sockets and half-sent requests at a 1024 descriptor limit. Before: real calls failed
+    (Too many open files) and the log filled with accept tracebacks at 5-6 MB/s."""
+    frames = wav_to_twilio_frames(sample_path("hello_en"))[:60]
+    held: list[socket.socket] = []
+    with SpeechEmulator(script="hello_en") as emu:
+        bot = BotProcess(clean_env(tmp_path, SPEECH_EMULATOR_HOST=emu.address, STT_LANGUAGE="en-US",
+                                   REQUIRE_MEDIA_TOKEN="false", STATS_TOKEN=STATS, REQUEST_TIMEOUT_S="30"), nofile=1024)
+        try:
+            bot.wait_ready()
+
+            def open_sockets():
+                for i in range(1100):
+                    try:
+                        s = socket.create_connection(("127.0.0.1", bot.port), timeout=5)
+                    except OSError:
+                        continue
+                    if i % 2:
+                        s.sendall(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Le")  # half-sent request
+                    held.append(s)
+
+            await asyncio.to_thread(open_sockets)
+            summary = await simulate_call(CallerOptions(url=f"ws://127.0.0.1:{bot.port}/ws", frames=frames,
+                                                        speed=2.0, tail_silence_s=0))
+            stats = await asyncio.to_thread(get_json, f"{bot.url}/stats", STATS)
+        finally:
+            for s in held:
+                s.close()
+            code = bot.stop()
+    assert summary.ok, (summary.error, bot.log[-3000:])
+    assert stats["connections"]["evicted"] >= 1100 - 256 - 64
+    log = bot.log
+    assert "Too many open files" not in log and "Traceback" not in log
+    assert len(log) < 20_000, f"{len(log)} bytes of log"
+    assert code == 0

@@ -38,7 +38,7 @@ from ..rx_processor import RxDrainProcessor
 from .calls import CallOutcome, CallRecord
 from .config import ServerConfig
 from .input_backlog import DEFAULT_INPUT_BACKLOG, InputBacklog
-from .logs import loggable
+from .logs import ThrottledWarnings, loggable
 from .messages import Start, TwilioStreamParser
 from .serializer import HardenedTwilioFrameSerializer, InputBacklogMeter
 
@@ -77,6 +77,8 @@ class MediaStreamCall:
         self.stt: STTService | None = None
         self._transport: FastAPIWebsocketTransport | None = None
         self._ending = False
+        self._warn = ThrottledWarnings()
+        self._drops_seen: dict[str, int] = {}
 
     # ------------------------------------------------------------------ building
     def transport(self, **params: Any) -> FastAPIWebsocketTransport:
@@ -174,12 +176,25 @@ class MediaStreamCall:
             return
         await self.end("failed")
 
+    def _warn_about_drops(self) -> None:
+        """A WARNING when audio starts being dropped anywhere (then at most one summary line per 10 s)."""
+        rec = self.refresh()
+        for where, n, why in (
+            ("rx", rec.rx.get("drops") or 0, "the oldest caller audio (RX queue full: audio arrives faster than STT takes it)"),
+            ("stt", rec.stt.get("drops") or 0, "the oldest audio chunks (STT queue full: Google is slow or stalled)"),
+            ("input", rec.input.get("overflow") or 0, "caller audio (the input transport's backlog stayed full)"),
+        ):
+            if n > self._drops_seen.get(where, 0):
+                self._warn(f"drops_{where}", f"[BOT] dropping {why}: {n} so far this call")
+                self._drops_seen[where] = n
+
     async def _watchdog(self) -> None:
-        """Ends a call whose client went silent (no ``stop``, no close) or whose end hangs."""
+        """Ends a call whose client went silent (no ``stop``, no close) or whose end hangs; reports drops."""
         cfg = self.config
         ending_since: float | None = None
         while True:
             await asyncio.sleep(0.25)
+            self._warn_about_drops()
             now = monotonic()
             if self._ending:
                 ending_since = ending_since or now
