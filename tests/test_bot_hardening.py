@@ -498,3 +498,14 @@ async def test_row6_idle_and_half_sent_sockets_cannot_starve_real_calls_of_descr
     assert "Too many open files" not in log and "Traceback" not in log
     assert len(log) < 20_000, f"{len(log)} bytes of log"
     assert code == 0
+
+
+async def test_startup_warns_when_webhooks_are_not_verified():
+    with LogCapture() as logs:
+        async with running_bot(make_config(speech_emulator_host="127.0.0.1:9")):
+            pass
+    assert "TWILIO_AUTH_TOKEN is not set: webhooks are NOT verified" in logs.text
+    with LogCapture() as logs:
+        async with running_bot(make_config(speech_emulator_host="127.0.0.1:9", twilio_auth_token=AUTH)):
+            pass
+    assert "webhooks are NOT verified" not in logs.text
