@@ -80,9 +80,9 @@ def test_row2_large_unsigned_webhook_bodies_are_refused_while_streaming_without_
     """4 concurrent unsigned POST /twiml of 250 MB: 413 each, and the bot's RSS barely moves.
 
     Before: the body was read whole before the size check (RSS peaked at 1.77 GB). The ceiling:
-    measured peak growth here is under 5 MB (the 64 KiB cap plus uvicorn's 64 KiB read buffer per
-    connection); 40 MB leaves room for allocator noise and a GC that has not run yet, and is still
-    far below a single 250 MB body.
+    measured here, RSS sampled every 20 ms, 79 MB before and 79 MB at peak (+0.0 MB: at most the 64 KiB
+    cap plus uvicorn's 64 KiB read buffer per connection is ever held, and the connection is closed at the
+    limit); 20 MB leaves room for allocator noise on another machine and is still far below one body.
     """
     bot = BotProcess(clean_env(tmp_path, SPEECH_EMULATOR_HOST="127.0.0.1:9", TWILIO_AUTH_TOKEN=AUTH, STT_LANGUAGE="en-US"))
     try:
@@ -121,7 +121,8 @@ def test_row2_large_unsigned_webhook_bodies_are_refused_while_streaming_without_
         code = bot.stop()
     assert len(answers) == 4 and all(a.startswith(b"HTTP/1.1 413") for a in answers), answers
     growth_mb = (peak[0] - base) / MB
-    assert growth_mb < 40, f"bot RSS grew {growth_mb:.1f} MB during 4 x 250 MB bodies"
+    print(f"4 x 250 MB bodies: bot RSS {base / MB:.0f} MB -> peak {peak[0] / MB:.0f} MB (+{growth_mb:.1f} MB)")
+    assert growth_mb < 20, f"bot RSS grew {growth_mb:.1f} MB during 4 x 250 MB bodies"
     assert code == 0 and "Traceback" not in bot.log
 
 

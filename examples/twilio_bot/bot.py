@@ -142,14 +142,14 @@ def build_pipeline(cfg: BotConfig, call: MediaStreamCall) -> list:
     from pipecat.services.google.llm import GoogleLLMService
     from pipecat.services.google.tts import GoogleTTSService
 
-    llm_kwargs: dict[str, Any] = {"api_key": cfg.google_api_key, "system_instruction": cfg.system_prompt}
+    llm_settings = GoogleLLMService.Settings(system_instruction=cfg.system_prompt)
     if cfg.llm_model:
-        llm_kwargs["model"] = cfg.llm_model
+        llm_settings.model = cfg.llm_model
     tts_kwargs: dict[str, Any] = {"credentials": cfg.google_credentials_json, "credentials_path": cfg.google_credentials_path, "sample_rate": 8000}
     if cfg.tts_voice:
         tts_kwargs["settings"] = GoogleTTSService.Settings(voice=cfg.tts_voice)
     pair = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(vad_analyzer=vad))
-    return [transport.input(), rx, stt, transcripts, pair.user(), GoogleLLMService(**llm_kwargs),
+    return [transport.input(), rx, stt, transcripts, pair.user(), GoogleLLMService(api_key=cfg.google_api_key, settings=llm_settings),
             GoogleTTSService(**tts_kwargs), transport.output(), pair.assistant()]
 
 

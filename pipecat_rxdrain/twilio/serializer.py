@@ -10,6 +10,7 @@ serializer's outbound side and replaces the inbound side with
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
@@ -94,6 +95,8 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
             api_key_sid=api_key_sid,
             api_key_secret=api_key_secret,
         )
+        if not isinstance(log_interval_s, (int, float)) or not math.isfinite(log_interval_s) or log_interval_s < 0:
+            raise ValueError(f"log_interval_s must be a finite number >= 0, got {log_interval_s!r}")
         self.parser = parser or TwilioStreamParser(max_message_bytes=max_message_bytes, frame_bytes=frame_bytes)
         self._clock: Clock = clock or monotonic
         self._log_interval_s = log_interval_s
