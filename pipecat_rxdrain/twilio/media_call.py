@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any, Awaitable, Callable, Sequence, Union
 
 from loguru import logger
@@ -236,8 +237,6 @@ class MediaStreamCall:
         discarded = self.backlog.settle()
         if discarded:
             logger.warning(f"[BOT] {discarded} inbound audio frames were discarded by the input transport at the end of the call")
-        import time
-
         self.record.ended_at = time.time()
         self.record.end_reason = self.record.end_reason or ("failed" if self.record.outcome is CallOutcome.FAILED else "pipeline ended")
         rec = self.refresh()
