@@ -1,7 +1,8 @@
 """``make demo`` / ``rxdrain demo``: the whole fix, end to end, offline, in one command.
 
 1. starts the local Google Speech emulator (scripted with the ``call_en`` transcript),
-2. starts the example Twilio bot (``examples/twilio_bot/bot.py``) as a subprocess,
+2. starts the example Twilio bot (``examples/twilio_bot/bot.py``, shipped in the wheel as
+   ``pipecat_rxdrain.examples.twilio_bot.bot``) as a subprocess,
    pointed at the emulator, on a free loopback port,
 3. calls it like Twilio (webhook, then Media Streams) with ``call_en.wav`` and a
    3 s network stall in the middle, printing the bot's ``[RX]``/``[STT]`` telemetry
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -26,19 +28,9 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BOT_PATH = REPO_ROOT / "examples" / "twilio_bot" / "bot.py"
+BOT_MODULE = "pipecat_rxdrain.examples.twilio_bot.bot"
 _SHOWN = re.compile(r"\[(RX|STT|BOT|TWILIO)\]|ERROR|Traceback")
-
-
-def _find_bot() -> Path:
-    if not BOT_PATH.exists():
-        raise FileNotFoundError(
-            f"the example bot is not at {BOT_PATH}; run the demo from a checkout of the repository"
-        )
-    return BOT_PATH
 
 
 class _BotProcess:
@@ -50,7 +42,7 @@ class _BotProcess:
         self._ready = threading.Event()
         self._echo = echo
         self.proc = subprocess.Popen(
-            [sys.executable, str(_find_bot()), "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", BOT_MODULE, "--host", "127.0.0.1", "--port", "0"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -95,8 +87,9 @@ class _BotProcess:
         return code
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get_json(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read().decode())
 
 
@@ -137,6 +130,7 @@ def run_demo(*, sample: str = "call_en", stall_at_s: float = 9.0, stall_s: float
     emu = SpeechEmulator(script=sample).start()
     print(f"speech emulator on {emu.address} (scripted with the sample's transcript)", flush=True)
     env = dict(os.environ)
+    stats_token = secrets.token_urlsafe(24)
     for var in ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "GOOGLE_API_KEY", "PUBLIC_HOST", "BOT_MODE"):
         env.pop(var, None)
     env.update(
@@ -144,6 +138,7 @@ def run_demo(*, sample: str = "call_en", stall_at_s: float = 9.0, stall_s: float
         STT_LANGUAGE=meta.language,
         LOG_LEVEL="INFO",
         BOT_MODE="transcribe",
+        STATS_TOKEN=stats_token,
         PYTHONUNBUFFERED="1",
     )
     bot = _BotProcess(env, echo)
@@ -165,7 +160,7 @@ def run_demo(*, sample: str = "call_en", stall_at_s: float = 9.0, stall_s: float
         deadline = time.monotonic() + 10
         calls: list[dict] = []
         while time.monotonic() < deadline:
-            stats = _get_json(f"{url}/stats")
+            stats = _get_json(f"{url}/stats", stats_token)
             calls = [c for c in stats["completed"] if c["call_sid"] == opts.call_sid]
             if calls:
                 break

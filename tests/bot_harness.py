@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import importlib
 import json
 import sys
 import threading
@@ -14,20 +14,18 @@ from pathlib import Path
 
 from loguru import logger
 
+from pipecat_rxdrain.twilio.logs import LOG_FORMAT
+from pipecat_rxdrain.twilio.server import BotServer
+
 REPO = Path(__file__).resolve().parents[1]
 BOT_PATH = REPO / "examples" / "twilio_bot" / "bot.py"
+BOT_MODULE = "pipecat_rxdrain.examples.twilio_bot.bot"
+STATS_TOKEN = "stats-token-for-tests-0123456789"
 
 
 def load_bot_module():
-    """Import ``examples/twilio_bot/bot.py`` (once) as ``rxdrain_example_bot``."""
-    name = "rxdrain_example_bot"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BOT_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The example bot (``examples/twilio_bot/bot.py``), imported as the installed package sees it."""
+    return importlib.import_module(BOT_MODULE)
 
 
 class LogCapture:
@@ -47,9 +45,8 @@ class LogCapture:
             self.records.append({"message": rec["message"], "call_sid": rec["extra"].get("call_sid", "-"), "level": rec["level"].name})
 
     def __enter__(self) -> "LogCapture":
-        bot = load_bot_module()
         logger.configure(extra={"call_sid": "-"})
-        self._id = logger.add(self._sink, level=self._level, format=bot.LOG_FORMAT, enqueue=False)
+        self._id = logger.add(self._sink, level=self._level, format=LOG_FORMAT, enqueue=False)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -68,9 +65,9 @@ class LogCapture:
 
 @contextlib.asynccontextmanager
 async def running_bot(config):
-    """Serve ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``."""
+    """Serve the example's ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``."""
     bot = load_bot_module()
-    server = bot.BotServer(config)
+    server = BotServer(config, bot.create_app(config))
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + 15
@@ -89,13 +86,14 @@ async def running_bot(config):
 
 def make_config(**overrides):
     bot = load_bot_module()
-    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG")
+    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG", stats_token=STATS_TOKEN)
     base.update(overrides)
     return bot.BotConfig.from_env({}, **base)
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, token: str | None = STATS_TOKEN) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read().decode())
 
 
@@ -112,3 +110,79 @@ async def wait_until(predicate, timeout: float, interval: float = 0.05):
 
 def non_daemon_threads() -> set[str]:
     return {t.name for t in threading.enumerate()}
+
+
+def clean_env(tmp_path, **extra) -> dict[str, str]:
+    """The environment for a bot subprocess: none of the developer's Google/Twilio/bot settings."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GOOGLE", "TWILIO", "SPEECH_", "STT_", "RX_", "BOT_", "MEDIA_", "STATS_", "MAX_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class BotProcess:
+    """The example bot as a subprocess on a free loopback port (``python -m``), its output collected."""
+
+    def __init__(self, env: dict[str, str], *, nofile: int | None = None) -> None:
+        import subprocess
+
+        def limit_fds():  # runs in the child before exec
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.ready = threading.Event()
+        self.url: str | None = None
+        self.p = subprocess.Popen([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=limit_fds if nofile else None)
+        self._t = [threading.Thread(target=self._pump, args=(self.p.stdout, self.out), daemon=True),
+                   threading.Thread(target=self._pump, args=(self.p.stderr, self.err), daemon=True)]
+        for t in self._t:
+            t.start()
+
+    def _pump(self, stream, sink):
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            if line.startswith("BOT_LISTENING="):
+                self.url = line.strip().split("=", 1)[1]
+                self.ready.set()
+        self.ready.set()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self.ready.wait(timeout) or not self.url:
+            raise RuntimeError("bot did not start:\n" + "\n".join(self.err[-30:]))
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.p.pid).memory_info().rss
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+        import subprocess
+
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            code = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            code = self.p.wait(10)
+        for t in self._t:
+            t.join(5)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.err)

@@ -142,7 +142,7 @@ async def test_malformed_messages_floods_and_a_silent_client_are_counted_not_fat
             port = bot.port
             async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
                 await ws.send(json.dumps(connected_message()))
-                await ws.send(json.dumps(start_message(stream_sid=sid, call_sid=call_sid, account_sid="AC1")))
+                await ws.send(json.dumps(start_message(stream_sid=sid, call_sid=call_sid, account_sid="AC" + "f" * 32)))
                 seq = 1
 
                 def media(i, **over):

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bot_harness import LogCapture, get_json, load_bot_module, make_config, running_bot
+from pipecat_rxdrain.twilio.config import ConfigError, is_loopback
 from pipecat_rxdrain.twilio.caller import parse_twiml
 from pipecat_rxdrain.twilio.messages import connected_message, start_message
 
@@ -82,9 +83,11 @@ async def test_without_public_host_the_stream_url_uses_the_host_header_and_no_si
         port = bot.port
         status, body = await post(f"http://127.0.0.1:{port}/twiml", FORM)
         missing_sid = await post(f"http://127.0.0.1:{port}/twiml", {"From": "+1"})
+        replayed = await post(f"http://127.0.0.1:{port}/twiml", FORM)
     assert status == 200
     assert parse_twiml(body)[0] == f"wss://127.0.0.1:{port}/ws"
     assert missing_sid[0] == 400
+    assert replayed[0] == 409  # one answer per CallSid
 
 
 async def _ws_attempt(port: int, custom: dict | None, call_sid: str = FORM["CallSid"], send_start: bool = True):
@@ -108,7 +111,8 @@ async def test_media_websocket_requires_the_per_call_token(doors_config):
             _, body = await post(f"http://127.0.0.1:{port}/twiml", FORM, signed(f"https://{PUBLIC}/twiml", FORM))
             token = parse_twiml(body)[1]["token"]
             assert await _ws_attempt(port, None) == 1008  # no token
-            assert await _ws_attempt(port, {"token": "123.abc"}) == 1008  # guessed
+            assert await _ws_attempt(port, {"token": "123.abc"}) == 1008  # guessed, malformed
+            assert await _ws_attempt(port, {"token": "9999999999." + "A" * 43}) == 1008  # well-formed, wrong MAC
             assert await _ws_attempt(port, {"token": token}, call_sid="CA" + "9" * 32) == 1008  # another call's token
             assert await _ws_attempt(port, {"token": token}, send_start=False) == 1008  # no start within the timeout
             # garbage before start is counted and logged, then refused for the missing start
@@ -121,6 +125,7 @@ async def test_media_websocket_requires_the_per_call_token(doors_config):
             assert bot.app.state.calls.active == {} and list(bot.app.state.calls.completed) == []  # no pipeline ran
     text = logs.text
     assert "media websocket refused: missing token" in text and "media websocket refused: invalid token" in text
+    assert "media websocket refused: malformed token" in text
     assert "reason=not_json" in text and "reason=media_before_start" in text
     assert token not in text and SECRET not in text and AUTH not in text
 
@@ -134,16 +139,16 @@ async def test_oversized_websocket_frames_are_capped(doors_config):
             assert ws.close_code == 1009  # message too big: the hard cap, before any parsing
 
 
-async def test_stats_answer_loopback_and_the_bot_binds_loopback_by_default():
+async def test_stats_answer_with_the_bearer_token_and_the_bot_binds_loopback_by_default():
     bot_mod = load_bot_module()
     assert bot_mod.BotConfig().host == "127.0.0.1"
     assert bot_mod.BotConfig.from_env({}).host == "127.0.0.1"
-    assert bot_mod._is_loopback("127.0.0.1") and bot_mod._is_loopback("::1")
-    assert not bot_mod._is_loopback("10.1.2.3") and not bot_mod._is_loopback(None)
+    assert is_loopback("127.0.0.1") and is_loopback("::1")
+    assert not is_loopback("10.1.2.3") and not is_loopback(None)
     cfg = make_config(speech_emulator_host="127.0.0.1:9")
     async with running_bot(cfg) as bot:
         stats = await asyncio.to_thread(get_json, f"http://127.0.0.1:{bot.port}/stats")
-    assert stats == {"active": [], "completed": []}
+    assert stats["active"] == [] and stats["completed"] == []
 
 
 def test_config_errors_are_clear_and_early():
@@ -159,10 +164,10 @@ def test_config_errors_are_clear_and_early():
         ({"PUBLIC_HOST": "https://x.example/"}, "PUBLIC_HOST"),
     ]
     for env, match in bad:
-        with pytest.raises(bot_mod.ConfigError, match=match):
+        with pytest.raises(ConfigError, match=match):
             bot_mod.BotConfig.from_env(env)
     cfg = bot_mod.BotConfig.from_env({"TWILIO_AUTH_TOKEN": AUTH, "GOOGLE_API_KEY": "k3y-0123", "MEDIA_TOKEN_SECRET": SECRET})
     assert AUTH not in repr(cfg) and "k3y-0123" not in repr(cfg) and SECRET not in repr(cfg)
-    assert bot_mod.check_google_credentials(bot_mod.BotConfig(speech_emulator_host="10.0.0.5:1")) is not None
-    assert "not valid JSON" in bot_mod.check_google_credentials(bot_mod.BotConfig(google_credentials_json="{"))
-    assert "cannot read" in bot_mod.check_google_credentials(bot_mod.BotConfig(google_credentials_path="/nonexistent/key.json"))
+    assert bot_mod.BotConfig(speech_emulator_host="10.0.0.5:1").credentials_problem() is not None
+    assert "not valid JSON" in bot_mod.BotConfig(google_credentials_json="{").credentials_problem()
+    assert "cannot read" in bot_mod.BotConfig(google_credentials_path="/nonexistent/key.json").credentials_problem()

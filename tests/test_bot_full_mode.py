@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot_harness import load_bot_module
+from pipecat_rxdrain.twilio.media_call import MediaStreamCall
 from pipecat_rxdrain.twilio.messages import Start, TwilioStreamParser
 
 
@@ -30,14 +31,16 @@ async def test_full_mode_builds_stt_then_user_aggregator_llm_tts_without_network
     cfg = bot.BotConfig(google_api_key="offline-key", google_credentials_json=creds, speech_emulator_host="127.0.0.1:9",
                         stt_language="he-IL")
     cfg.validate()
-    assert cfg.full_mode and bot.check_google_credentials(cfg) is None
-    start = Start("MZ1", "AC1", "CA1", ("inbound",), {}, "audio/x-mulaw", 8000, 1, 1)
-    call = bot._Call(websocket=None, start=start, parser=TwilioStreamParser(), config=cfg, registry=bot.CallRegistry())
-    call._build()
-    names = [type(p).__name__ for p in call.processors]
-    expected = ["RxDrainProcessor", "GoogleSTTService", "TranscriptLogger", "LLMUserAggregator", "GoogleLLMService",
+    assert cfg.full_mode and cfg.credentials_problem() is None
+    start = Start("MZ" + "1" * 32, "AC" + "1" * 32, "CA" + "1" * 32, ("inbound",), {}, "audio/x-mulaw", 8000, 1, 1)
+    call = MediaStreamCall(None, start, TwilioStreamParser(), cfg)
+    processors = bot.build_pipeline(cfg, call)
+    assert processors[0] is call.transport().input() and call.record.mode == "full"
+    names = [type(p).__name__ for p in processors]
+    expected = ["RxDrainProcessor", "GoogleSTTService", "TranscriptRecorder", "LLMUserAggregator", "GoogleLLMService",
                 "GoogleTTSService", "LLMAssistantAggregator"]
     it = iter(names)
     assert all(any(n == e for n in it) for e in expected), names  # in this order
-    assert call.rx._sink is call.stt  # noqa: SLF001  RX releases only what our STT can take
+    rx, stt = processors[1], processors[2]
+    assert rx._sink is stt  # noqa: SLF001  RX releases only what our STT can take
     assert "offline-key" not in repr(cfg) and "PRIVATE KEY" not in repr(cfg)

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from bot_harness import BOT_PATH
+from bot_harness import BOT_MODULE
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 
@@ -29,7 +29,7 @@ class _Proc:
         self.err: list[str] = []
         self.ready = threading.Event()
         self.url = None
-        self.p = subprocess.Popen([sys.executable, str(BOT_PATH), "--port", "0"], env=env, text=True,
+        self.p = subprocess.Popen([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._t = [threading.Thread(target=self._pump, args=(self.p.stdout, self.out), daemon=True),
                    threading.Thread(target=self._pump, args=(self.p.stderr, self.err), daemon=True)]
@@ -78,7 +78,7 @@ async def test_sigterm_during_a_call_ends_it_cleanly_and_exits_zero(tmp_path):
 
 
 def test_missing_google_credentials_fail_at_startup_with_a_clear_message(tmp_path):
-    r = subprocess.run([sys.executable, str(BOT_PATH), "--port", "0"], env=_clean_env(tmp_path), text=True,
+    r = subprocess.run([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=_clean_env(tmp_path), text=True,
                        capture_output=True, timeout=60)
     assert r.returncode == 2
     assert "no Google Cloud credentials" in r.stderr and "SPEECH_EMULATOR_HOST" in r.stderr
@@ -86,7 +86,7 @@ def test_missing_google_credentials_fail_at_startup_with_a_clear_message(tmp_pat
 
 
 def test_bad_configuration_fails_at_startup_with_a_clear_message(tmp_path):
-    r = subprocess.run([sys.executable, str(BOT_PATH)], env=_clean_env(tmp_path, RX_HIGH_WATERMARK="500"), text=True,
+    r = subprocess.run([sys.executable, "-m", BOT_MODULE], env=_clean_env(tmp_path, RX_HIGH_WATERMARK="500"), text=True,
                        capture_output=True, timeout=60)
     assert r.returncode == 2 and "configuration error" in r.stderr and "RX watermarks" in r.stderr
     assert "Traceback" not in r.stderr

@@ -26,7 +26,7 @@ from pipecat_rxdrain.metrics import (
     mark_process_dead,
     multiprocess_dir,
 )
-from pipecat_rxdrain.rx_backpressure import RxBackpressure, RxStats
+from pipecat_rxdrain.rx.backpressure import RxBackpressure, RxStats
 from pipecat_rxdrain.stt.session import SttStats
 
 REPO = Path(__file__).resolve().parents[1]

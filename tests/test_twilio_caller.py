@@ -148,3 +148,19 @@ def test_parse_twiml():
     assert url == "wss://h/ws" and params == {"token": "t1", "from_number": "+1"}
     with pytest.raises(ValueError):
         caller_mod.parse_twiml("<Response><Say>hi</Say></Response>")
+
+
+def test_rxdrain_call_with_no_bot_up_says_so_clearly_and_fails(tmp_path):
+    """``rxdrain call --twiml-url ...`` with nothing listening: before, a raw URLError traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "pipecat_rxdrain.cli", "call", "--twiml-url", f"http://127.0.0.1:{port}/twiml",
+                        "--sample", "hello_en"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "URLError" not in r.stderr
+    assert f"cannot reach the webhook at http://127.0.0.1:{port}/twiml" in r.stderr and "is the bot running?" in r.stderr

@@ -257,3 +257,31 @@ def test_property_any_order_of_sequence_numbers_accepts_exactly_the_strictly_inc
             high = s + 1
     assert accepted == expected
     assert p.stats.dropped[DropReason.DUPLICATE_SEQUENCE] + p.stats.dropped[DropReason.OUT_OF_ORDER] == len(seqs) - len(expected)
+
+
+def test_a_wild_sequence_jump_is_dropped_and_forgotten_so_the_stream_goes_on():
+    """Issue 14 row 13: one 19-digit sequenceNumber used to make every later frame 'out of order'."""
+    p = TwilioStreamParser()
+    p.feed(dumps(start_message(stream_sid=SID, call_sid=CALL, account_sid=ACCT)))
+    frame = b"\xff" * 160
+    results = [p.feed(dumps(media_message(stream_sid=SID, sequence_number=s, chunk=c, timestamp_ms=0, payload=frame)))
+               for s, c in [(2, 1), (10**18, 2), (3, 2), (4, 10**17), (5, 3), (5 + 3001, 4), (6, 4)]]
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Media", "Rejected", "Media", "Rejected", "Media", "Rejected", "Media"]
+    assert p.stats.dropped == {DropReason.SEQUENCE_JUMP: 3}
+    assert p.stats.received == p.stats.accepted + p.stats.dropped_total
+
+
+@pytest.mark.parametrize("field,value", [
+    ("callSid", "CA" + "1" * 31 + "\n"), ("callSid", "CA\x1b[2J" + "1" * 28), ("callSid", "CA" + "1" * 15_000),
+    ("callSid", "XX" + "1" * 32), ("streamSid", "MZ-not-hex"), ("accountSid", "AC1"),
+])
+def test_start_needs_twilio_shaped_sids(field, value):
+    """Issue 14 row 8: a callSid with a newline, ANSI codes or 15 KB reached the log as the call's tag."""
+    msg = start_message(stream_sid=SID, call_sid=CALL, account_sid=ACCT)
+    msg["start"][field] = value
+    if field == "streamSid":
+        msg["streamSid"] = value
+    p = TwilioStreamParser(max_message_bytes=64 * 1024)
+    r = p.feed(dumps(msg))
+    assert isinstance(r, Rejected) and r.reason is DropReason.BAD_FIELD and value not in r.detail and not p.started

@@ -133,3 +133,11 @@ async def test_a_failure_after_parsing_is_counted_as_internal_not_raised(logs):
     assert s.stats.dropped == {DropReason.INTERNAL: 1}
     assert s.stats.received == s.stats.accepted + s.stats.dropped_total
     assert any("reason=internal" in line and "RuntimeError while handling Stop" in line for line in logs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1])
+def test_the_log_interval_must_be_finite(bad):
+    """Issue 14 row 11: the library accepted NaN/inf timeouts."""
+    with pytest.raises(ValueError, match="log_interval_s"):
+        HardenedTwilioFrameSerializer("MZ" + "1" * 32, params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
+                                      log_interval_s=bad)

@@ -1,10 +1,17 @@
-"""Twilio Media Streams for the example bot and the caller simulator.
+"""Twilio Media Streams for Pipecat bots: the reusable plumbing of the example bot, and the caller simulator.
 
 * :mod:`.messages` – parse/validate inbound websocket JSON (counted drops, never raises) and
   build Twilio's exact message shapes. No Pipecat import.
 * :mod:`.audio` – G.711 mu-law codec, WAV -> 8 kHz mono 160-byte frames. No Pipecat import.
 * :mod:`.security` – webhook signature check and per-call media-stream tokens. No Pipecat import.
-* :mod:`.serializer` – ``HardenedTwilioFrameSerializer``, the Pipecat adapter (imports Pipecat).
+* :mod:`.config` – settings from the environment, checked at start-up (``ServerConfig``). No Pipecat import.
+* :mod:`.calls` – call slots (``max_calls``), call records, health. No Pipecat import.
+* :mod:`.input_backlog` – the bound on Pipecat's input-transport queue. No Pipecat import.
+* :mod:`.connections` – pending-socket cap and request deadline for uvicorn. No Pipecat import.
+* :mod:`.serializer` – ``HardenedTwilioFrameSerializer`` and ``InputBacklogMeter`` (Pipecat adapters).
+* :mod:`.media_call` – ``MediaStreamCall``: one call's transport, pipeline life and numbers.
+* :mod:`.transcripts` – ``TranscriptRecorder``: logs finals with their latency.
+* :mod:`.server` – ``create_app(config, build_pipeline)``, ``BotServer``, ``serve_forever``.
 * :mod:`.caller` – the caller simulator (``rxdrain call``). No Pipecat import.
 """
 
@@ -19,7 +26,18 @@ _EXPORTS = {
     "ParserStats": ".messages",
     "WebhookVerifier": ".security",
     "MediaTokens": ".security",
+    "ConfigError": ".config",
+    "ServerConfig": ".config",
+    "CallRegistry": ".calls",
+    "CallRecord": ".calls",
+    "InputBacklog": ".input_backlog",
     "HardenedTwilioFrameSerializer": ".serializer",
+    "InputBacklogMeter": ".serializer",
+    "MediaStreamCall": ".media_call",
+    "TranscriptRecorder": ".transcripts",
+    "create_app": ".server",
+    "BotServer": ".server",
+    "serve_forever": ".server",
     "CallerOptions": ".caller",
     "CallSummary": ".caller",
     "simulate_call": ".caller",

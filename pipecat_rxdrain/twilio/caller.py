@@ -189,6 +189,9 @@ def _post_webhook(opts: CallerOptions) -> tuple[int, str]:
             return resp.status, resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return e.code, ""
+    except (urllib.error.URLError, OSError) as e:  # no bot there, DNS, timeout: a clear message, not a traceback
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(f"cannot reach the webhook at {opts.twiml_url}: {reason} (is the bot running?)") from None
 
 
 def parse_twiml(xml_text: str) -> tuple[str, dict[str, str]]:
@@ -264,7 +267,11 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
     ws_url = opts.url
 
     if opts.twiml_url:
-        status, body = await asyncio.to_thread(_post_webhook, opts)
+        try:
+            status, body = await asyncio.to_thread(_post_webhook, opts)
+        except ConnectionError as e:
+            summary.error = str(e)
+            return summary
         summary.twiml_status = status
         if status != 200:
             summary.error = f"webhook answered HTTP {status}"
@@ -426,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rxdrain call: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict(), indent=2))
+    if not summary.ok:
+        print(f"rxdrain call: {summary.error}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,6 +34,17 @@ TWILIO_FRAME_BYTES = 160
 #: A media message with a 160-byte payload is ~330 bytes; ``start`` with custom
 #: parameters is a few hundred. Anything much larger is not Twilio.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024
+#: How far ahead of the last one a ``sequenceNumber``/``chunk`` may jump (60 s of frames). A number
+#: further ahead is dropped (``SEQUENCE_JUMP``) and not remembered, so one bogus 19-digit number
+#: cannot make every later frame look "out of order".
+MAX_SEQUENCE_JUMP = 3000
+#: Twilio SIDs: two letters and 32 hex digits. Anything else never reaches a log line or a URL.
+_SID_RE = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}") for prefix in ("CA", "MZ", "AC")}
+
+
+def is_sid(value: object, prefix: str) -> bool:
+    """True if ``value`` is a Twilio SID with ``prefix`` (``CA`` call, ``MZ`` stream, ``AC`` account)."""
+    return isinstance(value, str) and len(value) == 34 and _SID_RE[prefix].fullmatch(value) is not None
 
 
 class DropReason(str, Enum):
@@ -55,6 +67,8 @@ class DropReason(str, Enum):
     BAD_PAYLOAD_SIZE = "bad_payload_size"
     DUPLICATE_SEQUENCE = "duplicate_sequence"
     OUT_OF_ORDER = "out_of_order"  # sequenceNumber or chunk went backwards
+    SEQUENCE_JUMP = "sequence_jump"  # sequenceNumber or chunk more than MAX_SEQUENCE_JUMP ahead
+    INPUT_OVERFLOW = "input_overflow"  # valid audio, but the pipeline's input backlog stayed full
     INTERNAL = "internal"  # a bug in this parser; counted, never raised
 
 
@@ -205,8 +219,12 @@ class TwilioStreamParser:
     * ``media`` is accepted only after one ``start``, before ``stop``, for the
       started stream, on the inbound track, with a valid base64 payload of
       ``frame_bytes`` bytes (``None`` accepts any non-empty size), and with a
-      ``sequenceNumber``/``chunk`` greater than any seen before (duplicates and
-      replays are dropped; gaps are counted but do not drop anything).
+      ``sequenceNumber``/``chunk`` greater than any seen before but at most
+      :data:`MAX_SEQUENCE_JUMP` ahead (duplicates, replays and wild jumps are
+      dropped; gaps are counted but do not drop anything).
+    * ``start`` is accepted only with Twilio-shaped SIDs (``callSid`` ``CA…``,
+      ``streamSid`` ``MZ…``, ``accountSid`` ``AC…`` or absent), so caller-chosen
+      text never reaches a log line as a SID.
     """
 
     KNOWN_EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
@@ -279,13 +297,21 @@ class TwilioStreamParser:
             raise _Bad(DropReason.AFTER_STOP, f"{event} after stop")
         return getattr(self, f"_parse_{event}")(data)
 
+    @staticmethod
+    def _check_order(name: str, n: int | None, last: int | None) -> None:
+        if n is None:
+            return
+        if last is not None:
+            if n == last:
+                raise _Bad(DropReason.DUPLICATE_SEQUENCE, f"{name} {n} repeated")
+            if n < last:
+                raise _Bad(DropReason.OUT_OF_ORDER, f"{name} {n} after {last}")
+        if n > (last or 0) + MAX_SEQUENCE_JUMP:
+            raise _Bad(DropReason.SEQUENCE_JUMP, f"{name} jumps more than {MAX_SEQUENCE_JUMP} ahead")
+
     def _check_sequence(self, data: dict) -> int | None:
         seq = _int(data, "sequenceNumber")
-        if seq is not None and self._last_seq is not None:
-            if seq == self._last_seq:
-                raise _Bad(DropReason.DUPLICATE_SEQUENCE, f"sequenceNumber {seq} repeated")
-            if seq < self._last_seq:
-                raise _Bad(DropReason.OUT_OF_ORDER, f"sequenceNumber {seq} after {self._last_seq}")
+        self._check_order("sequenceNumber", seq, self._last_seq)
         return seq
 
     def _commit_sequence(self, seq: int | None) -> None:
@@ -313,6 +339,12 @@ class TwilioStreamParser:
         stream_sid = _text(start, "streamSid", required=False) or _text(data, "streamSid")
         call_sid = _text(start, "callSid")
         account_sid = _text(start, "accountSid", required=False)
+        if not is_sid(call_sid, "CA"):
+            raise _Bad(DropReason.BAD_FIELD, "callSid is not a Twilio call SID")
+        if not is_sid(stream_sid, "MZ"):
+            raise _Bad(DropReason.BAD_FIELD, "streamSid is not a Twilio stream SID")
+        if account_sid and not is_sid(account_sid, "AC"):
+            raise _Bad(DropReason.BAD_FIELD, "accountSid is not a Twilio account SID")
         tracks_raw = start.get("tracks", ["inbound"])
         if not isinstance(tracks_raw, list) or not all(isinstance(t, str) for t in tracks_raw):
             raise _Bad(DropReason.BAD_FIELD, "tracks is not a list of strings")
@@ -343,11 +375,7 @@ class TwilioStreamParser:
         if track != "inbound":
             raise _Bad(DropReason.OTHER_TRACK, "media on a non-inbound track")
         chunk = _int(media, "chunk")
-        if chunk is not None and self._last_chunk is not None:
-            if chunk == self._last_chunk:
-                raise _Bad(DropReason.DUPLICATE_SEQUENCE, f"chunk {chunk} repeated")
-            if chunk < self._last_chunk:
-                raise _Bad(DropReason.OUT_OF_ORDER, f"chunk {chunk} after {self._last_chunk}")
+        self._check_order("chunk", chunk, self._last_chunk)
         timestamp = _int(media, "timestamp")
         payload_b64 = _text(media, "payload")
         if not payload_b64:
@@ -398,11 +426,6 @@ class TwilioStreamParser:
         self._commit_sequence(seq)
         self.stopped = True
         return result
-
-
-def parse_one(raw: str | bytes, **kwargs: Any) -> TwilioMessage | Rejected:
-    """Parse a single message without stream state (for ``connected``/``start``)."""
-    return TwilioStreamParser(**kwargs).feed(raw)
 
 
 # -- builders: the exact JSON shapes Twilio sends (used by the caller simulator and tests) --

@@ -8,15 +8,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
+import math
+import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Mapping
 
 from ..clock import Clock
 
 TOKEN_PARAMETER = "token"
+#: ``<expiry: up to 12 ASCII digits>.<43 base64url chars>``; anything else is malformed (never parsed further).
+_TOKEN_RE = re.compile(r"[0-9]{1,12}\.[A-Za-z0-9_-]{43}")
 
 
 class WebhookVerifier:
@@ -55,14 +59,26 @@ class MediaTokens:
 
     A token is ``<expiry>.<HMAC-SHA256(secret, call_sid|expiry)>`` (base64url).
     Guarantees: ``check`` accepts a token only for the call SID it was issued
-    for, before its expiry, and at most once (a replayed token is refused while
-    it would still be valid, so nobody can open a second stream with it).
-    Processes behind a load balancer must share ``secret`` (``MEDIA_TOKEN_SECRET``).
+    for, before its expiry, and at most one stream per call SID (a replayed token,
+    or a second token from a replayed webhook, is refused while it would still be
+    valid, so nobody can open a second stream for a call). ``issue`` answers one
+    webhook per call SID per ``ttl_s`` (a replayed signed webhook gets ``None``).
+    Malformed tokens (any shape but ``_TOKEN_RE``, non-ASCII included) are refused
+    without parsing. Memory is bounded: at most ``max_tracked`` call SIDs are remembered.
+    Processes behind a load balancer must share ``secret`` (``MEDIA_TOKEN_SECRET``);
+    replay tracking is per process.
     """
 
-    def __init__(self, secret: bytes | str | None = None, *, ttl_s: float = 120.0, clock: Clock | None = None) -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"token ttl must be > 0 s, got {ttl_s}")
+    def __init__(
+        self,
+        secret: bytes | str | None = None,
+        *,
+        ttl_s: float = 120.0,
+        clock: Clock | None = None,
+        max_tracked: int = 100_000,
+    ) -> None:
+        if not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
+            raise ValueError(f"token ttl must be a finite number > 0 s, got {ttl_s}")
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         self._secret = secret or secrets.token_bytes(32)
@@ -70,7 +86,9 @@ class MediaTokens:
             raise ValueError("MEDIA_TOKEN_SECRET must be at least 16 bytes")
         self.ttl_s = float(ttl_s)
         self._clock: Callable[[], float] = clock or time.time  # wall clock: tokens may cross processes
-        self._used: dict[str, float] = {}
+        self._max_tracked = max_tracked
+        self._issued: OrderedDict[str, float] = OrderedDict()  # call SID -> expiry of its webhook answer
+        self._streamed: OrderedDict[str, float] = OrderedDict()  # call SID -> expiry of its (used) token
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -80,33 +98,41 @@ class MediaTokens:
         digest = hmac.new(self._secret, f"{call_sid}|{expiry}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
-    def issue(self, call_sid: str) -> str:
-        expiry = int(self._clock() + self.ttl_s)
+    def _remember(self, table: OrderedDict[str, float], call_sid: str, expiry: float, now: float) -> bool:
+        """Record ``call_sid`` until ``expiry``; False if it is already recorded and not expired."""
+        while table:
+            oldest, exp = next(iter(table.items()))
+            if exp >= now and len(table) < self._max_tracked:
+                break
+            table.popitem(last=False)
+        if call_sid in table:
+            return False
+        table[call_sid] = expiry
+        return True
+
+    def issue(self, call_sid: str) -> str | None:
+        """A token for ``call_sid``, or ``None`` if one was already issued for it within ``ttl_s`` (a replay)."""
+        now = self._clock()
+        expiry = int(now + self.ttl_s)
+        with self._lock:
+            if not self._remember(self._issued, call_sid, expiry, now):
+                return None
         return f"{expiry}.{self._mac(call_sid, expiry)}"
 
     def check(self, call_sid: str, token: str | None) -> str | None:
         """``None`` if the token is good (and now used), else a short reason safe to log."""
         if not token or not isinstance(token, str):
             return "missing token"
-        expiry_s, _, mac = token.partition(".")
-        if not expiry_s.isdigit() or not mac or len(token) > 200:
+        if len(token) > 64 or not _TOKEN_RE.fullmatch(token):
             return "malformed token"
+        expiry_s, _, mac = token.partition(".")
         expiry = int(expiry_s)
-        if not hmac.compare_digest(mac, self._mac(call_sid, expiry)):
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(call_sid, expiry).encode("ascii")):
             return "invalid token"
         now = self._clock()
         if now > expiry:
             return "expired token"
         with self._lock:
-            for old, exp in list(self._used.items()):
-                if exp < now:
-                    del self._used[old]
-            if token in self._used:
-                return "token already used"
-            self._used[token] = expiry
+            if not self._remember(self._streamed, call_sid, expiry, now):
+                return "call already streamed"
         return None
-
-
-def secret_from_env(name: str = "MEDIA_TOKEN_SECRET") -> bytes | None:
-    value = os.environ.get(name)
-    return value.encode("utf-8") if value else None

@@ -10,16 +10,19 @@ serializer's outbound side and replaces the inbound side with
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
 from ..clock import Clock, monotonic
 from .audio import mulaw_decode
+from .input_backlog import InputBacklog
 from .messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     TWILIO_FRAME_BYTES,
@@ -49,7 +52,16 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
     * ``connected``/``start`` may be consumed before the transport exists: pass
       the same ``parser`` (already fed) so sequence numbers keep being checked.
     * ``last_message_at`` (clock seconds) lets the owner detect a silent client.
+    * With a ``backlog``, at most ``backlog.limit`` audio frames are ever waiting in
+      Pipecat's (unbounded) input-transport queue: ``deserialize`` waits for room
+      (which pauses reading the websocket), and a frame that still has no room
+      after ``backlog.wait_s`` is dropped and counted (``DropReason.INPUT_OVERFLOW``).
+      Put :class:`InputBacklogMeter` right after ``transport.input()``.
+    * Per-call state is bounded: only the last :attr:`MARKS_KEPT` mark names are kept
+      (``marks_total`` counts them all).
     """
+
+    MARKS_KEPT = 16
 
     def __init__(
         self,
@@ -69,6 +81,7 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
         frame_bytes: int | None = TWILIO_FRAME_BYTES,
         log_interval_s: float = 5.0,
         clock: Clock | None = None,
+        backlog: InputBacklog | None = None,
     ) -> None:
         super().__init__(
             stream_sid,
@@ -82,6 +95,8 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
             api_key_sid=api_key_sid,
             api_key_secret=api_key_secret,
         )
+        if not isinstance(log_interval_s, (int, float)) or not math.isfinite(log_interval_s) or log_interval_s < 0:
+            raise ValueError(f"log_interval_s must be a finite number >= 0, got {log_interval_s!r}")
         self.parser = parser or TwilioStreamParser(max_message_bytes=max_message_bytes, frame_bytes=frame_bytes)
         self._clock: Clock = clock or monotonic
         self._log_interval_s = log_interval_s
@@ -89,7 +104,9 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
         self._pending_log: Counter = Counter()
         self._last_summary_at = self._clock()
         self.last_message_at = self._clock()
-        self.marks_received: list[str] = []
+        self.backlog = backlog
+        self.marks_received: deque[str] = deque(maxlen=self.MARKS_KEPT)
+        self.marks_total = 0
         self.stop_received = False
         #: awaited once when Twilio's ``stop`` arrives (e.g. to queue an ``EndFrame``)
         self.on_stop: Callable[[], Awaitable[None]] | None = None
@@ -112,11 +129,15 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
         try:
             return await self._to_frame(message)
         except Exception as e:  # decode/resample/callback bug: move it from accepted to dropped, keep the call
-            stats = self.parser.stats
-            stats.accepted -= 1
-            stats.dropped[DropReason.INTERNAL] += 1
-            self._note_drop(Rejected(DropReason.INTERNAL, f"{type(e).__name__} while handling {type(message).__name__}"))
+            self._move_to_dropped(DropReason.INTERNAL, f"{type(e).__name__} while handling {type(message).__name__}")
             return None
+
+    def _move_to_dropped(self, reason: DropReason, detail: str) -> None:
+        """A message the parser accepted that we could not use after all: keep the books exact."""
+        stats = self.parser.stats
+        stats.accepted -= 1
+        stats.dropped[reason] += 1
+        self._note_drop(Rejected(reason, detail))
 
     async def _to_frame(self, message) -> Frame | None:
         if isinstance(message, Media):
@@ -126,11 +147,19 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
                 pcm = await self._input_resampler.resample(pcm, self._twilio_sample_rate, rate)
             if not pcm:
                 return None
+            backlog = self.backlog
+            if backlog is not None:
+                if not backlog.has_room() and not await backlog.wait_for_room():
+                    backlog.note_overflow()
+                    self._move_to_dropped(DropReason.INPUT_OVERFLOW, f"input transport backlog full ({backlog.limit} frames)")
+                    return None
+                backlog.note_sent()
             return InputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1)
         if isinstance(message, Dtmf):
             return InputDTMFFrame(KeypadEntry(message.digit))
         if isinstance(message, Mark):
-            self.marks_received.append(message.name)
+            self.marks_total += 1
+            self.marks_received.append(message.name[:64])
         elif isinstance(message, Stop):
             self.stop_received = True
             logger.info(f"[TWILIO] stop received for stream {self._stream_sid}")
@@ -162,3 +191,20 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
         )
         self._pending_log.clear()
         self._last_summary_at = now
+
+
+class InputBacklogMeter(FrameProcessor):
+    """Counts caller audio as it leaves Pipecat's input transport (see :class:`InputBacklog`).
+
+    Place it directly after ``transport.input()``. Frames pass through unchanged, in order.
+    """
+
+    def __init__(self, backlog: InputBacklog, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.backlog = backlog
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
+            self.backlog.note_arrived()
+        await self.push_frame(frame, direction)

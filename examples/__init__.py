@@ -1,0 +1,1 @@
+"""Examples shipped with pipecat-rxdrain (the repository's ``examples/`` directory)."""
