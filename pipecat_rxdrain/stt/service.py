@@ -243,6 +243,7 @@ class GoogleSTTService(STTService):
         self.audio_converted = 0  # frames resampled and/or down-mixed to the configured format
         self._resampler = None
         self._format_warned: set[str] = set()
+        self._chunk_ms = 20.0  # duration of the last chunk pushed (to turn the queue length into audio time)
 
         # Credentials: exactly the stock behaviour outside emulator mode. Only the
         # google-auth credentials object is kept (its repr holds no secret).
@@ -484,6 +485,8 @@ class GoogleSTTService(STTService):
         session = self._session
         if session is None or not session.push_audio(audio):
             self.audio_rejected += 1
+        elif self.sample_rate > 0:
+            self._chunk_ms = len(audio) / (2 * self.sample_rate / 1000.0)  # mono PCM16 after process_audio_frame
         yield None
 
     # ----------------------------------------------------- VAD / turn timing
@@ -495,7 +498,21 @@ class GoogleSTTService(STTService):
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         await super()._handle_vad_user_stopped_speaking(frame)
         if self._events is not None:
-            self._events.put_nowait(("vad_stopped", None))
+            self._events.put_nowait(("vad_stopped", self._speech_end_ms(frame)))
+
+    def _speech_end_ms(self, frame: VADUserStoppedSpeakingFrame) -> float | None:
+        """Where the speech ended in the session's audio time (the TurnTimer's gate), or None.
+
+        Every byte of audio before this frame has been handed to the session: the
+        VAD runs downstream of us on the audio we passed through. The session's
+        clock counts audio sent plus audio queued (dropped audio is in neither),
+        and the VAD decided ``stop_secs`` after the speech really ended.
+        """
+        session = self._session
+        if session is None:
+            return None
+        position = session.stats.audio_sent_ms + session.queued * self._chunk_ms
+        return max(0.0, position - 1000.0 * float(frame.stop_secs or 0.0))
 
     async def _event_loop(self):
         assert self._events is not None
@@ -516,12 +533,12 @@ class GoogleSTTService(STTService):
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
             r = cast(SttResult, item)
-            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r)
+            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r, end_ms=r.end_ms)
             await self._emit(emits)
         elif kind == "vad_started":
             await self._emit(self._turns.vad_started())
         elif kind == "vad_stopped":
-            await self._emit(self._turns.vad_stopped())
+            await self._emit(self._turns.vad_stopped(speech_end_ms=item))
         elif kind == "error":
             err = cast(SttError, item)
             await self.push_error(error_msg=err.message, exception=err.exception or RuntimeError(err.message))

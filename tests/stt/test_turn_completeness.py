@@ -57,6 +57,7 @@ class CallResult:
     complete_after_s: list[float | None] = field(default_factory=list)
     early_finals: int = 0
     catch_ups: int = 0
+    held: int = 0
 
     @property
     def expected_words(self) -> int:
@@ -133,7 +134,8 @@ async def run_call(sample: str, latency_s: float, **svc_kw) -> CallResult:
     expected = [_words(t) for t in s.segments]
     result = CallResult(expected=expected, delivered=[t for _, t in rec.finals])
     result.early_finals = svc._turns.counters.early_finals
-    result.catch_ups = svc._turns.counters.catch_up_finals if hasattr(svc._turns.counters, "catch_up_finals") else 0
+    result.catch_ups = getattr(svc._turns.counters, "catch_up_finals", 0)
+    result.held = getattr(svc._turns.counters, "early_finals_held", 0)
     # When did the delivered words first contain each segment (as a subsequence, in order)?
     for k, stop_at in enumerate(rec.stops[: len(expected)]):
         want = [w for seg in expected[: k + 1] for w in seg]
@@ -171,7 +173,7 @@ def _report(sample: str, latencies: list[float]) -> None:
             times = [f"{t:.2f}" if t is not None else "never" for t in r.complete_after_s]
             print(
                 f"latency={lat:.1f}s {label:20s} lost={r.words_lost}/{r.expected_words} "
-                f"delivered={len(r.delivered_words)} early_finals={r.early_finals} catch_ups={r.catch_ups} "
+                f"delivered={len(r.delivered_words)} early_finals={r.early_finals} catch_ups={r.catch_ups} held={r.held} "
                 f"end-of-speech->complete s: {' '.join(times)}"
             )
 
