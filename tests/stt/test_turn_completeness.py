@@ -55,6 +55,8 @@ class CallResult:
     delivered: list[str]  # the TranscriptionFrame texts, in order
     # per segment: seconds from the end of speech until the TranscriptionFrames held all its words (None: never)
     complete_after_s: list[float | None] = field(default_factory=list)
+    # per segment: seconds from the end of speech until its first TranscriptionFrame (complete or not)
+    first_final_after_s: list[float | None] = field(default_factory=list)
     early_finals: int = 0
     catch_ups: int = 0
     held: int = 0
@@ -147,6 +149,9 @@ async def run_call(sample: str, latency_s: float, **svc_kw) -> CallResult:
                 done = t - stop_at
                 break
         result.complete_after_s.append(done)
+        nxt = rec.stops[k + 1] if k + 1 < len(rec.stops) else float("inf")
+        first = [t for t, _ in rec.finals if stop_at < t < nxt]
+        result.first_final_after_s.append(first[0] - stop_at if first else None)
     return result
 
 
@@ -159,6 +164,7 @@ def _is_subsequence(want: list[str], got: list[str]) -> bool:
 async def test_every_scripted_word_reaches_the_transcription_frames(latency_s):
     # Bot defaults: debounce 110, final timeout 320 after a 180 ms hangover.
     r = await run_call("hello_en", latency_s)
+    assert r.early_finals + r.held >= 1, "the latency fault did not reach the early-final path"
     assert r.words_lost == 0, (r.delivered, r.expected)
     # Exactly once: no word delivered twice either.
     assert len(r.delivered_words) == r.expected_words, r.delivered
@@ -171,10 +177,11 @@ def _report(sample: str, latencies: list[float]) -> None:
         for label, kw in (("defaults", {}), ("final_timeout_ms=0", {"final_timeout_ms": 0})):
             r = asyncio.run(run_call(sample, lat, **kw))
             times = [f"{t:.2f}" if t is not None else "never" for t in r.complete_after_s]
+            firsts = [f"{t:.2f}" if t is not None else "-" for t in r.first_final_after_s]
             print(
                 f"latency={lat:.1f}s {label:20s} lost={r.words_lost}/{r.expected_words} "
                 f"delivered={len(r.delivered_words)} early_finals={r.early_finals} catch_ups={r.catch_ups} held={r.held} "
-                f"end-of-speech->complete s: {' '.join(times)}"
+                f"end-of-speech->first final s: {' '.join(firsts)} | ->complete s: {' '.join(times)}"
             )
 
 
