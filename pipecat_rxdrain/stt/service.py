@@ -106,8 +106,9 @@ class GoogleSTTService(STTService):
     Turn timing (see :mod:`pipecat_rxdrain.stt.turns`): interims are coalesced
     to one per ``debounce_ms``; after a VAD stop, ``vad_hangover_ms`` plus
     ``final_timeout_ms`` without Google's final emits the newest interim as
-    the final (Google's late final is then suppressed). ``None``/``0``
-    switches each off.
+    the final, but only if that interim heard the end of speech; the words
+    Google's late final adds are delivered as one more final, so an early
+    final never costs words. ``None``/``0`` switches each off.
     """
 
     Settings = GoogleSTTSettings
