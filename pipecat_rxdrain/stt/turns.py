@@ -356,8 +356,9 @@ class TurnTimer:
             self._new_segment_since_early = False
             return text[matches[covered_final].start():].strip()
         # Everything in this final was already delivered.
-        rest = early[covered_early:]
-        self._early_words = rest if rest and covered_final == len(words) and self._new_segment_since_early is False else []
+        # A final covering only the start of the early text: Google split the segment, the
+        # rest of the early words are matched against its next final (unless speech resumed).
+        self._early_words = [] if self._new_segment_since_early else early[covered_early:]
         if not self._early_words:
             self._new_segment_since_early = False
         return None

@@ -12,7 +12,6 @@ import ast
 import inspect
 import json
 import pathlib
-import warnings
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -322,7 +321,6 @@ def test_no_private_pipecat_imports_anywhere_in_the_package():
     assert offenders == []
 
 
-def test_no_warnings_filter_leak():
-    # The deprecated methods warn through Pipecat's decorator, exactly like stock; nothing else is filtered.
-    with warnings.catch_warnings(record=True):
-        assert Ours.set_languages.__deprecated__ == Stock.set_languages.__deprecated__
+def test_deprecated_methods_carry_stocks_deprecation():
+    for name in ("set_languages", "update_options"):
+        assert getattr(Ours, name).__deprecated__ == getattr(Stock, name).__deprecated__
