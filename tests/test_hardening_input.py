@@ -389,7 +389,9 @@ def test_bad_credentials_are_clear_errors_that_never_quote_the_secret(google_mod
     cases["inline JSON list"] = dict(credentials=json.dumps([SECRET]))
     messages = {}
     for name, kw in cases.items():
-        with pytest.raises(ValueError) as err:
+        # The stock service's types (issue 15): FileNotFoundError for a missing file, ValueError subclasses
+        # (JSONDecodeError, MalformedError) for bad content.
+        with pytest.raises(OSError if name == "missing file" else ValueError) as err:
             GoogleSTTService(**kw)
         messages[name] = str(err.value)
         assert "TOPSECRETMATERIAL" not in str(err.value) and "PRIVATE KEY" not in str(err.value), name

@@ -78,9 +78,9 @@ from loguru import logger
 
 from ..clock import Clock, monotonic
 from ..telemetry import SlidingCount, TelemetryWindow, WindowSample, format_rx_line
+from ..units import FRAME_UNIT_MS  # q, max_queue, watermarks and drops are counted in this unit
 
-FRAME_UNIT_MS = 20.0  # q, max_queue, watermarks and drops are counted in 20 ms-frame equivalents
-_UNIT_US = 20_000
+_UNIT_US = int(FRAME_UNIT_MS * 1000)
 
 DEFAULT_MAX_QUEUE = 200
 DEFAULT_HIGH_WATERMARK = 100

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ..clock import Clock, monotonic
-from .params import FRAME_MS
+from ..units import FRAME_UNIT_MS
 
 
 class Pushed(IntEnum):
@@ -61,7 +61,7 @@ class AudioQueue:
         if max_frames < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_frames}")
         self.frame_bytes = max(1, int(frame_bytes))
-        self.frame20_bytes = max(self.frame_bytes, int(round(FRAME_MS * bytes_per_ms)))
+        self.frame20_bytes = max(self.frame_bytes, int(round(FRAME_UNIT_MS * bytes_per_ms)))
         self.max_frames = int(max_frames)
         self.bound_bytes = self.max_frames * self.frame20_bytes
         self._clock = clock

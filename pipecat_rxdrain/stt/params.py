@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-FRAME_MS = 20.0  # the unit of ``max_queue``: one Twilio frame of audio
+from ..units import FRAME_UNIT_MS  # the unit of ``max_queue``
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SttSessionParams:
 
     @property
     def queue_audio_ms(self) -> float:
-        return self.max_queue * FRAME_MS
+        return self.max_queue * FRAME_UNIT_MS
 
     @property
     def stall_bound_s(self) -> float:

@@ -69,6 +69,50 @@ class StreamSpec:
         return v1.StreamingRecognizeRequest(audio_content=audio)
 
 
+def model_supports_adaptation(model: str | None) -> bool:
+    """Whether a Speech v2 model accepts a ``SpeechAdaptation`` (same rule as stock Pipecat 1.14).
+
+    Google's ``telephony`` model rejects it ("Recognizer does not support
+    feature: speech_adaptation_boost"); every other model is passed through and
+    left to Google to validate.
+    """
+    return (model or "").lower() != "telephony"
+
+
+def normalize_speech_adaptation(adaptation: Any) -> Any:
+    """A ``speech_v2`` ``SpeechAdaptation`` from a message or a dict (same shapes as stock Pipecat 1.14).
+
+    A ``phrase_sets`` entry may be a resource name (``"projects/.../phraseSets/x"``),
+    an ``{"phrase_set": ...}`` / ``{"inline_phrase_set": ...}`` object, or a bare
+    inline phrase set (``{"phrases": [...]}``); a single entry may stand for a list.
+    Any other entry is a ``ValueError`` naming its type.
+    """
+    from google.cloud.speech_v2.types import cloud_speech
+
+    if isinstance(adaptation, cloud_speech.SpeechAdaptation):
+        return adaptation
+    normalized = dict(adaptation)  # any mapping, like stock (same error for anything else)
+    entries = normalized.get("phrase_sets", [])
+    if isinstance(entries, (str, dict)):
+        entries = [entries]
+    converted: list[dict[str, Any]] = []
+    for entry in list(entries):
+        if isinstance(entry, str):
+            converted.append({"phrase_set": entry})
+        elif not isinstance(entry, dict):
+            raise ValueError(
+                "Invalid Google SpeechAdaptation phrase_set entry: expected string or object, "
+                f"got {type(entry).__name__}."
+            )
+        elif "phrase_set" in entry or "inline_phrase_set" in entry:
+            converted.append(entry)
+        else:
+            converted.append({"inline_phrase_set": entry})
+    if converted:
+        normalized["phrase_sets"] = converted
+    return cloud_speech.SpeechAdaptation(normalized)
+
+
 def recognizer_path(project_id: str, location: str) -> str:
     return f"projects/{project_id}/locations/{location}/recognizers/_"
 

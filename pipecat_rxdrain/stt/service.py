@@ -41,12 +41,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.services.google.stt import GoogleSTTService as _StockGoogleSTTService
-from pipecat.services.google.stt import (
-    GoogleSTTSettings,
-    _model_supports_adaptation,
-    _normalize_speech_adaptation,
-    language_to_google_stt_language,
-)
+from pipecat.services.google.stt import GoogleSTTSettings, language_to_google_stt_language
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_latency import GOOGLE_TTFS_P99
 from pipecat.services.stt_service import STTService
@@ -55,18 +50,26 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, assert_given, is_given
-from pipecat.utils.deprecation import warn_deprecated
+from pipecat.utils.deprecation import deprecated, warn_deprecated
 
 import grpc
 from google.auth import default
-from google.auth.exceptions import GoogleAuthError
+from google.auth.exceptions import GoogleAuthError, MalformedError
 from google.oauth2 import service_account
 
 from ..clock import Clock, monotonic
 from ..google_clients import build_speech_client, resolve_target
 from .backoff import Backoff
-from .recognition_config import StreamSpec, build_v1_spec, build_v2_spec, recognizer_path
+from ..units import FRAME_UNIT_MS
 from .params import SttSessionParams
+from .recognition_config import (
+    StreamSpec,
+    build_v1_spec,
+    build_v2_spec,
+    model_supports_adaptation,
+    normalize_speech_adaptation,
+    recognizer_path,
+)
 from .session import SttError, SttResult, SttStats, StreamingSTTSession, status_of
 
 _DEFAULTS = SttSessionParams()  # the session defaults, written once (params.py)
@@ -107,8 +110,9 @@ class GoogleSTTService(STTService):
     Turn timing (see :mod:`pipecat_rxdrain.stt.turns`): interims are coalesced
     to one per ``debounce_ms``; after a VAD stop, ``vad_hangover_ms`` plus
     ``final_timeout_ms`` without Google's final emits the newest interim as
-    the final (Google's late final is then suppressed). ``None``/``0``
-    switches each off.
+    the final, but only if that interim heard the end of speech; the words
+    Google's late final adds are delivered as one more final, so an early
+    final never costs words. ``None``/``0`` switches each off.
     """
 
     Settings = GoogleSTTSettings
@@ -222,7 +226,7 @@ class GoogleSTTService(STTService):
         if settings is not None:
             default_settings.apply_update(settings)
         if is_given(default_settings.adaptation) and default_settings.adaptation is not None:
-            default_settings.adaptation = _normalize_speech_adaptation(default_settings.adaptation)
+            default_settings.adaptation = normalize_speech_adaptation(default_settings.adaptation)
 
         super().__init__(sample_rate=sample_rate, ttfs_p99_latency=ttfs_p99_latency, settings=default_settings, **kwargs)
 
@@ -267,7 +271,8 @@ class GoogleSTTService(STTService):
                 with open(credentials_path) as f:
                     raw = f.read()
             except OSError as e:
-                raise ValueError(f"credentials_path {credentials_path!r} cannot be read: {e.strerror or e}") from None
+                # The stock service lets open() raise: same type (FileNotFoundError, ...), naming the setting.
+                raise type(e)(e.errno, f"credentials_path cannot be read: {e.strerror}", credentials_path) from None
             json_account_info = _load_service_account(raw, f"credentials_path {credentials_path!r}")
             self._project_id = json_account_info.get("project_id")
             creds = _service_account_credentials(json_account_info, f"credentials_path {credentials_path!r}")
@@ -325,12 +330,75 @@ class GoogleSTTService(STTService):
                 stacklevel=2,
             )
         if is_given(delta.adaptation) and delta.adaptation is not None:
-            delta.adaptation = _normalize_speech_adaptation(delta.adaptation)
+            delta.adaptation = normalize_speech_adaptation(delta.adaptation)
         changed = await super()._update_settings(delta)
         if changed and self._session is not None:
             logger.debug(f"{self}: settings changed ({', '.join(changed)}); restarting the stream")
             self._session.update_spec(self._build_spec())
         return changed
+
+    @deprecated(
+        "`GoogleSTTService.set_languages` is deprecated since 0.0.104 and will be removed in "
+        "2.0.0. Use `STTUpdateSettingsFrame` instead."
+    )
+    async def set_languages(self, languages: list[Language]):
+        """Deprecated on stock since 0.0.104 (use ``STTUpdateSettingsFrame``); kept for drop-in code."""
+        logger.debug(f"Switching STT languages to: {languages}")
+        await self._update_settings(self.Settings(languages=list(languages)))
+
+    @deprecated(
+        "`GoogleSTTService.update_options` is deprecated since 0.0.104 and will be removed in "
+        "2.0.0. Use `STTUpdateSettingsFrame` instead."
+    )
+    async def update_options(
+        self,
+        *,
+        languages: list[Language] | None = None,
+        model: str | None = None,
+        enable_automatic_punctuation: bool | None = None,
+        enable_spoken_punctuation: bool | None = None,
+        enable_spoken_emojis: bool | None = None,
+        profanity_filter: bool | None = None,
+        enable_word_time_offsets: bool | None = None,
+        enable_word_confidence: bool | None = None,
+        enable_interim_results: bool | None = None,
+        enable_voice_activity_events: bool | None = None,
+        adaptation: Any = NOT_GIVEN,
+        location: str | None = None,
+    ) -> None:
+        """Deprecated on stock since 0.0.104 (use ``STTUpdateSettingsFrame``); kept for drop-in code.
+
+        Same arguments and effect as stock: ``None`` leaves an option alone; any
+        change restarts the stream (unfinalized audio replayed). ``location``
+        changes the recognizer path of the next stream, as on stock (the
+        endpoint chosen at construction stays).
+        """
+        delta = self.Settings()
+        options = dict(
+            model=model,
+            enable_automatic_punctuation=enable_automatic_punctuation,
+            enable_spoken_punctuation=enable_spoken_punctuation,
+            enable_spoken_emojis=enable_spoken_emojis,
+            profanity_filter=profanity_filter,
+            enable_word_time_offsets=enable_word_time_offsets,
+            enable_word_confidence=enable_word_confidence,
+            enable_interim_results=enable_interim_results,
+            enable_voice_activity_events=enable_voice_activity_events,
+        )
+        if languages is not None:
+            delta.languages = list(languages)
+        for name, value in options.items():
+            if value is not None:
+                setattr(delta, name, value)
+        if is_given(adaptation):
+            delta.adaptation = adaptation
+        relocated = location is not None and location != self._location
+        if location is not None:
+            logger.debug(f"Updating location to: {location}")
+            self._location = location
+        changed = await self._update_settings(delta)
+        if relocated and not changed and self._session is not None:
+            self._session.update_spec(self._build_spec())
 
     # ------------------------------------------------------------ sink API
     def can_accept_audio(self) -> bool:
@@ -497,7 +565,21 @@ class GoogleSTTService(STTService):
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         await super()._handle_vad_user_stopped_speaking(frame)
         if self._events is not None:
-            self._events.put_nowait(("vad_stopped", None))
+            self._events.put_nowait(("vad_stopped", self._speech_end_ms(frame)))
+
+    def _speech_end_ms(self, frame: VADUserStoppedSpeakingFrame) -> float | None:
+        """Where the speech ended in the session's audio time (the TurnTimer's gate), or None.
+
+        Every byte of audio before this frame has been handed to the session: the
+        VAD runs downstream of us on the audio we passed through. The session's
+        clock counts audio sent plus audio queued (dropped audio is in neither),
+        and the VAD decided ``stop_secs`` after the speech really ended.
+        """
+        session = self._session
+        if session is None:
+            return None
+        position = session.stats.audio_sent_ms + session.backlog_frames() * FRAME_UNIT_MS
+        return max(0.0, position - 1000.0 * float(frame.stop_secs or 0.0))
 
     async def _event_loop(self):
         assert self._events is not None
@@ -518,12 +600,12 @@ class GoogleSTTService(STTService):
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
             r = cast(SttResult, item)
-            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r)
+            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r, end_ms=r.end_ms)
             await self._emit(emits)
         elif kind == "vad_started":
             await self._emit(self._turns.vad_started())
         elif kind == "vad_stopped":
-            await self._emit(self._turns.vad_stopped())
+            await self._emit(self._turns.vad_stopped(speech_end_ms=item))
         elif kind == "error":
             err = cast(SttError, item)
             await self.push_error(error_msg=err.message, exception=err.exception or RuntimeError(err.message))
@@ -581,8 +663,8 @@ class GoogleSTTService(STTService):
             )
         adaptation = None
         if is_given(s.adaptation) and s.adaptation is not None:
-            if _model_supports_adaptation(model):
-                adaptation = _normalize_speech_adaptation(s.adaptation)
+            if model_supports_adaptation(model):
+                adaptation = normalize_speech_adaptation(s.adaptation)
             else:
                 logger.warning("Google STT model '{}' rejects adaptation; transcribing without it.", model)
         denoiser = None
@@ -623,24 +705,39 @@ def _check_sample_rate(rate: int | None, name: str) -> None:
 
 
 def _load_service_account(text: str, what: str) -> dict:
-    """Parse service-account JSON; a clear ValueError that never quotes the content."""
+    """Parse service-account JSON: the stock service's error type, a message that never quotes the content.
+
+    Not JSON: ``json.JSONDecodeError`` like stock, with its position but without
+    ``doc`` (which would hold the key). Not a JSON object: ``MalformedError``
+    (stock crashes with an AttributeError there; this is a ValueError like
+    every other bad key).
+    """
     try:
         info = json.loads(text)
-    except ValueError:
-        raise ValueError(f"{what}: not valid JSON (expected a service-account key file)") from None
+    except json.JSONDecodeError as e:
+        err = json.JSONDecodeError(f"{what}: not valid JSON ({e.msg})", e.doc, e.pos)
+        err.doc = ""  # never keep the (secret) text on the exception
+        raise err from None
     if not isinstance(info, dict):
-        raise ValueError(f"{what}: expected a JSON object (a service-account key file)")
+        raise MalformedError(f"{what}: expected a JSON object (a service-account key file)")
     return info
 
 
 def _service_account_credentials(info: dict, what: str):
+    """google-auth's credentials: the same exception type as stock for a bad key, a message with no secret."""
     try:
         return service_account.Credentials.from_service_account_info(info)
     except (ValueError, KeyError, TypeError) as e:
-        # google-auth says e.g. "missing fields token_uri, client_email"; it never quotes values,
-        # but a malformed key's parser error might, so only the exception type goes with a key error.
+        # google-auth says e.g. "missing fields token_uri, client_email" (names only), but some of its
+        # errors quote the value ("5 could not be converted to bytes") and a PEM parser error might:
+        # only the exception type goes with those.
         reason = str(e) if "missing fields" in str(e) else type(e).__name__
-        raise ValueError(f"{what}: not a usable service-account key ({reason})") from None
+        message = f"{what}: not a usable service-account key ({reason})"
+        try:
+            err = type(e)(message)
+        except Exception:  # an exception type that does not take a message: still a ValueError
+            err = MalformedError(message)
+        raise err from None
 
 
 def _downmix(pcm16: bytes, channels: int) -> bytes:

@@ -72,7 +72,7 @@ def test_early_final_after_hangover_plus_timeout():
     assert t.poll() == []
     clock.advance(0.002)
     assert texts(t.poll()) == [("book a table for two", True, True)]
-    # Google's late final for the same segment is suppressed.
+    # Google's late final for the same segment repeats it: suppressed.
     clock.advance(0.3)
     assert t.final("Book a table for two.") == []
     assert t.counters.late_finals_suppressed == 1 and t.counters.early_finals == 1
@@ -147,7 +147,7 @@ def test_late_final_after_new_segment_is_trimmed_to_new_words():
     t.vad_started()  # the user speaks again before Google's late final
     t.interim("call me tomorrow")
     assert texts(t.final("Call me, tomorrow.")) == [("tomorrow.", True, False)]
-    assert t.counters.late_finals_trimmed == 1
+    assert t.counters.catch_up_finals == 1
 
 
 def test_late_final_repeating_early_text_after_new_segment_is_suppressed():
@@ -164,3 +164,153 @@ def test_late_final_repeating_early_text_after_new_segment_is_suppressed():
 def test_negative_values_rejected():
     with pytest.raises(ValueError):
         TurnTimer(debounce_ms=-1)
+
+
+# --------------------------------------------------------------- never lose words
+def test_late_final_delivers_the_words_the_early_final_missed():
+    # The issue-14 case: the early final ships a stale interim, Google's full final comes later.
+    clock, t = make(debounce_ms=None)
+    t.interim("I am calling about my order")
+    t.vad_stopped()
+    clock.advance(0.5)
+    assert texts(t.poll()) == [("I am calling about my order", True, True)]
+    clock.advance(0.4)
+    emits = t.final("I am calling about my order number four two seven.")
+    assert [(e.text, e.final, e.catch_up) for e in emits] == [("number four two seven.", True, True)]
+    assert t.counters.catch_up_finals == 1 and t.counters.late_finals_suppressed == 0
+
+
+def test_catch_up_after_google_revised_the_interim():
+    # The early text is not a prefix of the real final: "to" became "two", "for" was added.
+    clock, t = make(debounce_ms=None)
+    t.interim("book a table to")
+    t.vad_stopped()
+    clock.advance(1)
+    t.poll()
+    assert texts(t.final("Book a table for two people.")) == [("for two people.", True, False)]
+
+
+def test_catch_up_after_a_revised_first_word():
+    clock, t = make(debounce_ms=None)
+    t.interim("hullo I would like")
+    t.vad_stopped()
+    clock.advance(1)
+    t.poll()
+    assert [e.text for e in t.final("Hello, I would like to book.")] == ["to book."]
+
+
+def test_unrelated_late_final_is_delivered_whole_never_trimmed():
+    # Alignment on a stray common word must not eat words: deliver whole when it does not anchor.
+    clock, t = make(debounce_ms=None)
+    t.interim("yes")
+    t.vad_stopped()
+    clock.advance(1)
+    t.poll()
+    t.vad_started()
+    assert [e.text for e in t.final("Can you say yes please")] == ["Can you say yes please"]
+
+
+def test_google_splitting_the_segment_in_two_finals():
+    clock, t = make(debounce_ms=None)
+    t.interim("book a table for two")
+    t.vad_stopped()
+    clock.advance(1)
+    t.poll()
+    assert t.final("Book a table") == []
+    assert [e.text for e in t.final("for two please.")] == ["please."]
+    assert [e.text for e in t.final("Thanks.")] == ["Thanks."]
+
+
+def test_stale_interim_holds_the_early_final_until_googles_final():
+    # Speech ended at audio 3000 ms; the newest interim (Google answering late) only heard up to 2200 ms.
+    clock, t = make(debounce_ms=None, coverage_ms=200)
+    t.interim("I am calling about", end_ms=2200)
+    t.vad_stopped(speech_end_ms=3000)
+    clock.advance(0.6)
+    assert t.poll() == [] and t.counters.early_finals_held == 1
+    assert t.next_deadline() is None
+    clock.advance(0.5)
+    assert texts(t.final("I am calling about my order.")) == [("I am calling about my order.", True, False)]
+    assert t.counters.early_finals == 0
+
+
+def test_held_early_final_fires_once_an_interim_hears_the_end_of_speech():
+    clock, t = make(debounce_ms=None, coverage_ms=200)
+    t.interim("I am calling about", end_ms=2200)
+    t.vad_stopped(speech_end_ms=3000)
+    clock.advance(0.6)
+    assert t.poll() == []
+    clock.advance(0.1)
+    # The late interim that reaches the end of speech becomes the early final at once (no extra interim).
+    assert texts(t.interim("I am calling about my order", end_ms=2900)) == [("I am calling about my order", True, True)]
+    assert t.final("I am calling about my order.") == []
+
+
+def test_covering_interim_fires_on_time():
+    clock, t = make(debounce_ms=None, coverage_ms=200)
+    t.interim("I am calling about my order", end_ms=2850)
+    t.vad_stopped(speech_end_ms=3000)
+    clock.advance(0.5)
+    assert texts(t.poll()) == [("I am calling about my order", True, True)]
+
+
+def test_interim_without_position_never_passes_a_positioned_gate():
+    clock, t = make(debounce_ms=None)
+    t.interim("hello")
+    t.vad_stopped(speech_end_ms=1000)
+    clock.advance(1)
+    assert t.poll() == [] and t.counters.early_finals_held == 1
+
+
+def test_speech_resuming_clears_a_held_early_final():
+    clock, t = make(debounce_ms=None, coverage_ms=0)
+    t.interim("I want", end_ms=500)
+    t.vad_stopped(speech_end_ms=1000)
+    clock.advance(1)
+    t.poll()
+    t.vad_started()
+    # Speech resumed: the covering interim is an interim again, not a held early final firing.
+    assert texts(t.interim("I want a", end_ms=1200)) == [("I want a", False, False)]
+    assert t.counters.early_finals == 0
+
+
+def test_knobs_stay_tunable_with_field_defaults():
+    t = TurnTimer()
+    assert (t._debounce_s, t._hangover_s, t._timeout_s) == (0.11, 0.18, 0.32)
+    clock, t = make(debounce_ms=50, vad_hangover_ms=100, final_timeout_ms=100)
+    t.interim("hi")
+    t.vad_stopped()
+    assert t.next_deadline() == pytest.approx(100.2)
+
+
+def _early_then_final(clock, t, interim, final, **vad):
+    t.vad_started()
+    t.interim(interim)
+    t.vad_stopped(**vad)
+    clock.advance(0.5)
+    early = t.poll()
+    clock.advance(0.5)
+    return early, t.final(final)
+
+
+def test_after_a_catch_up_early_finals_are_withheld_until_a_shadow_one_proves_complete():
+    clock, t = make(debounce_ms=None)
+    early, late = _early_then_final(clock, t, "hi this is a test", "Hi, this is a test call.")
+    assert texts(early) == [("hi this is a test", True, True)] and [e.text for e in late] == ["call."]
+    # Lost bet: the next deadline sends nothing; Google's final carries the segment whole.
+    early, late = _early_then_final(clock, t, "I am calling about", "I am calling about my order.")
+    assert early == [] and texts(late) == [("I am calling about my order.", True, False)]
+    assert t.counters.early_finals_withheld == 1
+    # The shadow early final of this segment would have been complete: trust is back.
+    early, late = _early_then_final(clock, t, "thank you very much", "Thank you very much.")
+    assert early == [] and [e.text for e in late] == ["Thank you very much."]
+    early, late = _early_then_final(clock, t, "goodbye", "Goodbye.")
+    assert texts(early) == [("goodbye", True, True)] and late == []
+
+
+def test_complete_early_finals_keep_trust():
+    clock, t = make(debounce_ms=None)
+    for word in ("yes", "no", "maybe"):
+        early, late = _early_then_final(clock, t, word, word.capitalize() + ".")
+        assert texts(early) == [(word, True, True)] and late == []
+    assert t.counters.early_finals == 3 and t.counters.early_finals_withheld == 0
