@@ -54,6 +54,8 @@ class Scenario:
     emulator_process: bool = False  # the emulator in its own process (scale scenarios)
     timing: str | None = None  # emulator timing profile; None = the run's --timing
     profile: bool = False  # sample the loop thread's stack for the µs/frame profile
+    reply: bool = False  # full mode: user aggregator -> rule LLM -> espeak TTS -> transport output
+    pipelines: tuple[str, ...] | None = None  # only these pipelines (None: all)
     plot: bool = False
     group: str = "fault"  # "fault" | "scale" | "profile"
 
@@ -242,13 +244,20 @@ class BenchServer:
             serializer = stamping_serializer(TwilioFrameSerializer, probe, end_call, **common)
         transport = FastAPIWebsocketTransport(
             websocket,
-            FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=False, add_wav_header=False, serializer=serializer),
+            FastAPIWebsocketParams(
+                audio_in_enabled=True, audio_out_enabled=scenario.reply, add_wav_header=False, serializer=serializer
+            ),
         )
         state["input"] = transport.input()
         procs = [state["input"], *BUILDERS[probe.pipeline](probe, opts)]
         if opts.hiccup:
             procs.append(HiccupProcessor(*opts.hiccup))
         procs.append(TranscriptCollector(probe))
+        if scenario.reply:
+            from .pipelines import reply_processors
+
+            turn, after = reply_processors(transport)
+            procs += [*turn, transport.output(), *after]
         worker = PipelineWorker(
             Pipeline(procs),
             params=PipelineParams(audio_in_sample_rate=opts.sample_rate, audio_out_sample_rate=8000),

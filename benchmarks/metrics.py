@@ -81,6 +81,39 @@ def _finals_latency(probe, streams, schedule, bytes_per_s: int = BYTES_PER_S) ->
     return out
 
 
+def speech_end_offsets(audio_s: float) -> list[float]:
+    """Audio seconds at which each utterance of the caller's audio ends (end of its last speech frame),
+    by the emulator's own segmenter: the reference "end of speech" for every pipeline alike."""
+    from pipecat_rxdrain.emulator.segmenter import EnergySegmenter
+    from pipecat_rxdrain.twilio.audio import mulaw_decode
+
+    from .feed import loop_frames
+
+    pcm = mulaw_decode(b"".join(loop_frames(audio_s)) + b"\xff" * 8000)
+    seg = EnergySegmenter(8000)
+    events = seg.feed(np.frombuffer(pcm, dtype=np.int16)) + seg.flush()
+    return [e.end_s for e in events if e.kind == "end"]
+
+
+def reply_latencies(probe, schedule, ends_s: list[float]) -> list[float]:
+    """Per utterance: first bot audio sent to the caller after its end of speech - the caller's send time of
+    the utterance's last speech frame; only replies before the next utterance ended count (else no reply)."""
+    if not probe.start_at or not schedule:
+        return []
+    eos = []
+    for e in ends_s:
+        i = min(len(schedule) - 1, max(0, int(round(e / 0.02)) - 1))
+        eos.append(probe.start_at + schedule[i])
+    out = []
+    sent = sorted(probe.reply_audio_at)
+    for k, t in enumerate(eos):
+        nxt = eos[k + 1] if k + 1 < len(eos) else float("inf")
+        j = bisect.bisect_right(sent, t)
+        if j < len(sent) and sent[j] < nxt:
+            out.append(sent[j] - t)
+    return out
+
+
 def expected_utterances(audio_s: float) -> int:
     """Speech segments in the caller's audio, by the emulator's own segmenter (the reference)."""
     from pipecat_rxdrain.emulator.segmenter import EnergySegmenter
@@ -188,6 +221,8 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
     script = getattr(run, "script", None) or []
     steady_from = getattr(run, "setup_end", 0.0) + SETUP_MARGIN_S
     ages_setup, ages_steady = [], []
+    reply_lat: list[float] = []
+    replies_expected = 0
     for probe in run.probes:
         first, n = _first_receipts(probe, run.streams)
         notes += n
@@ -209,6 +244,10 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
             if 0 <= c < len(sched) and probe.start_at:
                 wire.append(t - (probe.start_at + sched[c]))
         finals_lat += _finals_latency(probe, run.streams, sched, bytes_per_s)
+        if getattr(sc, "reply", False):
+            ends = speech_end_offsets(sc.audio_s)
+            replies_expected += len(ends)
+            reply_lat += reply_latencies(probe, sched, ends)
         texts = [t for _, t in probe.finals]
         delivered_finals += len(texts)
         words_dup += sum(len(t.rsplit(" u", 1)[0].split()) for t in texts) - sum(
@@ -317,6 +356,9 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         "loop_lag_fault_p99_ms": pct(lag_fault, 99) if lag_fault else float("nan"),
         "eos_final_p50_ms": pct([x * 1e3 for x in finals_lat], 50),
         "eos_final_p99_ms": pct([x * 1e3 for x in finals_lat], 99),
+        "reply_p50_ms": pct([x * 1e3 for x in reply_lat], 50),
+        "reply_max_ms": max(reply_lat) * 1e3 if reply_lat else float("nan"),
+        "replies": f"{len(reply_lat)}/{replies_expected}" if replies_expected else None,
         "finals_delivered": delivered_finals,
         "finals_expected": (expected_utts or 0) * n_calls if expected_utts is not None else None,
         "finals_missing": missing,

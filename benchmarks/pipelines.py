@@ -40,6 +40,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    OutputAudioRawFrame,
     StartFrame,
     TranscriptionFrame,
 )
@@ -98,6 +99,7 @@ class CallProbe:
     q_fn: object = None  # () -> (rx_q, stt_q), sampled by the harness
     stats_fn: object = None  # () -> None: fill the counters above at the end
     replay_buffer_id: int | None = None
+    reply_audio_at: list[float] = field(default_factory=list)  # times bot audio went out to the caller (reply scenario)
 
     def stamp(self, frame: InputAudioRawFrame, now: float) -> None:
         idx = len(self.stamps)
@@ -144,6 +146,12 @@ def stamping_serializer(base_cls, probe: CallProbe, on_stop, **kwargs):
                 except ValueError:
                     pass
             return frame
+
+        async def serialize(self, frame):
+            data = await super().serialize(frame)
+            if data and isinstance(frame, OutputAudioRawFrame):
+                probe.reply_audio_at.append(time.monotonic())  # written to the caller's socket next (loopback)
+            return data
 
     return Stamping(**kwargs)
 
@@ -403,6 +411,36 @@ class BlockingSyncWriter(FrameProcessor):
         await super().cleanup()
         self._close(0.1)
         self._client.transport.close()
+
+
+# ---------------------------------------------------------------------------------- reply (full mode)
+
+
+def reply_processors(transport) -> tuple[list[FrameProcessor], list[FrameProcessor]]:
+    """The offline full-mode turn after the STT, as the example bot wires it with the offline services.
+
+    Returns (between STT and transport output, after transport output):
+    ``[user aggregator (Silero VAD), RuleBasedLLMService, EspeakTTSService]``, ``[assistant aggregator]``.
+    """
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
+    from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+    from pipecat_rxdrain.offline import EspeakTTSService, RuleBasedLLMService
+
+    # The turn ends on VAD stop + Pipecat's 0.6 s speech timeout + a transcript, so the STT's final is on the
+    # critical path. (Pipecat's default stop strategy, the Smart Turn model, left 3 of the sample's 5 turns
+    # unanswered here: it judged them incomplete while the caller went on talking.)
+    pair = LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=SileroVADAnalyzer(sample_rate=8000),
+            user_turn_strategies=UserTurnStrategies(stop=[SpeechTimeoutUserTurnStopStrategy()]),
+        ),
+    )
+    return [pair.user(), RuleBasedLLMService(), EspeakTTSService()], [pair.assistant()]
 
 
 # ---------------------------------------------------------------------------------- builders

@@ -46,6 +46,9 @@ METRICS = [
     ("loop_lag_fault_p99_ms", "loop lag p99 during fault (ms)", "{:.1f}", "low"),
     ("eos_final_p50_ms", "end of speech → final p50 (ms) ³", "{:.0f}", "low"),
     ("eos_final_p99_ms", "end of speech → final p99 (ms) ³", "{:.0f}", "low"),
+    ("reply_p50_ms", "end of speech → first reply audio at the caller, p50 (ms) ⁷", "{:.0f}", "low"),
+    ("reply_max_ms", "end of speech → first reply audio at the caller, max (ms) ⁷", "{:.0f}", "low"),
+    ("replies", "utterances answered / utterances", "{}", None),
     ("finals_delivered", "finals delivered / expected", None, None),
     ("finals_missing", "utterances with no final", "{:d}", "low"),
     ("finals_extra", "extra/duplicate finals", "{:d}", "low"),
@@ -629,5 +632,10 @@ def _footnotes() -> list[str]:
         "⁶ Per emulator stream, max over its chunks of (audio received so far ÷ the audio byte rate − wall time since the "
         "stream opened), from the emulator's per-chunk receive times; the row shows the largest over the scenario's "
         "streams. Positive = the client sent faster than real time (a drained backlog, a replay, audio queued during setup).",
+        "",
+        "⁷ Reply scenario only (offline full mode: STT → user aggregator with Silero VAD → `RuleBasedLLMService` → "
+        "`EspeakTTSService` → transport output → assistant aggregator). From the caller's send time of an utterance's last "
+        "speech frame (the emulator's segmenter on the call audio: the same reference for every pipeline) to the first bot "
+        "audio message serialized for the caller's websocket after it; a reply only counts before the next utterance ends.",
         "",
     ]

@@ -54,6 +54,8 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
         for sc in scenarios:
             expected = expected_utterances(sc.audio_s)
             for pipeline in pipelines:
+                if sc.pipelines is not None and pipeline not in sc.pipelines:
+                    continue
                 failed = failed_rungs.get(pipeline, [])
                 if sc.group == "scale" and len(failed) >= LADDER_STOP_AFTER:
                     progress(f"  {sc.key:<18} {pipeline:<9} skipped: failed at N={', '.join(map(str, failed))}")

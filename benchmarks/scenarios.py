@@ -37,8 +37,15 @@ def full() -> list[Scenario]:
             "long_call", "Call longer than the stream limit (limit 12 s instead of 305 s; 35 s call)", audio_s=35,
             max_stream_s=12,
         ),
+        reply(),
         profile(15, audio_s=10),
     ] + scale(LADDER, audio_s=10)
+
+
+def reply(audio_s: float = 23.0) -> Scenario:
+    """The sample call once (5 utterances), answered by the offline full mode; stock STT vs ours."""
+    return Scenario("reply", f"Offline full mode: end of speech → first reply audio, {audio_s:g} s call", audio_s=audio_s,
+                    reply=True, pipelines=("stock", "ours"))
 
 
 def scale(ns: list[int], audio_s: float) -> list[Scenario]:
@@ -56,9 +63,9 @@ def profile(n: int, audio_s: float) -> Scenario:
 
 def quick() -> list[Scenario]:
     return [
-        Scenario("steady", "Steady call, 4 s (quick)", audio_s=4),
-        Scenario("jitter", "Jitter ±8 ms, 4 s (quick)", audio_s=4, jitter_ms=16),
-        Scenario("bunches_small", "Small bunches 5 per 100 ms, 4 s (quick)", audio_s=4, bunch=5),
+        Scenario("steady", "Steady call, 3 s (quick)", audio_s=3),
+        Scenario("jitter", "Jitter ±8 ms, 3 s (quick)", audio_s=3, jitter_ms=16),
+        Scenario("bunches_small", "Small bunches 5 per 100 ms, 3 s (quick)", audio_s=3, bunch=5),
         Scenario("steady_16k", "Steady call, 16 kHz pipeline, 3 s (quick)", audio_s=3, pipeline_rate=16000),
         Scenario("net_stall_2s", "Network stall 2 s at t=1.5 s, then burst (quick)", audio_s=5.5, net_stall=(1.5, 2), plot=True),
         Scenario(

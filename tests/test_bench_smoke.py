@@ -203,3 +203,25 @@ async def test_emulator_process_starts_reports_and_stops():
 def test_caller_process_does_not_import_the_harness():
     code = "import sys, benchmarks.caller_proc; sys.exit('benchmarks.harness' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+async def test_reply_scenario_measures_end_of_speech_to_first_reply_audio():
+    """Offline full mode in the harness: STT -> user aggregator -> rule LLM -> espeak TTS -> transport output."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (.ci/run installs it)")
+    from benchmarks.scenarios import reply
+
+    sc = reply(audio_s=4.0)
+    assert sc.pipelines == ("stock", "ours")
+    server = BenchServer()
+    url = await server.start()
+    try:
+        run = await run_scenario(server, url, sc, "ours")
+    finally:
+        await server.stop()
+    r = summarize(run, expected_utterances(sc.audio_s))
+    assert r["replies"] == "1/1", r["replies"]
+    # The reply can only follow the final it answers, and (rule LLM, local TTS) does not take seconds more.
+    assert r["eos_final_p50_ms"] < r["reply_p50_ms"] < r["eos_final_p50_ms"] + 5000, (r["eos_final_p50_ms"], r["reply_p50_ms"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from loguru import logger
@@ -15,6 +16,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
 
 from .rules import ReplyRules
 
@@ -42,8 +44,13 @@ class RuleBasedLLMService(LLMService):
     passes through unchanged. It never calls out of the process.
     """
 
-    def __init__(self, *, rules: ReplyRules | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, rules: ReplyRules | None = None, settings: LLMSettings | None = None, **kwargs) -> None:
+        # Every field initialized, as Pipecat expects of a service (none of them steers a rule reply).
+        store = LLMSettings(**{f.name: None for f in fields(LLMSettings) if f.init and f.name != "extra"})
+        store.filter_incomplete_user_turns = False
+        if settings is not None:
+            store.apply_update(settings)
+        super().__init__(settings=store, **kwargs)
         if rules is not None and not isinstance(rules, ReplyRules):
             raise ValueError(f"RuleBasedLLMService rules must be a ReplyRules, not {type(rules).__name__}")
         self._rules = rules or ReplyRules.default()

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from loguru import logger
 from pipecat.audio.utils import create_file_resampler
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from .espeak import EspeakError, EspeakSynthesizer
@@ -35,7 +36,8 @@ class EspeakTTSService(TTSService):
         self._synth = EspeakSynthesizer(
             voice=voice, words_per_minute=words_per_minute, timeout_s=timeout_s, espeak_path=espeak_path
         )
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        store = TTSSettings(model=None, voice=voice, language=None)  # every field initialized, as Pipecat expects
+        super().__init__(push_start_frame=True, push_stop_frames=True, settings=store, **kwargs)
         self._file_resampler = create_file_resampler()
 
     @property
