@@ -256,7 +256,7 @@ class BenchServer:
         if scenario.reply:
             from .pipelines import reply_processors
 
-            turn, after = reply_processors(transport)
+            turn, after = reply_processors()
             procs += [*turn, transport.output(), *after]
         worker = PipelineWorker(
             Pipeline(procs),

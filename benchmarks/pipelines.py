@@ -416,7 +416,7 @@ class BlockingSyncWriter(FrameProcessor):
 # ---------------------------------------------------------------------------------- reply (full mode)
 
 
-def reply_processors(transport) -> tuple[list[FrameProcessor], list[FrameProcessor]]:
+def reply_processors() -> tuple[list[FrameProcessor], list[FrameProcessor]]:
     """The offline full-mode turn after the STT, as the example bot wires it with the offline services.
 
     Returns (between STT and transport output, after transport output):

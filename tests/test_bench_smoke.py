@@ -186,6 +186,11 @@ def test_timing_profile_is_one_hook_passed_to_both_emulators():
     assert argv[:2] == ["--timing", "google"] and "--small-window" in argv and argv[argv.index("--stall") + 1] == "1.0,2.0"
     assert emulator_argv(Scenario("y", "y", audio_s=1, timing="fast"), "google")[:2] == ["--timing", "fast"]  # pinned
     assert all(s.emulator_process for s in full() + quick() if s.group in ("scale", "profile"))
+    # The realistic scenarios all take their timing from the one constant (after TimingProfile: "google").
+    from benchmarks.scenarios import REALISTIC, REALISTIC_TIMING
+
+    realistic = [s for s in full() + quick() if s.key in REALISTIC]
+    assert {s.key for s in realistic} == set(REALISTIC) and all(s.timing == REALISTIC_TIMING for s in realistic)
     # The run's CLI refuses a profile the emulator does not have, naming the option.
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--timing", "slow"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--timing" in proc.stderr
