@@ -393,18 +393,21 @@ async def run_scenario(
 
         loop_tid = threading.get_native_id()
         names: dict[int, str] = {}
+        seen: dict[int, float] = {}  # thread id -> its latest CPU s (threads die with their calls)
 
-        def remember_names():
+        def remember_threads():
             for t in threading.enumerate():
                 if t.native_id:
                     names.setdefault(t.native_id, t.name)
+            seen.update(_thread_cpu(proc))
 
-        async def sample_names():  # threads come and go with the calls: name them while alive
+        async def sample_names():  # threads come and go with the calls: name and time them while alive
             while True:
-                remember_names()
+                remember_threads()
                 await asyncio.sleep(0.25)
 
         cpu0 = _thread_cpu(proc)
+        proc_cpu0 = sum(proc.cpu_times()[:2])
         t_begin = time.monotonic()
         samplers = [asyncio.create_task(c()) for c in (sample_q, sample_lag, sample_proc, sample_names)]
         stage_sampler = StageSampler(threading.get_ident()).start() if scenario.profile else None
@@ -422,20 +425,24 @@ async def run_scenario(
                 t.cancel()
             await asyncio.gather(*samplers, return_exceptions=True)
         wall = time.monotonic() - t_begin
-        remember_names()
-        cpu1 = _thread_cpu(proc)
+        remember_threads()
+        # The process's CPU counts threads that have exited (the calls' STT threads); the emulator's threads
+        # (in-process only) and the stage sampler are taken out.
         excluded = emu.thread_ids() if emu.in_process else set()
-        cpu = 0.0
+        cpu = sum(proc.cpu_times()[:2]) - proc_cpu0
         by_kind: dict[str, float] = {}
-        for tid, v in cpu1.items():
-            if tid in excluded:
-                continue
+        for tid, v in seen.items():
             d = v - cpu0.get(tid, 0.0)
-            cpu += d
+            if tid in excluded:
+                cpu -= d
+                continue
             kind = thread_kind(names.get(tid), tid == loop_tid)
             by_kind[kind] = by_kind.get(kind, 0.0) + d
         if by_kind.get("sampler"):
-            cpu -= by_kind["sampler"]
+            cpu -= by_kind.pop("sampler")
+        # What the 0.25 s samples missed (a thread's last moments) goes to "other".
+        other = thread_kind(None, False)
+        by_kind[other] = by_kind.get(other, 0.0) + max(0.0, cpu - sum(by_kind.values()))
         stuck = [cid for cid in call_ids if cid in server.live]
         if stuck:
             notes.append(f"{len(stuck)} call(s) had not finished 20 s after the caller hung up")

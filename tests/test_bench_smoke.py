@@ -100,6 +100,8 @@ async def test_tiny_scenarios_through_all_three_pipelines(tmp_path):
         prof = r["profile"]
         assert prof["loop thread total"] > 0 and prof["emulator process"] > 0, prof
         assert any(k.startswith("loop: transport") for k in prof), prof
+        if r["pipeline"] == "ours":  # its writer threads are gone by the end of the call, but their CPU counts
+            assert prof.get("STT writer threads (ours)", 0) > 0, prof
 
     path = write_report(rows + own_rows, tmp_path, mode="quick", elapsed_s=1.0)
     text = path.read_text()
