@@ -337,7 +337,7 @@ async def run_scenario(
 
     ``timing`` is the run's emulator timing profile (``--timing``), unless the scenario pins one.
     """
-    from .profiling import StageSampler, profile_rows, thread_kind
+    from .profiling import StageSampler, ThreadCpuSampler, profile_rows, thread_kind
 
     emu = make_emulator(scenario, timing)
     await emu.start()
@@ -392,25 +392,12 @@ async def run_scenario(
                 await asyncio.sleep(0.5)
 
         loop_tid = threading.get_native_id()
-        names: dict[int, str] = {}
-        seen: dict[int, float] = {}  # thread id -> its latest CPU s (threads die with their calls)
-
-        def remember_threads():
-            for t in threading.enumerate():
-                if t.native_id:
-                    names.setdefault(t.native_id, t.name)
-            seen.update(_thread_cpu(proc))
-
-        async def sample_names():  # threads come and go with the calls: name and time them while alive
-            while True:
-                remember_threads()
-                await asyncio.sleep(0.25)
-
         cpu0 = _thread_cpu(proc)
         proc_cpu0 = sum(proc.cpu_times()[:2])
         t_begin = time.monotonic()
-        samplers = [asyncio.create_task(c()) for c in (sample_q, sample_lag, sample_proc, sample_names)]
-        stage_sampler = StageSampler(threading.get_ident()).start() if scenario.profile else None
+        samplers = [asyncio.create_task(c()) for c in (sample_q, sample_lag, sample_proc)]
+        thread_cpu = ThreadCpuSampler(proc).start() if scenario.profile else None
+        stage_sampler = StageSampler().start() if scenario.profile else None
         await caller.start()
         try:
             await caller.wait(timeout=scenario.audio_s + scenario.stagger_s + 60)
@@ -425,24 +412,25 @@ async def run_scenario(
                 t.cancel()
             await asyncio.gather(*samplers, return_exceptions=True)
         wall = time.monotonic() - t_begin
-        remember_threads()
+        if thread_cpu is not None:
+            thread_cpu.stop()
         # The process's CPU counts threads that have exited (the calls' STT threads); the emulator's threads
-        # (in-process only) and the stage sampler are taken out.
-        excluded = emu.thread_ids() if emu.in_process else set()
+        # (in-process only: alive the whole run) and the profile's CPU sampler are taken out.
+        cpu1 = _thread_cpu(proc)
         cpu = sum(proc.cpu_times()[:2]) - proc_cpu0
+        excluded = emu.thread_ids() if emu.in_process else set()
+        cpu -= sum(cpu1.get(tid, 0.0) - cpu0.get(tid, 0.0) for tid in excluded)
         by_kind: dict[str, float] = {}
-        for tid, v in seen.items():
-            d = v - cpu0.get(tid, 0.0)
-            if tid in excluded:
-                cpu -= d
-                continue
-            kind = thread_kind(names.get(tid), tid == loop_tid)
-            by_kind[kind] = by_kind.get(kind, 0.0) + d
-        if by_kind.get("sampler"):
-            cpu -= by_kind.pop("sampler")
-        # What the 0.25 s samples missed (a thread's last moments) goes to "other".
-        other = thread_kind(None, False)
-        by_kind[other] = by_kind.get(other, 0.0) + max(0.0, cpu - sum(by_kind.values()))
+        if thread_cpu is not None:
+            for tid, v in thread_cpu.seen.items():
+                if tid in excluded:
+                    continue
+                kind = thread_kind(thread_cpu.names.get(tid), tid == loop_tid)
+                by_kind[kind] = by_kind.get(kind, 0.0) + v - cpu0.get(tid, 0.0)
+            cpu -= by_kind.pop("sampler", 0.0)
+            # What the 0.25 s samples missed (a thread's last moments) goes to "other".
+            other = thread_kind(None, False)
+            by_kind[other] = by_kind.get(other, 0.0) + max(0.0, cpu - sum(by_kind.values()))
         stuck = [cid for cid in call_ids if cid in server.live]
         if stuck:
             notes.append(f"{len(stuck)} call(s) had not finished 20 s after the caller hung up")

@@ -6,16 +6,20 @@ Method (documented in RESULTS.md): thread CPU accounting plus a stack sampler.
   serializer, RX, the STT services' frame handling and, for stock, its gRPC aio calls run), our STT
   writer threads (``rxdrain-stt-*``), the blocking baseline's reader threads, and the rest (gRPC's
   C-core threads, executors); the emulator's process CPU when it runs in its own process.
-* The loop thread's CPU is split by stage with :class:`StageSampler`: every ``interval_s`` it reads
-  the loop thread's Python stack (``sys._current_frames``) and attributes the sample to the innermost
-  frame that belongs to a known stage (stdlib frames are looked through); samples in the selector's
-  wait are idle. Stage share x loop-thread CPU / frames = µs per frame. Sampling costs the loop
-  a little (the sampler needs the GIL), so the profile scenario is separate from the capacity ladder.
+* The loop thread's CPU is split by stage with :class:`StageSampler`: a ``SIGPROF`` interval timer
+  (``setitimer(ITIMER_PROF)``, every ``interval_s`` of process CPU) runs a handler on the loop thread
+  (the main thread) at its next bytecode boundary; the sample goes to the innermost frame of the
+  interrupted stack that belongs to a known stage (stdlib frames are looked through). Because the
+  handler runs in the frame that called a C function once it returns, C work (JSON, base64,
+  resampling) is charged to its Python caller, and a sleeping loop is charged to "idle" (the
+  selector), which is left out. Stage share x loop-thread CPU / frames = µs per frame. The thread
+  CPU is read by a separate thread (``ThreadCpuSampler``), never on the loop, and only in the
+  profile scenario; it is separate from the capacity ladder.
 """
 
 from __future__ import annotations
 
-import sys
+import signal
 import threading
 from collections import Counter
 
@@ -55,33 +59,70 @@ def classify(frame) -> str:
 
 
 class StageSampler:
-    """Samples one thread's Python stack at a fixed interval on a daemon thread; ``stop()`` joins it."""
+    """SIGPROF sampling of the main thread's stack by stage; ``start()``/``stop()`` on the main thread."""
 
-    def __init__(self, thread_ident: int, interval_s: float = 0.002) -> None:
-        self._ident = thread_ident
+    def __init__(self, interval_s: float = 0.002) -> None:
         self._interval_s = interval_s
         self.counts: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-stage-sampler", daemon=True)
+        self._old = None
+        self.active = False
+
+    def _on_tick(self, signum, frame) -> None:
+        self.counts[classify(frame)] += 1
 
     def start(self) -> "StageSampler":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            self._old = signal.signal(signal.SIGPROF, self._on_tick)
+            signal.setitimer(signal.ITIMER_PROF, self._interval_s, self._interval_s)
+            self.active = True
+        return self
+
+    def stop(self) -> None:
+        if self.active:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            signal.signal(signal.SIGPROF, self._old or signal.SIG_DFL)
+            self.active = False
+
+    def shares(self) -> dict[str, float]:
+        busy = {k: v for k, v in self.counts.items() if k != IDLE}
+        total = sum(busy.values())
+        return {k: v / total for k, v in busy.items()} if total else {}
+
+
+class ThreadCpuSampler:
+    """Reads every thread's CPU (and name) every ``interval_s`` on its own thread, so threads that exit
+    mid-run (the calls' STT threads) are still counted; ``stop()`` joins it."""
+
+    def __init__(self, proc, interval_s: float = 0.25) -> None:
+        self._proc = proc
+        self._interval_s = interval_s
+        self.names: dict[int, str] = {}
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu-sampler", daemon=True)
+
+    def sample(self) -> None:
+        for t in threading.enumerate():
+            if t.native_id:
+                self.names.setdefault(t.native_id, t.name)
+        try:
+            self.seen.update({t.id: t.user_time + t.system_time for t in self._proc.threads()})
+        except Exception:  # a thread vanished mid-read: the next sample has it
+            pass
+
+    def start(self) -> "ThreadCpuSampler":
+        self.sample()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5.0)
+        self.sample()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
-            frame = sys._current_frames().get(self._ident)
-            self.counts[classify(frame)] += 1
-            del frame
-
-    def shares(self) -> dict[str, float]:
-        busy = {k: v for k, v in self.counts.items() if k != IDLE}
-        total = sum(busy.values())
-        return {k: v / total for k, v in busy.items()} if total else {}
+            self.sample()
 
 
 def thread_kind(name: str | None, is_loop: bool) -> str:
@@ -93,7 +134,7 @@ def thread_kind(name: str | None, is_loop: bool) -> str:
         return "STT writer threads (ours)"
     if name.startswith("bench-blocking-reader"):
         return "blocking reader threads"
-    if name.startswith("bench-stage-sampler"):
+    if name.startswith("bench-cpu-sampler"):
         return "sampler"
     return "other threads (gRPC C-core, ...)"
 
