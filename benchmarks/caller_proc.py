@@ -12,36 +12,14 @@ import asyncio
 import json
 import sys
 
-
-def options_for(spec: dict, frames: list[bytes]):
-    from pipecat_rxdrain.twilio.caller import CallerOptions
-
-    out = []
-    for i, call_id in enumerate(spec["call_ids"]):
-        out.append(
-            CallerOptions(
-                url=spec["url"],
-                frames=frames,
-                custom_parameters={"call": call_id, "pipeline": spec["pipeline"]},
-                stall_at_s=spec["stall_at_s"],
-                stall_s=spec["stall_s"],
-                bunch=spec["bunch"],
-                tail_silence_s=1.0,
-                linger_s=0.2,
-                connect_timeout_s=30.0,
-                seed=i,
-            )
-        )
-    return out
+from .feed import caller_options, loop_frames
 
 
 async def _run(spec: dict) -> list[dict]:
     from pipecat_rxdrain.twilio.caller import simulate_call
 
-    from .harness import _loop_frames
-
-    frames = _loop_frames(spec["audio_s"])
-    opts = options_for(spec, frames)
+    frames = loop_frames(spec["audio_s"])
+    opts = caller_options(spec, frames)
     n, stagger = len(opts), spec["stagger_s"]
 
     async def one(i, o):

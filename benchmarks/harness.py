@@ -1,17 +1,16 @@
 """Run one scenario through one pipeline: emulator, websocket server, caller simulator, samplers.
 
-Everything runs in one process (the machine has 2 cores, shared):
-
-* the :class:`~pipecat_rxdrain.emulator.SpeechEmulator` on its own thread and event loop;
+* the Speech emulator (:mod:`benchmarks.emulation`): in this process on its own thread and event
+  loop, or in its own process for the scale scenarios (``Scenario.emulator_process``);
 * a FastAPI app served by uvicorn on 127.0.0.1, on the benchmark's main event loop, where
   each call's Pipecat pipeline runs (``FastAPIWebsocketTransport`` + a Twilio serializer);
 * the caller simulator (:func:`pipecat_rxdrain.twilio.caller.simulate_call`, exact Twilio
-  messages, absolute 20 ms schedule) on a separate thread with its own event loop, so a
+  messages, absolute 20 ms schedule) in a child process (:mod:`benchmarks.caller_proc`), so a
   blocked pipeline loop cannot slow the caller down: its frames queue in the socket, as
   Twilio's would.
 
-``time.monotonic()`` is one clock for all of them, so the emulator's per-chunk receive
-times can be subtracted from the pipeline's per-frame stamps.
+``time.monotonic()`` is one clock for all of them (CLOCK_MONOTONIC is system-wide), so the
+emulator's per-chunk receive times can be subtracted from the pipeline's per-frame stamps.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ import psutil
 from fastapi import FastAPI, WebSocket
 from loguru import logger
 
+from .emulation import DEFAULT_TIMING, bench_script, make_emulator
+from .feed import FRAME_S, caller_options, loop_frames
 from .pipelines import BUILDERS, BuildOptions, CallProbe, HiccupProcessor, TranscriptCollector, stamping_serializer
-
-FRAME_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,15 @@ class Scenario:
     max_stream_s: float | None = None  # emulator's stream duration limit (Google: 305 s)
     small_window: bool = False  # emulator with small HTTP/2 windows (real back-pressure)
     stagger_s: float = 0.0  # spread call starts over this many seconds
+    jitter_ms: float = 0.0  # each send delayed by 0..J ms (J=16: ±8 ms around the mean)
+    pipeline_rate: int = 8000  # PipelineParams.audio_in_sample_rate (16000: the serializer resamples)
+    emulator_process: bool = False  # the emulator in its own process (scale scenarios)
+    timing: str | None = None  # emulator timing profile; None = the run's --timing
+    profile: bool = False  # sample the loop thread's stack for the µs/frame profile
+    reply: bool = False  # full mode: user aggregator -> rule LLM -> espeak TTS -> transport output
+    pipelines: tuple[str, ...] | None = None  # only these pipelines (None: all)
     plot: bool = False
-    group: str = "fault"  # "fault" | "scale"
+    group: str = "fault"  # "fault" | "scale" | "profile"
 
     @property
     def fault_window(self) -> tuple[float, float] | None:
@@ -85,18 +91,17 @@ class RunData:
     caller_errors: list[str] = field(default_factory=list)
     call_durations: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    script: list[str] = field(default_factory=list)  # the emulator's scripted finals, by position
+    emulator_cpu_s: float = float("nan")  # the emulator process's CPU (NaN: it ran in this process)
+    setup_end: float = 0.0  # monotonic time the last call of the scenario had started
+    profile: dict[str, float] = field(default_factory=dict)  # µs per frame by stage (profile scenarios)
+    timing: str = DEFAULT_TIMING
 
 
 # ----------------------------------------------------------------------------- caller
 
 
-def _loop_frames(audio_s: float) -> list[bytes]:
-    from pipecat_rxdrain.samples import sample_path
-    from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
-
-    base = wav_to_twilio_frames(sample_path("call_en"))
-    n = int(round(audio_s / FRAME_S))
-    return [base[i % len(base)] for i in range(n)]
+_loop_frames = loop_frames  # the old name
 
 
 class Callers:
@@ -106,8 +111,6 @@ class Callers:
         from pipecat_rxdrain.twilio.audio import silence_frames
         from pipecat_rxdrain.twilio.caller import send_schedule
 
-        from .caller_proc import options_for
-
         self.spec = {
             "url": url,
             "call_ids": call_ids,
@@ -116,11 +119,12 @@ class Callers:
             "stall_at_s": scenario.net_stall[0] if scenario.net_stall else None,
             "stall_s": scenario.net_stall[1] if scenario.net_stall else 0.0,
             "bunch": scenario.bunch,
+            "jitter_ms": scenario.jitter_ms,
             "stagger_s": scenario.stagger_s,
         }
         tail = len(silence_frames(1.0))
         self.schedules = {
-            o.custom_parameters["call"]: send_schedule(len(frames) + tail, o)[0] for o in options_for(self.spec, frames)
+            o.custom_parameters["call"]: send_schedule(len(frames) + tail, o)[0] for o in caller_options(self.spec, frames)
         }
         self.summaries: list[dict] = []
         self.error: str | None = None
@@ -240,16 +244,23 @@ class BenchServer:
             serializer = stamping_serializer(TwilioFrameSerializer, probe, end_call, **common)
         transport = FastAPIWebsocketTransport(
             websocket,
-            FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=False, add_wav_header=False, serializer=serializer),
+            FastAPIWebsocketParams(
+                audio_in_enabled=True, audio_out_enabled=scenario.reply, add_wav_header=False, serializer=serializer
+            ),
         )
         state["input"] = transport.input()
         procs = [state["input"], *BUILDERS[probe.pipeline](probe, opts)]
         if opts.hiccup:
             procs.append(HiccupProcessor(*opts.hiccup))
         procs.append(TranscriptCollector(probe))
+        if scenario.reply:
+            from .pipelines import reply_processors
+
+            turn, after = reply_processors()
+            procs += [*turn, transport.output(), *after]
         worker = PipelineWorker(
             Pipeline(procs),
-            params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+            params=PipelineParams(audio_in_sample_rate=opts.sample_rate, audio_out_sample_rate=8000),
             idle_timeout_secs=None,
             cancel_on_idle_timeout=False,
         )
@@ -315,39 +326,31 @@ class BenchServer:
 # ----------------------------------------------------------------------------- run
 
 
-def _script(n: int) -> list[str]:
-    """Unique per position (so lost / repeated finals are visible), real words from call_en."""
-    from pipecat_rxdrain.samples import load_sample
-
-    segs = load_sample("call_en").segments
-    return [f"{segs[i % len(segs)]} u{i}" for i in range(n)]
-
-
 def _thread_cpu(proc: psutil.Process) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in proc.threads()}
 
 
-async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeline: str) -> RunData:
-    """One scenario through one pipeline; returns the raw observations."""
-    from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
+async def run_scenario(
+    server: BenchServer, url: str, scenario: Scenario, pipeline: str, *, timing: str | None = None
+) -> RunData:
+    """One scenario through one pipeline; returns the raw observations.
 
-    limits = EmulatorLimits(max_stream_s=scenario.max_stream_s) if scenario.max_stream_s else None
-    emu = SpeechEmulator(script=_script(400), small_window=scenario.small_window, limits=limits)
-    emu.start()
+    ``timing`` is the run's emulator timing profile (``--timing``), unless the scenario pins one.
+    """
+    from .profiling import StageSampler, ThreadCpuSampler, profile_rows, thread_kind
+
+    emu = make_emulator(scenario, timing)
+    await emu.start()
     notes: list[str] = []
+    emulator_cpu = float("nan")
     try:
-        if scenario.server_stall:
-            emu.faults.stall(scenario.server_stall[1], after_s=scenario.server_stall[0], times=scenario.calls)
-        if scenario.abort_at_s is not None:
-            emu.faults.abort(after_s=scenario.abort_at_s, code="UNAVAILABLE", times=scenario.calls)
-
-        opts = BuildOptions(address=emu.address, hiccup=scenario.hiccup)
+        opts = BuildOptions(address=emu.address, hiccup=scenario.hiccup, sample_rate=scenario.pipeline_rate)
         if scenario.max_stream_s:
             # Scale the clients' proactive rotation like Google's: 240 s (+30 s grace) of 305 s.
             opts.stream_limit_s = scenario.max_stream_s * 240 / 305
             opts.rotate_grace_s = scenario.max_stream_s * 30 / 305
 
-        frames = _loop_frames(scenario.audio_s)
+        frames = loop_frames(scenario.audio_s)
         tag = uuid.uuid4().hex[:6]
         call_ids = [f"{pipeline}-{tag}-{i}" for i in range(scenario.calls)]
         probes = []
@@ -388,10 +391,13 @@ async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeli
                 threads.append((time.monotonic(), proc.num_threads()))
                 await asyncio.sleep(0.5)
 
-        excluded_names = ("emulator",)
+        loop_tid = threading.get_native_id()
         cpu0 = _thread_cpu(proc)
+        proc_cpu0 = sum(proc.cpu_times()[:2])
         t_begin = time.monotonic()
         samplers = [asyncio.create_task(c()) for c in (sample_q, sample_lag, sample_proc)]
+        thread_cpu = ThreadCpuSampler(proc).start() if scenario.profile else None
+        stage_sampler = StageSampler().start() if scenario.profile else None
         await caller.start()
         try:
             await caller.wait(timeout=scenario.audio_s + scenario.stagger_s + 60)
@@ -400,19 +406,31 @@ async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeli
             while any(cid in server.live for cid in call_ids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         finally:
+            if stage_sampler is not None:
+                stage_sampler.stop()
             for t in samplers:
                 t.cancel()
             await asyncio.gather(*samplers, return_exceptions=True)
         wall = time.monotonic() - t_begin
+        if thread_cpu is not None:
+            thread_cpu.stop()
+        # The process's CPU counts threads that have exited (the calls' STT threads); the emulator's threads
+        # (in-process only: alive the whole run) and the profile's CPU sampler are taken out.
         cpu1 = _thread_cpu(proc)
-        excluded = {t.native_id for t in threading.enumerate() if t.name.startswith(excluded_names) and t.native_id}
-        emu_thread = getattr(emu, "_thread", None)
-        if emu_thread is not None and emu_thread.native_id:
-            excluded.add(emu_thread.native_id)
-        cpu = 0.0
-        for tid, v in cpu1.items():
-            if tid not in excluded:
-                cpu += v - cpu0.get(tid, 0.0)
+        cpu = sum(proc.cpu_times()[:2]) - proc_cpu0
+        excluded = emu.thread_ids() if emu.in_process else set()
+        cpu -= sum(cpu1.get(tid, 0.0) - cpu0.get(tid, 0.0) for tid in excluded)
+        by_kind: dict[str, float] = {}
+        if thread_cpu is not None:
+            for tid, v in thread_cpu.seen.items():
+                if tid in excluded:
+                    continue
+                kind = thread_kind(thread_cpu.names.get(tid), tid == loop_tid)
+                by_kind[kind] = by_kind.get(kind, 0.0) + v - cpu0.get(tid, 0.0)
+            cpu -= by_kind.pop("sampler", 0.0)
+            # What the 0.25 s samples missed (a thread's last moments) goes to "other".
+            other = thread_kind(None, False)
+            by_kind[other] = by_kind.get(other, 0.0) + max(0.0, cpu - sum(by_kind.values()))
         stuck = [cid for cid in call_ids if cid in server.live]
         if stuck:
             notes.append(f"{len(stuck)} call(s) had not finished 20 s after the caller hung up")
@@ -422,10 +440,17 @@ async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeli
         for cid in call_ids:
             server.pending.pop(cid, None)
         await asyncio.sleep(0.3)  # last results / stream ends recorded by the emulator
-        streams = emu.streams
-    finally:
-        await asyncio.to_thread(emu.stop)
+        streams, emulator_cpu = await emu.finish()
+    except BaseException:
+        await emu.abort()
+        raise
 
+    started = [p.start_at for p in probes if p.start_at]
+    profile: dict[str, float] = {}
+    if stage_sampler is not None:
+        profile = profile_rows(
+            by_kind.get("loop", 0.0), by_kind, stage_sampler.shares(), emulator_cpu, sum(len(p.stamps) for p in probes)
+        )
     errors = [s["error"] for s in caller.summaries if s.get("error")] + ([caller.error] if caller.error else [])
     return RunData(
         scenario=scenario,
@@ -444,6 +469,11 @@ async def run_scenario(server: BenchServer, url: str, scenario: Scenario, pipeli
         caller_errors=errors,
         call_durations=[s["duration_s"] for s in caller.summaries],
         notes=notes + _take(server.failures),
+        script=bench_script(),
+        emulator_cpu_s=emulator_cpu,
+        setup_end=max(started) if started else t_begin,
+        profile=profile,
+        timing=scenario.timing or timing or DEFAULT_TIMING,
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 LOW_WATERMARK = 20
-BYTES_PER_S = 16000  # 8 kHz PCM16
+BYTES_PER_S = 16000  # 8 kHz PCM16 (the default pipeline rate; a run at 16 kHz uses 32000)
+SETUP_MARGIN_S = 1.0  # frames entering within this long after the last call started count as call setup
 
 
 def pct(values, p: float) -> float:
@@ -57,7 +58,7 @@ def _first_receipts(probe, streams) -> tuple[dict[int, float], list[str]]:
     return first, notes
 
 
-def _finals_latency(probe, streams, schedule) -> list[float]:
+def _finals_latency(probe, streams, schedule, bytes_per_s: int = BYTES_PER_S) -> list[float]:
     """Emulator final sent time - caller send time of the frame where the utterance's speech ended."""
     mine = sorted((s for s in streams if s.session == probe.session_key), key=lambda s: s.id)
     cum = [0]
@@ -70,13 +71,46 @@ def _finals_latency(probe, streams, schedule) -> list[float]:
         for r in st.results:
             if r.kind != "final":
                 continue
-            pos = probe.origins[s_i] + int(r.end_offset_s * BYTES_PER_S)
+            pos = probe.origins[s_i] + int(r.end_offset_s * bytes_per_s)
             j = min(len(probe.ledger) - 1, max(0, bisect.bisect_right(cum, pos) - 1))
             if j < 0 or not probe.ledger:
                 continue
-            idx = probe.ledger[j][0]
+            idx = probe.caller_frame(probe.ledger[j][0])
             if 0 <= idx < len(schedule):
                 out.append(r.sent_at - (probe.start_at + schedule[idx]))
+    return out
+
+
+def speech_end_offsets(audio_s: float) -> list[float]:
+    """Audio seconds at which each utterance of the caller's audio ends (end of its last speech frame),
+    by the emulator's own segmenter: the reference "end of speech" for every pipeline alike."""
+    from pipecat_rxdrain.emulator.segmenter import EnergySegmenter
+    from pipecat_rxdrain.twilio.audio import mulaw_decode
+
+    from .feed import loop_frames
+
+    pcm = mulaw_decode(b"".join(loop_frames(audio_s)) + b"\xff" * 8000)
+    seg = EnergySegmenter(8000)
+    events = seg.feed(np.frombuffer(pcm, dtype=np.int16)) + seg.flush()
+    return [e.end_s for e in events if e.kind == "end"]
+
+
+def reply_latencies(probe, schedule, ends_s: list[float]) -> list[float]:
+    """Per utterance: first bot audio sent to the caller after its end of speech - the caller's send time of
+    the utterance's last speech frame; only replies before the next utterance ended count (else no reply)."""
+    if not probe.start_at or not schedule:
+        return []
+    eos = []
+    for e in ends_s:
+        i = min(len(schedule) - 1, max(0, int(round(e / 0.02)) - 1))
+        eos.append(probe.start_at + schedule[i])
+    out = []
+    sent = sorted(probe.reply_audio_at)
+    for k, t in enumerate(eos):
+        nxt = eos[k + 1] if k + 1 < len(eos) else float("inf")
+        j = bisect.bisect_right(sent, t)
+        if j < len(sent) and sent[j] < nxt:
+            out.append(sent[j] - t)
     return out
 
 
@@ -85,9 +119,9 @@ def expected_utterances(audio_s: float) -> int:
     from pipecat_rxdrain.emulator.segmenter import EnergySegmenter
     from pipecat_rxdrain.twilio.audio import mulaw_decode
 
-    from .harness import _loop_frames
+    from .feed import loop_frames
 
-    pcm = mulaw_decode(b"".join(_loop_frames(audio_s)) + b"\xff" * 8000)
+    pcm = mulaw_decode(b"".join(loop_frames(audio_s)) + b"\xff" * 8000)
     seg = EnergySegmenter(8000)
     events = seg.feed(np.frombuffer(pcm, dtype=np.int16)) + seg.flush()
     return sum(1 for e in events if e.kind == "end")
@@ -108,18 +142,72 @@ def _recovery(times_vals: list[tuple[float, float]], after: float, threshold: fl
     return (later[0] - after) if later else None
 
 
+def stream_leads(streams, bytes_per_s: int) -> list[float]:
+    """Per stream, the max lead (s) of audio received over wall time since the stream opened.
+
+    lead after chunk k = (audio bytes received up to k) / bytes_per_s - (received_at(k) - started_at).
+    Positive = the client sent audio faster than real time (a drained backlog or a replay).
+    """
+    out = []
+    for st in streams:
+        got, best = 0, float("-inf")
+        for ch in st.chunks:
+            got += ch.size
+            best = max(best, got / bytes_per_s - (ch.received_at - st.started_at))
+        if st.chunks:
+            out.append(best)
+    return out
+
+
+def words_lost_vs_script(texts: list[str], script: list[str], expected: int) -> tuple[int, int, int]:
+    """(words lost, utterances with no final, extra finals) of one call against the emulator's script.
+
+    The script is positional: the n-th final of a session is ``script[n]`` (text + `` u<n>``). Every
+    word of ``script[0..expected)`` not delivered in the final tagged ``u<n>`` is lost; a tag past
+    ``expected`` or a repeated tag is an extra final (an utterance split in two, or a duplicate).
+    """
+    got: dict[int, list[str]] = {}
+    extra = 0
+    for t in texts:
+        body, _, tag = t.rpartition(" u")
+        if not tag.isdigit():
+            extra += 1
+            continue
+        i = int(tag)
+        if i in got or i >= expected:
+            extra += 1
+        got.setdefault(i, []).extend(body.split())
+    lost = missing = 0
+    for i in range(expected):
+        want = script[i].rpartition(" u")[0].split() if i < len(script) else []
+        have = list(got.get(i, []))
+        if i not in got:
+            missing += 1
+        for w in want:
+            if w in have:
+                have.remove(w)
+            else:
+                lost += 1
+    return lost, missing, extra
+
+
 def _wire_timeline(run, t0: float) -> list[tuple[float, float]]:
     probe = run.probes[0]
     first, _ = _first_receipts(probe, run.streams)
     sched = run.schedules.get(probe.call_id, [])
-    return sorted((t - t0, (t - (probe.start_at + sched[i])) * 1e3) for i, t in first.items() if i < len(sched))
+    out = []
+    for i, t in first.items():
+        c = probe.caller_frame(i)
+        if 0 <= c < len(sched):
+            out.append((t - t0, (t - (probe.start_at + sched[c])) * 1e3))
+    return sorted(out)
 
 
 def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
     sc = run.scenario
     ages, wire, all_first, notes = [], [], 0, list(run.notes)
     age_timeline: list[tuple[float, float]] = []
-    frames_in = 0
+    frames_in = media_in = 0
     finals_lat: list[float] = []
     delivered_finals = 0
     extra = missing = 0
@@ -128,43 +216,48 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
     before_stt, after_stt = [], []
     rx_drops = stt_drops = reconnects = 0
     drain_s = 0.0
+    rate = getattr(sc, "pipeline_rate", 8000)
+    bytes_per_s = 2 * rate
+    script = getattr(run, "script", None) or []
+    steady_from = getattr(run, "setup_end", 0.0) + SETUP_MARGIN_S
+    ages_setup, ages_steady = [], []
+    reply_lat: list[float] = []
+    replies_expected = 0
     for probe in run.probes:
         first, n = _first_receipts(probe, run.streams)
         notes += n
         frames_in += len(probe.stamps)
+        media_in += probe.media_in
         all_first += len(first)
         sched = run.schedules.get(probe.call_id, [])
         for idx, t in first.items():
             if idx < len(probe.stamps):
                 a = t - probe.stamps[idx]
                 ages.append(a)
+                (ages_steady if probe.stamps[idx] >= steady_from else ages_setup).append(a)
                 age_timeline.append((t, a))
                 at = probe.stt_at.get(idx)
                 if at is not None:
                     before_stt.append((at - probe.stamps[idx]) * 1e3)
                     after_stt.append((t - at) * 1e3)
-            if idx < len(sched) and probe.start_at:
-                wire.append(t - (probe.start_at + sched[idx]))
-        finals_lat += _finals_latency(probe, run.streams, sched)
+            c = probe.caller_frame(idx)
+            if 0 <= c < len(sched) and probe.start_at:
+                wire.append(t - (probe.start_at + sched[c]))
+        finals_lat += _finals_latency(probe, run.streams, sched, bytes_per_s)
+        if getattr(sc, "reply", False):
+            ends = speech_end_offsets(sc.audio_s)
+            replies_expected += len(ends)
+            reply_lat += reply_latencies(probe, sched, ends)
         texts = [t for _, t in probe.finals]
         delivered_finals += len(texts)
-        tags = [t.rsplit(" u", 1)[-1] for t in texts]
-        uniq = set(tags)
-        dup_texts = len(tags) - len(uniq)
         words_dup += sum(len(t.rsplit(" u", 1)[0].split()) for t in texts) - sum(
             len(t.rsplit(" u", 1)[0].split()) for t in {x: None for x in texts}
         )
-        if expected_utts is not None:
-            # The script is positional (u<n> = the session's n-th final): an index never delivered is a
-            # missing utterance, an index past the expected count means an utterance was split in two.
-            from pipecat_rxdrain.samples import load_sample
-
-            segs = load_sample("call_en").segments
-            got = {int(x) for x in uniq if x.isdigit()}
-            lost_idx = [i for i in range(expected_utts) if i not in got]
-            missing += len(lost_idx)
-            extra += sum(1 for i in got if i >= expected_utts) + dup_texts
-            words_lost += sum(len(segs[i % len(segs)].split()) for i in lost_idx)
+        if expected_utts is not None and script:
+            lost, miss, ext = words_lost_vs_script(texts, script, expected_utts)
+            words_lost += lost
+            missing += miss
+            extra += ext
         enqueue_us += probe.enqueue_us
         push_us += probe.push_audio_us
         write_ms += probe.write_ms
@@ -213,6 +306,9 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
     n_calls = max(1, len(run.probes))
     call_s = sc.audio_s + 1.0
     ms = [a * 1e3 for a in ages]
+    leads = stream_leads(run.streams, bytes_per_s)
+    emu_cpu = getattr(run, "emulator_cpu_s", float("nan"))
+    cpu_pct = 100.0 * run.cpu_s / max(run.wall_s, 1e-9) / n_calls
     wms = [a * 1e3 for a in wire]
     return {
         "scenario": sc.key,
@@ -222,12 +318,17 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         "pipeline": run.pipeline,
         "calls": n_calls,
         "frames_in": frames_in,
+        "media_in": media_in,
         "frames_read": all_first,
         "frames_lost": frames_in - all_first,
         "age_p50_ms": pct(ms, 50),
         "age_p95_ms": pct(ms, 95),
         "age_p99_ms": pct(ms, 99),
         "age_max_ms": max(ms) if ms else float("nan"),
+        "age_p99_steady_ms": pct([a * 1e3 for a in ages_steady], 99),
+        "age_p99_setup_ms": pct([a * 1e3 for a in ages_setup], 99),
+        "lead_max_ms": max(leads) * 1e3 if leads else float("nan"),
+        "lead_p50_ms": pct([x * 1e3 for x in leads], 50),
         "wire_age_p99_ms": pct(wms, 99),
         "age_to_stt_p50_ms": pct(before_stt, 50),
         "age_to_stt_p99_ms": pct(before_stt, 99),
@@ -255,6 +356,9 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         "loop_lag_fault_p99_ms": pct(lag_fault, 99) if lag_fault else float("nan"),
         "eos_final_p50_ms": pct([x * 1e3 for x in finals_lat], 50),
         "eos_final_p99_ms": pct([x * 1e3 for x in finals_lat], 99),
+        "reply_p50_ms": pct([x * 1e3 for x in reply_lat], 50),
+        "reply_max_ms": max(reply_lat) * 1e3 if reply_lat else float("nan"),
+        "replies": f"{len(reply_lat)}/{replies_expected}" if replies_expected else None,
         "finals_delivered": delivered_finals,
         "finals_expected": (expected_utts or 0) * n_calls if expected_utts is not None else None,
         "finals_missing": missing,
@@ -262,7 +366,12 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         "words_lost": words_lost,
         "words_dup": words_dup,
         "reconnects": reconnects,
-        "cpu_pct_per_call": 100.0 * run.cpu_s / max(run.wall_s, 1e-9) / n_calls,
+        "cpu_pct_per_call": cpu_pct,
+        "calls_per_core": 100.0 / cpu_pct if cpu_pct > 0 else float("nan"),
+        "emulator_cpu_pct_per_call": 100.0 * emu_cpu / max(run.wall_s, 1e-9) / n_calls,
+        "timing": getattr(run, "timing", "fast"),
+        "pipeline_rate": rate,
+        "profile": dict(getattr(run, "profile", {}) or {}),
         "cpu_s_per_call_min": run.cpu_s / n_calls / (call_s / 60.0),
         "rss_mb_per_min": rss_slope,
         "rss_fault_mb": rss_fault,

@@ -40,6 +40,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    OutputAudioRawFrame,
     StartFrame,
     TranscriptionFrame,
 )
@@ -75,6 +76,8 @@ class CallProbe:
     pipeline: str
     start_at: float = 0.0  # monotonic time the harness read Twilio's `start` (≈ caller's t0)
     stamps: list[float] = field(default_factory=list)  # frame index -> time it entered the pipeline
+    src: list[int] = field(default_factory=list)  # frame index -> index of the caller's last media message in it
+    media_in: int = 0  # media messages deserialized (at 16 kHz the resampler merges them into fewer frames)
     by_id: dict[int, int] = field(default_factory=dict)  # id(frame.audio) -> frame index (while in flight)
     ledger: list[tuple[int, int]] = field(default_factory=list)  # (frame index, bytes) in gRPC byte order
     origins: list[int] = field(default_factory=list)  # ledger byte position of each stream's first byte
@@ -96,11 +99,17 @@ class CallProbe:
     q_fn: object = None  # () -> (rx_q, stt_q), sampled by the harness
     stats_fn: object = None  # () -> None: fill the counters above at the end
     replay_buffer_id: int | None = None
+    reply_audio_at: list[float] = field(default_factory=list)  # times bot audio went out to the caller (reply scenario)
 
     def stamp(self, frame: InputAudioRawFrame, now: float) -> None:
         idx = len(self.stamps)
         self.stamps.append(now)
+        self.src.append(self.media_in - 1)
         self.by_id[id(frame.audio)] = idx
+
+    def caller_frame(self, idx: int) -> int:
+        """The caller's frame (schedule index) whose arrival completed pipeline frame ``idx``."""
+        return self.src[idx] if 0 <= idx < len(self.src) else idx
 
     def take(self, audio: bytes) -> int:
         return self.by_id.pop(id(audio), -1)
@@ -125,6 +134,8 @@ def stamping_serializer(base_cls, probe: CallProbe, on_stop, **kwargs):
 
     class Stamping(base_cls):
         async def deserialize(self, data):
+            if isinstance(data, str) and '"media"' in data:
+                probe.media_in += 1
             frame = await super().deserialize(data)
             if isinstance(frame, InputAudioRawFrame):
                 probe.stamp(frame, time.monotonic())
@@ -135,6 +146,12 @@ def stamping_serializer(base_cls, probe: CallProbe, on_stop, **kwargs):
                 except ValueError:
                     pass
             return frame
+
+        async def serialize(self, frame):
+            data = await super().serialize(frame)
+            if data and isinstance(frame, OutputAudioRawFrame):
+                probe.reply_audio_at.append(time.monotonic())  # written to the caller's socket next (loopback)
+            return data
 
     return Stamping(**kwargs)
 
@@ -396,6 +413,36 @@ class BlockingSyncWriter(FrameProcessor):
         self._client.transport.close()
 
 
+# ---------------------------------------------------------------------------------- reply (full mode)
+
+
+def reply_processors() -> tuple[list[FrameProcessor], list[FrameProcessor]]:
+    """The offline full-mode turn after the STT, as the example bot wires it with the offline services.
+
+    Returns (between STT and transport output, after transport output):
+    ``[user aggregator (Silero VAD), RuleBasedLLMService, EspeakTTSService]``, ``[assistant aggregator]``.
+    """
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
+    from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+    from pipecat_rxdrain.offline import EspeakTTSService, RuleBasedLLMService
+
+    # The turn ends on VAD stop + Pipecat's 0.6 s speech timeout + a transcript, so the STT's final is on the
+    # critical path. (Pipecat's default stop strategy, the Smart Turn model, left 3 of the sample's 5 turns
+    # unanswered here: it judged them incomplete while the caller went on talking.)
+    pair = LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=SileroVADAnalyzer(sample_rate=8000),
+            user_turn_strategies=UserTurnStrategies(stop=[SpeechTimeoutUserTurnStopStrategy()]),
+        ),
+    )
+    return [pair.user(), RuleBasedLLMService(), EspeakTTSService()], [pair.assistant()]
+
+
 # ---------------------------------------------------------------------------------- builders
 
 
@@ -405,6 +452,7 @@ class BuildOptions:
     stream_limit_s: float | None = None  # rotate before this (scaled Google limit); None = defaults
     rotate_grace_s: float | None = None
     hiccup: tuple[float, float] | None = None  # (every_s, block_s)
+    sample_rate: int = 8000  # the pipeline's audio_in_sample_rate, which the STT services get
 
 
 _FAKE_SA: str | None = None
@@ -452,12 +500,12 @@ def build_stock(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
 
     from pipecat_rxdrain.google_clients import emulator_client
 
-    svc = StockGoogleSTTService(credentials=fake_service_account(), sample_rate=8000)
+    svc = StockGoogleSTTService(credentials=fake_service_account(), sample_rate=opts.sample_rate)
     client = emulator_client(opts.address, api="v2", asynchronous=True)
     orig_sr = client.streaming_recognize
     probe.session_key = f"stock-{probe.call_id}"
     metadata = ((SESSION_KEY, probe.session_key),)
-    counters = {"yielded": 0}
+    counters = {"bytes": 0}
 
     async def streaming_recognize(*args, **kwargs):
         kwargs.setdefault("metadata", metadata)
@@ -472,13 +520,13 @@ def build_stock(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
 
     async def request_generator():
         # Each generator is one stream: its first audio byte is the next ledger byte.
-        probe.origins.append(counters["yielded"] * PCM_FRAME_BYTES)
+        probe.origins.append(counters["bytes"])
         async for request in orig_gen():
             t0 = time.perf_counter()
             yield request
             if request.audio:
                 probe.write_ms.append((time.perf_counter() - t0) * 1e3)
-                counters["yielded"] += 1
+                counters["bytes"] += len(request.audio)
 
     svc._request_generator = request_generator
 
@@ -500,7 +548,7 @@ def build_stock(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
 def build_blocking(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
     probe.session_key = f"blocking-{probe.call_id}"
     paced = PacedRxQueue(probe)
-    writer = BlockingSyncWriter(probe, opts.address)
+    writer = BlockingSyncWriter(probe, opts.address, sample_rate=opts.sample_rate)
     probe.q_fn = lambda: (paced.q, None)
 
     def stats():
@@ -552,7 +600,7 @@ def build_ours(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
         kwargs["rotate_grace_s"] = opts.rotate_grace_s
     svc = GoogleSTTService(
         endpoint=opts.address,
-        sample_rate=8000,
+        sample_rate=opts.sample_rate,
         settings=GoogleSTTSettings(languages=[Language.EN_US]),
         **kwargs,
     )

@@ -1,8 +1,10 @@
 """Side-by-side benchmark: stock Pipecat vs the blocking baseline vs pipecat-rxdrain, one run.
 
-    python -m benchmarks.run --quick        # < 2 min: a few short scenarios (make bench-quick)
-    python -m benchmarks.run --full         # ~15 min: every scenario of issue 9 (make bench)
+    python -m benchmarks.run --quick        # < 3 min: a few short scenarios (make bench-quick)
+    python -m benchmarks.run --full         # ~22 min: every scenario and the scale ladder (make bench)
     python -m benchmarks.run --only steady,net_stall_2s --full
+    python -m benchmarks.run --full --only ladder --pipelines stock,ours   # just the capacity ladder
+    python -m benchmarks.run --timing google   # emulator timing profile (realistic finals), default fast
     python -m benchmarks.run --report-only /tmp/rxdrain-bench-last-rows.pkl   # re-render the last run
 
 Each scenario runs through the three pipelines one after another (never at the same
@@ -11,6 +13,11 @@ emulator, fed by the caller simulator over the real websocket transport. ``--ful
 writes ``benchmarks/RESULTS.md`` and ``benchmarks/plots/*.png``; ``--quick`` writes the
 same into ``$TMPDIR/rxdrain-bench-quick/`` (``--out`` to choose). Prints a summary as it
 goes. Asserts nothing.
+
+The scale ladder (``scale_<N>``) climbs N per pipeline and stops climbing for a pipeline after two
+consecutive rungs that fail the capacity criterion (audio-age p99 < 200 ms and 0 drops; two, so one
+noisy rung on a shared machine does not end it), so a saturated pipeline does not spend minutes at N
+it cannot carry.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from pathlib import Path
 from loguru import logger
 
 HERE = Path(__file__).resolve().parent
+LADDER_STOP_AFTER = 2  # consecutive failing rungs before a pipeline stops climbing
 
 
-async def run_all(scenarios, pipelines, *, progress=print) -> list[dict]:
+async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=print) -> list[dict]:
     from .harness import BenchServer, run_scenario
     from .metrics import expected_utterances, summarize
+    from .scenarios import rung_passes
 
     server = BenchServer()
     url = await server.start()
@@ -40,19 +49,29 @@ async def run_all(scenarios, pipelines, *, progress=print) -> list[dict]:
         from .scenarios import smoke
 
         for pipeline in pipelines:
-            await run_scenario(server, url, smoke()[0], pipeline)
+            await run_scenario(server, url, smoke()[0], pipeline, timing=timing)
+        failed_rungs: dict[str, list[int]] = {}  # pipeline -> consecutive failing ladder N
         for sc in scenarios:
             expected = expected_utterances(sc.audio_s)
             for pipeline in pipelines:
+                if sc.pipelines is not None and pipeline not in sc.pipelines:
+                    continue
+                failed = failed_rungs.get(pipeline, [])
+                if sc.group == "scale" and len(failed) >= LADDER_STOP_AFTER:
+                    progress(f"  {sc.key:<18} {pipeline:<9} skipped: failed at N={', '.join(map(str, failed))}")
+                    continue
                 t0 = time.monotonic()
-                run = await run_scenario(server, url, sc, pipeline)
+                run = await run_scenario(server, url, sc, pipeline, timing=timing)
                 row = summarize(run, expected)
                 row["bench_wall_s"] = time.monotonic() - t0
                 rows.append(row)
+                if sc.group == "scale":
+                    failed_rungs[pipeline] = [] if rung_passes(row) else failed + [sc.calls]
                 progress(
                     f"  {sc.key:<18} {pipeline:<9} age p50/p99/max {row['age_p50_ms']:7.1f} {row['age_p99_ms']:8.1f} "
-                    f"{row['age_max_ms']:8.1f} ms  wire p99 {row['wire_age_p99_ms']:8.1f} ms  drops {row['drops']:4d}  "
-                    f"lost {row['frames_lost']:4d}  ({row['bench_wall_s']:.1f} s)"
+                    f"{row['age_max_ms']:8.1f} ms  steady p99 {row['age_p99_steady_ms']:8.1f}  wire p99 "
+                    f"{row['wire_age_p99_ms']:8.1f} ms  drops {row['drops']:4d}  lost {row['frames_lost']:4d}  "
+                    f"words lost {row['words_lost']:3d}  CPU/call {row['cpu_pct_per_call']:4.1f} %  ({row['bench_wall_s']:.1f} s)"
                 )
                 await asyncio.sleep(0.2)
     finally:
@@ -68,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated scenario keys to run")
     p.add_argument("--pipelines", default="stock,blocking,ours")
     p.add_argument(
+        "--timing", default=None, metavar="PROFILE",
+        help="emulator timing profile, passed to every emulator the run builds, in-process or its own process "
+        "(fast | google; default fast, the emulator's only timing before TimingProfile)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None,
         help="directory for RESULTS.md and plots/ (default: benchmarks/ with --full; a temp dir with --quick, "
         "so iterating never overwrites the committed full results)",
     )
     p.add_argument("--json", type=Path, help="also dump the rows as JSON here")
+    p.add_argument("--rows-out", type=Path, default=None, help="where to pickle the rows for --report-only (default: $TMPDIR)")
     p.add_argument("--no-report", action="store_true", help="print numbers only")
     p.add_argument("--report-only", type=Path, metavar="PKL", help="re-render the report from a saved run (see report.LAST_ROWS)")
     args = p.parse_args(argv)
@@ -96,24 +121,33 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("SPEECH_EMULATOR_HOST", None)
 
     from . import scenarios as S
+    from .emulation import DEFAULT_TIMING, timing_kwargs
 
+    args.timing = args.timing or DEFAULT_TIMING
+    try:
+        timing_kwargs(args.timing)
+    except ValueError as e:
+        p.error(str(e))
     scenarios = S.full() if args.full else S.quick()
     if args.only:
         keys = set(args.only.split(","))
+        if "ladder" in keys:  # every scale_<N> of the mode
+            keys.discard("ladder")
+            keys |= {s.key for s in scenarios if s.group == "scale"}
         pool = {s.key: s for s in S.full() + S.quick() + S.smoke() + S.checks()}
         scenarios = [s for s in scenarios if s.key in keys] + [pool[k] for k in keys if k not in {s.key for s in scenarios} and k in pool]
     pipelines = [x for x in args.pipelines.split(",") if x]
     mode_name = "full" if args.full else "quick"
-    print(f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines")
+    print(f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines, emulator timing {args.timing}")
     t0 = time.monotonic()
-    rows = asyncio.run(run_all(scenarios, pipelines))
+    rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing))
     elapsed = time.monotonic() - t0
     print(f"done in {elapsed:.0f} s")
     try:  # kept so the report can be re-rendered without re-running (--report-only)
         import pickle
         import tempfile
 
-        last = Path(tempfile.gettempdir()) / "rxdrain-bench-last-rows.pkl"
+        last = args.rows_out or Path(tempfile.gettempdir()) / "rxdrain-bench-last-rows.pkl"
         last.write_bytes(pickle.dumps({"rows": rows, "mode": mode_name, "elapsed_s": elapsed}))
     except OSError:
         pass
