@@ -11,7 +11,7 @@ from .harness import Scenario
 
 # The emulator timing of the realistic scenarios (a steady call and its variants, the reply): None follows the run's
 # --timing; "google" pins them to TimingProfile.GOOGLE (finals ~0.9 s after the end of speech) whatever --timing says.
-REALISTIC_TIMING: str | None = None
+REALISTIC_TIMING: str | None = "google"
 REALISTIC = ("steady", "jitter", "bunches_small", "steady_16k", "reply")
 LADDER = [10, 15, 20, 25, 30, 40, 50, 60]
 QUICK_LADDER = [10, 20]
