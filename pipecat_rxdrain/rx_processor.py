@@ -1,17 +1,5 @@
-"""Deprecated alias of :mod:`pipecat_rxdrain.rx.processor` (RX moved into the ``pipecat_rxdrain.rx`` package).
+"""Deprecated alias of :mod:`pipecat_rxdrain.rx.processor` (RX moved into the ``pipecat_rxdrain.rx`` package)."""
 
-Kept so that code importing the old path keeps working; import from
-``pipecat_rxdrain`` (the public names) or ``pipecat_rxdrain.rx.processor`` instead.
-"""
+from .rx import alias_moved_module
 
-import sys as _sys
-import warnings as _warnings
-
-from .rx import processor as _moved
-
-_warnings.warn(
-    "pipecat_rxdrain.rx_processor moved to pipecat_rxdrain.rx.processor; import from there or from pipecat_rxdrain",
-    DeprecationWarning,
-    stacklevel=2,
-)
-_sys.modules[__name__] = _moved
+alias_moved_module(__name__, "processor")

@@ -22,6 +22,17 @@ _WHERE = {
 }
 
 
+def alias_moved_module(old_name: str, new_name: str) -> None:
+    """Make the pre-0.2 module ``old_name`` an alias of ``pipecat_rxdrain.rx.<new_name>``, with a DeprecationWarning."""
+    import importlib
+    import sys
+    import warnings
+
+    new = f"{__name__}.{new_name}"
+    warnings.warn(f"{old_name} moved to {new}; import from there or from pipecat_rxdrain", DeprecationWarning, stacklevel=3)
+    sys.modules[old_name] = importlib.import_module(new)
+
+
 def __getattr__(name: str) -> Any:
     import importlib
 
