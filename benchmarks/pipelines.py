@@ -47,9 +47,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_rxdrain.baseline import BlockingSyncWriter as _BlockingSyncWriter
 from pipecat_rxdrain.baseline import PacedRxQueue
+from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY
 from pipecat_rxdrain.stt.replay import ReplayBuffer
 
-from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY  # noqa: E402  (the one definition)
 PCM_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
 PIPELINES = ("stock", "blocking", "ours")
 
