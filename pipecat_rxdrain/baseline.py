@@ -44,8 +44,11 @@ class PacedRxQueue(FrameProcessor):
     Guarantees (of the pattern, not of a fix): at most ``max_queue`` frames held; every drop counted in
     ``drops``; ``peak_q`` is the deepest the queue got; on ``EndFrame`` the rest is flushed, then the
     ``EndFrame`` goes on. ``stats`` is a dict kept up to date in place (``q``, ``peak_q``, ``drops``,
-    ``frames_in``, ``frames_out``), so a caller can hand it to whatever reports the call.
+    ``frames_in``, ``frames_out``, and ``drop_times``: ``time.time()`` of the first
+    :data:`MAX_DROP_TIMES` drops), so a caller can hand it to whatever reports the call.
     """
+
+    MAX_DROP_TIMES = 10_000
 
     def __init__(self, max_queue: int = 200, interval_s: float = 0.02, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -55,6 +58,7 @@ class PacedRxQueue(FrameProcessor):
         self._max = max_queue
         self._interval_s = interval_s
         self.stats: dict[str, Any] = {"mode": "paced", "q": 0, "peak_q": 0, "drops": 0, "frames_in": 0, "frames_out": 0}
+        self.stats["drop_times"] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._end: EndFrame | None = None
@@ -81,6 +85,8 @@ class PacedRxQueue(FrameProcessor):
             if len(self._q) >= self._max:
                 self._q.popleft()
                 s["drops"] += 1
+                if len(s["drop_times"]) < self.MAX_DROP_TIMES:
+                    s["drop_times"].append(time.time())  # wall clock: the demo reads it from another process
             self._q.append(frame)
             s["frames_in"] += 1
             s["q"] = len(self._q)
