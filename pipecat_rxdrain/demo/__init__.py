@@ -44,6 +44,7 @@ _SHOWN = re.compile(r"\[(RX|STT|BOT|TWILIO)\]|ERROR|Traceback")
 #: (name in the summary, BOT_AUDIO_PATH)
 PATHS = (("blocking", "blocking"), ("ours", "rxdrain"))
 DEFAULT_PLOT = "rxdrain-demo-audio-age.png"
+FIELD_REPLY = "1.6-2.3 s"  # the seed's headline field figure, end of speech -> the bot's answer
 QUICK = {"sample": "hello_en", "stall_at_s": 3.6, "stall_s": 2.5}
 FULL = {"sample": "call_en", "stall_at_s": 9.0, "stall_s": 3.0}
 
@@ -351,7 +352,11 @@ def _report(res: DemoResult, plot: str | Path | None) -> None:
         for text in pr.finals:
             print(f"  - {text}")
     print("\n" + _table([f"{p.name} ({p.audio_path})" for p in res.paths.values()], summary_rows(res)))
-    print("audio age: when the emulator got the audio minus when the caller spoke it; end of speech: the caller's clock")
+    print("audio age: when the emulator got each 20 ms frame minus when the caller sent it; end of speech: the caller's clock")
+    if res.replies:
+        print(f"the field figure we started from: {FIELD_REPLY} from the caller's end of speech to the bot's answer "
+              "(blocking path, Gemini + Google TTS); here the LLM and TTS are local and near-instant, so the gap "
+              "between the two columns is the receive path alone")
     if plot is not None:
         from .plot import plot_audio_age, plot_unavailable
 
