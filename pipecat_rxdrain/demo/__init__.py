@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..emulator import SpeechEmulator, TimingProfile
+from ..samples import Sample, load_sample
+from ..twilio.caller import CallerOptions, simulate_call
 from .measure import Chunk, audio_ages, chunks_of, finals_latency, percentile, reply_latency, speech_ends
 
 BOT_MODULE = "pipecat_rxdrain.examples.twilio_bot.bot"
@@ -45,8 +48,19 @@ _SHOWN = re.compile(r"\[(RX|STT|BOT|TWILIO)\]|ERROR|Traceback")
 PATHS = (("blocking", "blocking"), ("ours", "rxdrain"))
 DEFAULT_PLOT = "rxdrain-demo-audio-age.png"
 FIELD_REPLY = "1.6-2.3 s"  # the seed's headline field figure, end of speech -> the bot's answer
-QUICK = {"sample": "hello_en", "stall_at_s": 3.6, "stall_s": 2.5}
-FULL = {"sample": "call_en", "stall_at_s": 9.0, "stall_s": 3.0}
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """Which sample the caller plays and where its network stall is (audio seconds)."""
+
+    sample: str
+    stall_at_s: float
+    stall_s: float
+
+
+FULL = CallPlan("call_en", 9.0, 3.0)
+QUICK = CallPlan("hello_en", 3.6, 2.5)  # --quick, for CI
 
 
 class _BotProcess:
@@ -102,12 +116,6 @@ class _BotProcess:
         for t in self._threads:
             t.join(2)
         return code
-
-
-def _get_json(url: str, token: str) -> dict:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read().decode())
 
 
 def _get_json(url: str, token: str) -> dict:
@@ -252,19 +260,15 @@ def _wait_for_call(url: str, token: str, call_sid: str, timeout: float) -> dict 
 
 def run_demo(
     *,
-    sample: str = FULL["sample"],
-    stall_at_s: float = FULL["stall_at_s"],
-    stall_s: float = FULL["stall_s"],
+    sample: str = FULL.sample,
+    stall_at_s: float = FULL.stall_at_s,
+    stall_s: float = FULL.stall_s,
     echo: bool = True,
     timing: str = "google",
     seed: int = 7,
     replies: bool = True,
     plot: str | Path | None = DEFAULT_PLOT,
 ) -> DemoResult:
-    from ..emulator import SpeechEmulator, TimingProfile
-    from ..samples import load_sample
-    from ..twilio.caller import CallerOptions, simulate_call
-
     meta = load_sample(sample)
     profile = TimingProfile.parse(timing)
     ends = speech_ends(meta.pcm16, meta.sample_rate)
@@ -279,7 +283,7 @@ def run_demo(
         print(f"replies skipped: {problem}; the bots only transcribe", flush=True)
     res = DemoResult(sample, meta.segments, ends, (stall_at_s, stall_s), answer, problem,
                      {name: PathResult(name, ap) for name, ap in PATHS})
-    emus: dict[str, Any] = {}
+    emus: dict[str, SpeechEmulator] = {}
     bots: dict[str, _BotProcess] = {}
     token = secrets.token_urlsafe(24)
     try:
@@ -299,7 +303,7 @@ def run_demo(
             )
             bots[name] = _BotProcess(name, env, echo)  # both start at once; the calls run one after the other
         for name, _ap in PATHS:
-            _run_one(res.paths[name], bots[name], emus[name], meta, stall_at_s, stall_s, token, CallerOptions, simulate_call)
+            _run_one(res.paths[name], bots[name], emus[name], meta, ends, (stall_at_s, stall_s), token)
     finally:
         for bot in bots.values():
             if bot.proc.poll() is None:
@@ -310,7 +314,10 @@ def run_demo(
     return res
 
 
-def _run_one(pr: PathResult, bot: _BotProcess, emu, meta, stall_at_s, stall_s, token, CallerOptions, simulate_call) -> None:
+def _run_one(pr: PathResult, bot: _BotProcess, emu: SpeechEmulator, meta: Sample, ends: list[float],
+             stall: tuple[float, float], token: str) -> None:
+    """One call through one bot; fills ``pr`` with what the bot, the caller and the emulator saw."""
+    stall_at_s, stall_s = stall
     url = bot.wait_ready(timeout=90)
     port = url.rsplit(":", 1)[1]
     print(f"\n-- {pr.name}: example bot (BOT_AUDIO_PATH={pr.audio_path}) on {url}, pid {bot.proc.pid}; "
@@ -341,7 +348,6 @@ def _run_one(pr: PathResult, bot: _BotProcess, emu, meta, stall_at_s, stall_s, t
     chunks: list[Chunk] = chunks_of(emu.streams)
     pr.ages = audio_ages(chunks, t0, [t - wall_minus_mono for t in call.get("rx", {}).get("drop_times", [])])
     final_times = [f["at"] - wall_minus_mono for f in call.get("finals", [])]
-    ends = speech_ends(meta.pcm16, meta.sample_rate)
     pr.eos_to_final = finals_latency(final_times, ends, t0)
     pr.eos_to_reply = reply_latency(summary.sound_received_at, ends, t0, final_times)
 
@@ -393,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         return rx_main(argv)
     p = argparse.ArgumentParser(prog="rxdrain demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--rx-only", action="store_true", help="run only the RX back-pressure demo")
-    p.add_argument("--quick", action="store_true", help=f"a shorter call ({QUICK['sample']}.wav), for CI")
-    p.add_argument("--sample", default=None, help=f"bundled sample (default {FULL['sample']}; --quick: {QUICK['sample']})")
+    p.add_argument("--quick", action="store_true", help=f"a shorter call ({QUICK.sample}.wav), for CI")
+    p.add_argument("--sample", default=None, help=f"bundled sample (default {FULL.sample}; --quick: {QUICK.sample})")
     p.add_argument("--stall-at", type=float, default=None, help="audio second the network stall starts")
     p.add_argument("--stall-s", type=float, default=None, help="stall length in seconds")
     p.add_argument("--timing", default="google", choices=("google", "fast"), help="the emulator's answer timing")
@@ -407,16 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     base = QUICK if args.quick else FULL
     try:
         res = run_demo(
-            sample=args.sample or base["sample"],
-            stall_at_s=base["stall_at_s"] if args.stall_at is None else args.stall_at,
-            stall_s=base["stall_s"] if args.stall_s is None else args.stall_s,
+            sample=args.sample or base.sample,
+            stall_at_s=base.stall_at_s if args.stall_at is None else args.stall_at,
+            stall_s=base.stall_s if args.stall_s is None else args.stall_s,
             echo=not args.quiet,
             timing=args.timing,
             seed=args.seed,
             replies=not args.no_replies,
             plot=None if args.no_plot else args.plot,
         )
-    except (RuntimeError, FileNotFoundError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError) as e:  # FileNotFoundError and URLError are OSErrors
         print(f"demo: {e}", file=sys.stderr)
         return 1
     return res.exit_code
