@@ -7,10 +7,11 @@
   ``SpeechAsyncClient`` on an insecure loopback channel. The only other change is that
   ``_client.streaming_recognize`` is wrapped to add ``x-rxdrain-session`` metadata, so the
   emulator can tell concurrent calls apart (all channels in one process share a peer).
-* ``blocking``: the pattern the project started from. :class:`PacedRxQueue` holds at most
-  200 frames (drop-oldest) and releases one frame, then sleeps 20 ms, whatever the backlog;
-  :class:`BlockingSyncWriter` hands each frame to a *synchronous* ``streaming_recognize``
-  through a one-slot ``queue.Queue`` and waits, on the event loop, until gRPC takes it.
+* ``blocking``: the pattern the project started from, :mod:`pipecat_rxdrain.baseline` (one copy,
+  shared with ``rxdrain demo``). ``PacedRxQueue`` holds at most 200 frames (drop-oldest) and
+  releases one frame, then sleeps 20 ms, whatever the backlog; ``BlockingSyncWriter`` hands each
+  frame to a *synchronous* ``streaming_recognize`` through a one-slot ``queue.Queue`` and waits,
+  on the event loop, until gRPC takes it (here subclassed to feed the call's probe).
 * ``ours``: ``transport.input() -> RxDrainProcessor(sink=stt) -> pipecat_rxdrain GoogleSTTService``.
 
 All three get the caller simulator's Twilio frames through ``FastAPIWebsocketTransport``
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 import uuid
@@ -46,9 +46,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from pipecat_rxdrain.baseline import BlockingSyncWriter as _BlockingSyncWriter
+from pipecat_rxdrain.baseline import PacedRxQueue
+from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY
 from pipecat_rxdrain.stt.replay import ReplayBuffer
 
-from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY  # noqa: E402  (the one definition)
 PCM_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
 PIPELINES = ("stock", "blocking", "ours")
 
@@ -208,209 +210,34 @@ class HiccupProcessor(FrameProcessor):
 # ---------------------------------------------------------------------------------- blocking
 
 
-class PacedRxQueue(FrameProcessor):
-    """The original receive queue: bounded (drop-oldest), releasing one frame then sleeping 20 ms, always.
-
-    Even when 200 frames are waiting it releases at (slightly below) real time, so a
-    backlog never shrinks and the per-frame ``asyncio.sleep`` overshoot makes it grow.
-    """
-
-    def __init__(self, probe: CallProbe, max_queue: int = 200, interval_s: float = 0.02, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._probe = probe
-        self._q: deque[InputAudioRawFrame] = deque()
-        self._max = max_queue
-        self._interval_s = interval_s
-        self.drops = 0
-        self.peak_q = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._end: EndFrame | None = None
-
-    @property
-    def q(self) -> int:
-        return len(self._q)
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, StartFrame):
-            await self.push_frame(frame, direction)
-            self._task = self.create_task(self._pace(), name="paced_rx")
-        elif isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
-            if len(self._q) >= self._max:
-                self._q.popleft()
-                self.drops += 1
-            self._q.append(frame)
-            self.peak_q = max(self.peak_q, len(self._q))
-            self._wake.set()
-        elif isinstance(frame, EndFrame):
-            self._end = frame
-            self._wake.set()
-        elif isinstance(frame, CancelFrame):
-            self._q.clear()
-            await self._stop()
-            await self.push_frame(frame, direction)
-        else:
-            await self.push_frame(frame, direction)
-
-    async def _pace(self):
-        while True:
-            if self._q:
-                await self.push_frame(self._q.popleft())
-                if self._end is None:
-                    await asyncio.sleep(self._interval_s)  # "real time", whatever the backlog
-                else:
-                    await asyncio.sleep(0)  # ending: flush
-            elif self._end is not None:
-                await self.push_frame(self._end)
-                return
-            else:
-                self._wake.clear()
-                await self._wake.wait()
-
-    async def _stop(self):
-        task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
-            await self.cancel_task(task)
-
-    async def cleanup(self):
-        await super().cleanup()
-        await self._stop()
-
-
-class _SyncStream:
-    """One synchronous StreamingRecognize call fed from a one-slot queue, with a reader thread."""
-
-    _END = object()
-
-    def __init__(self, client, recognizer: str, config, metadata, on_final) -> None:
-        from google.cloud.speech_v2.types import cloud_speech
-
-        self._cs = cloud_speech
-        self.requests: queue.Queue = queue.Queue(maxsize=1)
-        self.dead = threading.Event()
-        first = cloud_speech.StreamingRecognizeRequest(recognizer=recognizer, streaming_config=config)
-
-        def gen():
-            yield first
-            while True:
-                item = self.requests.get()
-                if item is self._END:
-                    return
-                yield item
-
-        self._responses = None
-
-        def read():
-            # The call is opened here: the client prefetches the first response when the
-            # call is created, which would deadlock a caller that must write audio first.
-            try:
-                self._responses = client.streaming_recognize(requests=gen(), retry=None, metadata=metadata)
-                for response in self._responses:
-                    for result in response.results:
-                        if result.is_final and result.alternatives:
-                            on_final(result.alternatives[0].transcript)
-            except Exception:
-                pass
-            finally:
-                self.dead.set()
-
-        self.reader = threading.Thread(target=read, name="bench-blocking-reader", daemon=True)
-        self.reader.start()
-
-    def put(self, audio: bytes) -> bool:
-        """Block until gRPC takes the previous request (the pathology), unless the stream died."""
-        req = self._cs.StreamingRecognizeRequest(audio=audio)
-        while True:
-            try:
-                self.requests.put(req, timeout=0.05)
-                return True
-            except queue.Full:
-                if self.dead.is_set():
-                    return False
-
-    def close(self, timeout: float) -> None:
-        try:
-            self.requests.put(self._END, timeout=timeout)
-        except queue.Full:
-            pass
-        self.reader.join(timeout)
-        if self.reader.is_alive() and self._responses is not None:
-            self._responses.cancel()
-            self.reader.join(2.0)
-
-
-class BlockingSyncWriter(FrameProcessor):
-    """The original STT write path: a synchronous gRPC stream written from the event loop."""
+class BlockingSyncWriter(_BlockingSyncWriter):
+    """The package's blocking baseline writer, observed by the call's probe (ledger, write times, finals)."""
 
     def __init__(self, probe: CallProbe, address: str, sample_rate: int = 8000, **kwargs) -> None:
-        super().__init__(**kwargs)
-        from google.cloud.speech_v2.types import cloud_speech
-
-        from pipecat_rxdrain.google_clients import emulator_client
-
+        super().__init__(address, sample_rate=sample_rate, language="en-US", session_key=probe.session_key, **kwargs)
         self._probe = probe
-        self._client = emulator_client(address, api="v2", asynchronous=False)
-        self._config = cloud_speech.StreamingRecognitionConfig(
-            config=cloud_speech.RecognitionConfig(
-                explicit_decoding_config=cloud_speech.ExplicitDecodingConfig(
-                    encoding=cloud_speech.ExplicitDecodingConfig.AudioEncoding.LINEAR16,
-                    sample_rate_hertz=sample_rate,
-                    audio_channel_count=1,
-                ),
-                language_codes=["en-US"],
-                model="latest_long",
-            ),
-            streaming_features=cloud_speech.StreamingRecognitionFeatures(interim_results=True),
-        )
-        self._recognizer = "projects/bench-project/locations/global/recognizers/_"
-        self._metadata = ((SESSION_KEY, probe.session_key),)
-        self._stream: _SyncStream | None = None
-        self._streams: list[_SyncStream] = []
         self._ledger_bytes = 0
+        self._idx = -1
 
-    def _on_final(self, text: str) -> None:  # reader thread
+    def on_final(self, text: str) -> None:  # reader thread
         self._probe.finals.append((time.monotonic(), text))
 
-    def _write(self, audio: bytes) -> None:
-        probe = self._probe
-        probe.at_stt(audio, time.monotonic())
-        idx = probe.take(audio)
-        for _ in range(2):
-            if self._stream is None or self._stream.dead.is_set():
-                if self._stream is not None:
-                    probe.reconnects += 1
-                self._stream = _SyncStream(self._client, self._recognizer, self._config, self._metadata, self._on_final)
-                self._streams.append(self._stream)
-                probe.origins.append(self._ledger_bytes)
-            t0 = time.perf_counter()
-            ok = self._stream.put(audio)
-            dt = time.perf_counter() - t0
-            probe.enqueue_us.append(dt * 1e6)
-            probe.write_ms.append(dt * 1e3)
-            if ok:
-                probe.ledger.append((idx, len(audio)))
-                self._ledger_bytes += len(audio)
-                return
+    def on_stream_opened(self, reopened: bool) -> None:
+        if reopened:
+            self._probe.reconnects += 1
+        self._probe.origins.append(self._ledger_bytes)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
-            self._write(frame.audio)  # blocking, on the event loop: the point of this baseline
-            return
-        if isinstance(frame, (EndFrame, CancelFrame)):
-            self._close(2.0 if isinstance(frame, EndFrame) else 0.1)
-        await self.push_frame(frame, direction)
+    def on_write(self, audio: bytes, seconds: float, ok: bool) -> None:
+        self._probe.enqueue_us.append(seconds * 1e6)
+        self._probe.write_ms.append(seconds * 1e3)
+        if ok:
+            self._probe.ledger.append((self._idx, len(audio)))
+            self._ledger_bytes += len(audio)
 
-    def _close(self, timeout: float) -> None:
-        streams, self._streams, self._stream = self._streams, [], None
-        for s in streams:
-            s.close(timeout)
-
-    async def cleanup(self):
-        await super().cleanup()
-        self._close(0.1)
-        self._client.transport.close()
+    def write_blocking(self, audio: bytes) -> None:
+        self._probe.at_stt(audio, time.monotonic())
+        self._idx = self._probe.take(audio)
+        super().write_blocking(audio)
 
 
 # ---------------------------------------------------------------------------------- reply (full mode)
@@ -547,7 +374,7 @@ def build_stock(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
 
 def build_blocking(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
     probe.session_key = f"blocking-{probe.call_id}"
-    paced = PacedRxQueue(probe)
+    paced = PacedRxQueue()
     writer = BlockingSyncWriter(probe, opts.address, sample_rate=opts.sample_rate)
     probe.q_fn = lambda: (paced.q, None)
 

@@ -8,8 +8,13 @@ signature, per-call media token, the Media Streams handshake, call slots,
 bounded input, /stats, /healthz, clean shutdown) is ``pipecat_rxdrain.twilio``.
 
 Transcribe-only unless LLM/TTS credentials are set (``GOOGLE_API_KEY`` for Gemini and
-Google Cloud credentials for TTS): then it answers the caller. Every setting is an
-environment variable (see ``.env.example`` next to this file), checked at start-up.
+Google Cloud credentials for TTS): then it answers the caller. ``BOT_MODE=offline`` answers
+with no account and no network: a rule-based LLM service and espeak-ng speech
+(``pipecat_rxdrain.offline``), real Pipecat services in the same places in the pipeline.
+``BOT_AUDIO_PATH=blocking`` swaps RX back-pressure + our STT for the blocking pattern the
+project started from (``pipecat_rxdrain.baseline``, emulator only) so ``rxdrain demo`` can run
+the same call through both. Every setting is an environment variable (see ``.env.example``
+next to this file), checked at start-up.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ class BotConfig(ServerConfig):
     google_credentials_path: str | None = setting("GOOGLE_APPLICATION_CREDENTIALS", None, kind=str)
     google_credentials_json: str | None = setting("GOOGLE_CREDENTIALS_JSON", None, kind=str, secret=True)
     google_api_key: str | None = setting("GOOGLE_API_KEY", None, kind=str, secret=True)
-    bot_mode: str = setting("BOT_MODE", "auto", choices=("auto", "transcribe", "full"))
+    bot_mode: str = setting("BOT_MODE", "auto", choices=("auto", "transcribe", "full", "offline"))
+    audio_path: str = setting("BOT_AUDIO_PATH", "rxdrain", choices=("rxdrain", "blocking"))
     llm_model: str | None = setting("LLM_MODEL", None, kind=str)
-    tts_voice: str | None = setting("TTS_VOICE", None, kind=str)
+    tts_voice: str | None = setting("TTS_VOICE", None, kind=str)  # offline mode: an espeak-ng voice (default en-us)
     system_prompt: str = setting("SYSTEM_PROMPT", "You are a helpful phone assistant. Answer briefly, in the caller's language.")
     rx_max_queue: int = setting("RX_MAX_QUEUE", 200, positive=True, max=50_000)
     rx_high_watermark: int = setting("RX_HIGH_WATERMARK", 100, positive=True)
@@ -56,9 +62,14 @@ class BotConfig(ServerConfig):
         return bool(self.speech_emulator_host)
 
     @property
+    def offline_replies(self) -> bool:
+        """Answer with the offline services (rule-based LLM + espeak-ng) rather than Gemini + Google TTS."""
+        return self.bot_mode == "offline"
+
+    @property
     def full_mode(self) -> bool:
-        """Answer the caller (Gemini + Google TTS) rather than only transcribe."""
-        return self.bot_mode != "transcribe" and self._has_llm_tts_credentials
+        """Answer the caller (Gemini + Google TTS, or the offline services) rather than only transcribe."""
+        return self.offline_replies or (self.bot_mode != "transcribe" and self._has_llm_tts_credentials)
 
     @property
     def _has_llm_tts_credentials(self) -> bool:
@@ -79,6 +90,17 @@ class BotConfig(ServerConfig):
             )
         if self.bot_mode == "full" and not self._has_llm_tts_credentials:
             raise ConfigError("BOT_MODE=full needs GOOGLE_API_KEY (Gemini) and Google Cloud credentials (TTS)")
+        if self.offline_replies:
+            try:
+                from pipecat_rxdrain.offline.espeak import EspeakError, find_espeak
+            except ImportError as e:
+                raise ConfigError(f"BOT_MODE=offline needs the pipecat_rxdrain.offline services ({e})") from None
+            try:
+                find_espeak()
+            except EspeakError as e:
+                raise ConfigError(f"BOT_MODE=offline: {e}") from None
+        if self.audio_path == "blocking" and not self.speech_emulator_host:
+            raise ConfigError("BOT_AUDIO_PATH=blocking (the baseline we replace) runs only against the emulator: set SPEECH_EMULATOR_HOST")
 
     def credentials_problem(self) -> str | None:
         return check_google_credentials(
@@ -114,31 +136,33 @@ def make_stt(cfg: BotConfig):
     )
 
 
-def build_pipeline(cfg: BotConfig, call: MediaStreamCall) -> list:
-    """transport in -> RX back-pressure -> STT -> (VAD | Gemini -> TTS) -> transport out."""
-    from pipecat.audio.vad.silero import SileroVADAnalyzer
+def make_audio_path(cfg: BotConfig, call: MediaStreamCall) -> list:
+    """The processors from transport input to the first transcript: RX back-pressure -> our STT, or
+    (``BOT_AUDIO_PATH=blocking``) the blocking baseline we replace: a paced queue -> a synchronous gRPC writer."""
+    if cfg.audio_path == "blocking":
+        from pipecat_rxdrain.baseline import BlockingSyncWriter, PacedRxQueue
+
+        paced = PacedRxQueue(max_queue=cfg.rx_max_queue)
+        call.record.rx = paced.stats  # kept up to date in place: /stats shows its q, peak_q, drops
+        return [paced, BlockingSyncWriter(cfg.speech_emulator_host, sample_rate=8000, language=cfg.stt_language)]
 
     from pipecat_rxdrain.rx.processor import RxDrainParams, RxDrainProcessor
-    from pipecat_rxdrain.twilio.transcripts import TranscriptRecorder
 
-    full = cfg.full_mode
-    call.record.mode = "full" if full else "transcribe"
-    # transcribe-only: nothing to play, so no trailing silence either
-    transport = call.transport(audio_out_end_silence_secs=2 if full else 0)
     stt = make_stt(cfg)
     rx = RxDrainProcessor(
         params=RxDrainParams(max_queue=cfg.rx_max_queue, high_watermark=cfg.rx_high_watermark, low_watermark=cfg.rx_low_watermark),
         sink=stt,  # RX releases only what the STT queue can take
     )
-    transcripts = TranscriptRecorder(call.record)
-    vad = SileroVADAnalyzer(sample_rate=8000)
-    if not full:
-        from pipecat.processors.audio.vad_processor import VADProcessor
+    return [rx, stt]
 
-        return [transport.input(), rx, stt, VADProcessor(vad_analyzer=vad), transcripts, transport.output()]
 
-    from pipecat.processors.aggregators.llm_context import LLMContext
-    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
+def make_llm_tts(cfg: BotConfig) -> tuple[Any, Any]:
+    """The reply services: offline (rule-based LLM + espeak-ng) or Gemini + Google TTS."""
+    if cfg.offline_replies:
+        from pipecat_rxdrain.offline import EspeakTTSService, RuleBasedLLMService
+
+        return RuleBasedLLMService(), EspeakTTSService(voice=cfg.tts_voice or "en-us")
+
     from pipecat.services.google.llm import GoogleLLMService
     from pipecat.services.google.tts import GoogleTTSService
 
@@ -148,9 +172,41 @@ def build_pipeline(cfg: BotConfig, call: MediaStreamCall) -> list:
     tts_kwargs: dict[str, Any] = {"credentials": cfg.google_credentials_json, "credentials_path": cfg.google_credentials_path, "sample_rate": 8000}
     if cfg.tts_voice:
         tts_kwargs["settings"] = GoogleTTSService.Settings(voice=cfg.tts_voice)
-    pair = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(vad_analyzer=vad))
-    return [transport.input(), rx, stt, transcripts, pair.user(), GoogleLLMService(api_key=cfg.google_api_key, settings=llm_settings),
-            GoogleTTSService(**tts_kwargs), transport.output(), pair.assistant()]
+    return GoogleLLMService(api_key=cfg.google_api_key, settings=llm_settings), GoogleTTSService(**tts_kwargs)
+
+
+def build_pipeline(cfg: BotConfig, call: MediaStreamCall) -> list:
+    """transport in -> RX back-pressure -> STT -> (VAD | user turn -> LLM -> TTS) -> transport out."""
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+
+    from pipecat_rxdrain.twilio.transcripts import TranscriptRecorder
+
+    full = cfg.full_mode
+    call.record.mode = ("offline" if cfg.offline_replies else "full") if full else "transcribe"
+    # transcribe-only: nothing to play, so no trailing silence either
+    transport = call.transport(audio_out_end_silence_secs=2 if full else 0)
+    front = make_audio_path(cfg, call)
+    transcripts = TranscriptRecorder(call.record)
+    vad = SileroVADAnalyzer(sample_rate=8000)
+    if not full:
+        from pipecat.processors.audio.vad_processor import VADProcessor
+
+        return [transport.input(), *front, VADProcessor(vad_analyzer=vad), transcripts, transport.output()]
+
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
+
+    user_params = LLMUserAggregatorParams(vad_analyzer=vad)
+    if cfg.offline_replies:
+        from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+        from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+        # The turn ends on VAD stop + Pipecat's speech timeout + a transcript, so the STT's final is on the
+        # critical path of end of speech -> reply, which is what the offline mode is for measuring.
+        user_params.user_turn_strategies = UserTurnStrategies(stop=[SpeechTimeoutUserTurnStopStrategy()])
+    pair = LLMContextAggregatorPair(LLMContext(), user_params=user_params)
+    llm, tts = make_llm_tts(cfg)
+    return [transport.input(), *front, transcripts, pair.user(), llm, tts, transport.output(), pair.assistant()]
 
 
 def create_app(cfg: BotConfig):

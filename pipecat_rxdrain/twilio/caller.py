@@ -41,6 +41,7 @@ from .audio import FRAME_MS, silence_frames, wav_to_twilio_frames
 from .messages import connected_message, media_message, start_message, stop_message
 
 FRAME_S = FRAME_MS / 1000.0
+_MULAW_SILENCE = b"\xff\x7f"  # mu-law +0 and -0
 
 
 def _sid(prefix: str) -> str:
@@ -117,13 +118,19 @@ class CallSummary:
     close_code: int | None = None
     close_reason: str = ""
     error: str | None = None
+    # time.monotonic() of the schedule's zero (frame i is spoken at audio_t0 + i * 20 ms), and of each
+    # bot media message that carried sound (not all mu-law silence), in arrival order
+    audio_t0: float | None = None
+    sound_received_at: list[float] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["sound_received"] = len(d.pop("sound_received_at"))  # the count; the times stay on the object
+        return d
 
 
 def _load_frames(opts: CallerOptions) -> list[bytes]:
@@ -232,7 +239,10 @@ class _Receiver:
         if event == "media":
             self.summary.received_media += 1
             try:
-                self.summary.received_media_bytes += len(base64.b64decode(msg["media"]["payload"]))
+                payload = base64.b64decode(msg["media"]["payload"])
+                self.summary.received_media_bytes += len(payload)
+                if payload.strip(_MULAW_SILENCE):
+                    self.summary.sound_received_at.append(time.monotonic())
             except Exception:
                 self.summary.received_other += 1
         elif event == "mark":
@@ -315,7 +325,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
                             )
                         )
                     )
-                t0 = time.monotonic()
+                t0 = summary.audio_t0 = time.monotonic()
                 for i, (frame, due) in enumerate(zip(frames, times)):
                     wall_due = t0 + due / opts.speed
                     delay = wall_due - time.monotonic()
