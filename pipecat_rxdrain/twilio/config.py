@@ -160,6 +160,8 @@ class ServerConfig:
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 8.0, positive=True, max=600)
     # /stats shows caller transcripts: it needs "Authorization: Bearer <STATS_TOKEN>", and is off (404) without one.
     stats_token: str | None = setting("STATS_TOKEN", None, kind=str, secret=True)
+    # /metrics (Prometheus) needs "Authorization: Bearer <METRICS_TOKEN>", and is off (404) without one.
+    metrics_token: str | None = setting("METRICS_TOKEN", None, kind=str, secret=True)
     max_webhook_bytes: int = setting("MAX_WEBHOOK_BYTES", 64 * 1024, positive=True, max=16 * 1024 * 1024)
     # a request (headers and body) must arrive within this; an idle pre-start socket is closed after it
     request_timeout_s: float = setting("REQUEST_TIMEOUT_S", 10.0, positive=True, max=300)
@@ -184,6 +186,8 @@ class ServerConfig:
             raise ConfigError("MEDIA_TOKEN_SECRET must be at least 16 bytes")
         if self.stats_token is not None and len(self.stats_token.encode()) < 16:
             raise ConfigError("STATS_TOKEN must be at least 16 bytes")
+        if self.metrics_token is not None and len(self.metrics_token.encode()) < 16:
+            raise ConfigError("METRICS_TOKEN must be at least 16 bytes")
 
 
 def check_google_credentials(

@@ -17,6 +17,17 @@
   ``Authorization: Bearer <STATS_TOKEN>`` (404 when no token is configured).
 * ``GET /healthz``: 200 ``ok``, or 503 when shutting down or when the recent calls
   all failed (``degraded``: e.g. rejected STT credentials).
+* ``GET /readyz``: 200 once the warm-up ran (everything a call needs is loaded), 503
+  before that and from the moment shutdown starts, so a balancer stops routing here.
+* ``GET|HEAD /metrics``: Prometheus, only with ``Authorization: Bearer <METRICS_TOKEN>``
+  (404 when no token is configured); see :mod:`pipecat_rxdrain.metrics`.
+
+Shutdown (SIGTERM) is a rolling restart that cuts no call: readiness fails at once,
+new webhooks get 503 (Twilio then requests the number's *fallback* URL; nginx retries
+them on another bot first, see ``examples/deploy/nginx.conf``), a media websocket is
+refused before its upgrade is accepted (HTTP 503: the proxy can retry it elsewhere),
+active calls get ``shutdown_grace_s`` to finish on their own, then the rest are ended
+(EndFrame, then cancelled) within :data:`END_WINDOW_S`.
 
 :class:`BotServer` serves it with uvicorn, a cap on pending sockets and a
 request deadline (:mod:`.connections`), and ends calls cleanly on SIGTERM.
@@ -31,11 +42,14 @@ import resource
 import signal
 import time
 import urllib.parse
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
+
+from ..metrics import MetricsConfigError, MetricsEndpoint, RxdrainMetrics, process_metrics
 
 from .calls import Admission, CallRegistry
 from .config import ConfigError, ServerConfig
@@ -54,6 +68,10 @@ MAX_MESSAGES_BEFORE_START = 50
 LISTEN_BACKLOG = 128
 #: descriptors one call holds (websocket, gRPC channel, eventfds) with room to spare, for the fd budget
 FDS_PER_CALL = 16
+#: after ``shutdown_grace_s``: calls still running are ended (EndFrame), then cancelled, within this
+END_WINDOW_S = 5.0
+
+WarmUp = Callable[[], Any]
 
 
 class _TooLarge(Exception):
@@ -97,11 +115,29 @@ def _forwarded_proto(request: Request) -> str:
     return first if first in ("http", "https") else request.url.scheme
 
 
-def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: ConnectionGate | None = None) -> FastAPI:
-    """The FastAPI app. ``app.state.calls`` is the :class:`CallRegistry`, ``app.state.doors`` the door counters."""
+def create_app(
+    config: ServerConfig,
+    build_pipeline: BuildPipeline,
+    *,
+    gate: ConnectionGate | None = None,
+    metrics: RxdrainMetrics | None = None,
+    warm_up: WarmUp | None = None,
+) -> FastAPI:
+    """The FastAPI app. ``app.state.calls`` is the :class:`CallRegistry`, ``app.state.doors`` the door counters.
+
+    ``metrics``: where calls are counted (default: this process's :func:`process_metrics`).
+    ``warm_up``: loads what a call needs (models, imports, channels) at start-up, before
+    the server listens; a coroutine function runs on the loop, a plain function in a
+    thread. ``/readyz`` passes only after it returned; if it raises, start-up fails.
+    """
     from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
     config.validate()
+    metrics = metrics or process_metrics()
+    try:
+        metrics_endpoint = MetricsEndpoint(metrics.registry, config.metrics_token)
+    except MetricsConfigError as e:
+        raise ConfigError(str(e)) from None
     registry = CallRegistry(config.max_calls)
     verifier = WebhookVerifier(config.twilio_auth_token) if config.twilio_auth_token else None
     tokens = MediaTokens(config.media_token_secret, ttl_s=config.media_token_ttl_s)
@@ -111,9 +147,19 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         logger.warning("[BOT] TWILIO_AUTH_TOKEN is not set: webhooks are NOT verified (anyone can POST /twiml)")
     if config.stats_token is None:
         logger.info("[BOT] STATS_TOKEN is not set: /stats is off")
+    if config.metrics_token is None:
+        logger.info("[BOT] METRICS_TOKEN is not set: /metrics is off")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if warm_up is not None:
+            began = time.monotonic()
+            if inspect.iscoroutinefunction(warm_up):
+                await warm_up()
+            else:
+                await asyncio.to_thread(warm_up)
+            logger.info(f"[BOT] warm-up done in {time.monotonic() - began:.2f}s")
+        app.state.warm = True
         yield
         await end_all_calls(registry, "server shutdown", config.shutdown_grace_s)
 
@@ -122,6 +168,9 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
     app.state.config = config
     app.state.doors = warn.counts
     app.state.gate = gate
+    app.state.metrics = metrics
+    app.state.warm = False
+    app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])
 
     def public_url(request: Request) -> str:
         if config.public_host:
@@ -192,12 +241,25 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         health = registry.health()
         return JSONResponse(health, status_code=200 if health["ok"] else 503)
 
+    @app.get("/readyz")
+    async def readyz():
+        if registry.shutting_down:
+            return text("shutting down", 503)
+        if not app.state.warm:
+            return text("warming up", 503)
+        return text("ready", 200)
+
     @app.websocket("/ws")
     async def media(websocket: WebSocket):
         admission = registry.reserve()  # atomically, before any await: MAX_CALLS holds at accept time
         bound = False
         call: MediaStreamCall | None = None
         try:
+            if admission is Admission.SHUTTING_DOWN:
+                # Refused before the upgrade (HTTP 503), so a proxy can still send it to another bot.
+                warn("ws_shutting_down", "[BOT] media websocket refused (shutting down): HTTP 503")
+                await websocket.send_denial_response(text("shutting down", 503))
+                return
             await websocket.accept()
             if admission is not Admission.ADMITTED:
                 warn(f"ws_{admission.value}", f"[BOT] media websocket refused ({admission.value}): close 1013")
@@ -219,7 +281,7 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
                         warn(f"ws_token_{reason.replace(' ', '_')}", f"[BOT] media websocket refused: {reason}")
                         await websocket.close(code=CLOSE_POLICY)
                         return
-                call = MediaStreamCall(websocket, start, parser, config)
+                call = MediaStreamCall(websocket, start, parser, config, metrics=metrics)
                 bound = True
                 if registry.bind(start.call_sid, call) is Admission.DUPLICATE:
                     call = None
@@ -240,25 +302,35 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
     return app
 
 
+async def _wait_idle(registry: CallRegistry, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (registry.active or registry.reserved) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def end_all_calls(registry: CallRegistry, reason: str, grace_s: float) -> None:
-    """End every active call gracefully, cancelling what is still running after ``grace_s``."""
+    """Stop taking calls at once; let active ones finish within ``grace_s``; end, then cancel, the rest.
+
+    Returns within ``grace_s + END_WINDOW_S``.
+    """
     registry.shutting_down = True
+    if not (registry.active or registry.reserved):
+        return
+    logger.info(f"[BOT] {reason}: {len(registry.active)} active call(s) have {grace_s:g}s to finish")
+    await _wait_idle(registry, grace_s)
     calls = list(registry.active.values())
     if not calls:
+        logger.info(f"[BOT] {reason}: every call finished within the grace period")
         return
-    logger.info(f"[BOT] {reason}: ending {len(calls)} active call(s)")
+    logger.warning(f"[BOT] {reason}: ending {len(calls)} call(s) still running after {grace_s:g}s")
     for call in calls:
         with logger.contextualize(call_sid=call.start.call_sid):
             await call.end(reason)
-    deadline = time.monotonic() + grace_s
-    while registry.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await _wait_idle(registry, END_WINDOW_S / 2)
     for call in list(registry.active.values()):
         if call.worker is not None:
             await call.worker.cancel()
-    deadline = time.monotonic() + 5.0
-    while registry.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await _wait_idle(registry, END_WINDOW_S / 2)
 
 
 def check_fd_budget(config: ServerConfig) -> None:
@@ -317,7 +389,7 @@ class BotServer:
                 log_config=None,
                 access_log=False,
                 lifespan="on",
-                timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+                timeout_graceful_shutdown=int(config.shutdown_grace_s + END_WINDOW_S) + 1,
             )
         )
 
