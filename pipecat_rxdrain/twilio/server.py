@@ -55,6 +55,7 @@ from .calls import Admission, CallRegistry
 from .config import ConfigError, ServerConfig
 from .connections import ConnectionGate, guarded_h11_protocol
 from .logs import ThrottledWarnings, loggable
+from .loop_lag import LoopLagMonitor
 from .media_call import BuildPipeline, MediaStreamCall
 from .messages import Rejected, Start, TwilioStreamParser, is_sid
 from .security import TOKEN_PARAMETER, MediaTokens, WebhookVerifier
@@ -139,6 +140,7 @@ def create_app(
     except MetricsConfigError as e:
         raise ConfigError(str(e)) from None
     registry = CallRegistry(config.max_calls)
+    loop_lag = LoopLagMonitor()
     verifier = WebhookVerifier(config.twilio_auth_token) if config.twilio_auth_token else None
     tokens = MediaTokens(config.media_token_secret, ttl_s=config.media_token_ttl_s)
     warn = ThrottledWarnings()
@@ -160,8 +162,12 @@ def create_app(
                 await asyncio.to_thread(warm_up)
             logger.info(f"[BOT] warm-up done in {time.monotonic() - began:.2f}s")
         app.state.warm = True
-        yield
-        await end_all_calls(registry, "server shutdown", config.shutdown_grace_s)
+        loop_lag.start()  # from here on the loop serves calls: measure what blocks it
+        try:
+            yield
+            await end_all_calls(registry, "server shutdown", config.shutdown_grace_s)
+        finally:
+            await loop_lag.stop()
 
     app = FastAPI(title="pipecat-rxdrain Twilio bot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.calls = registry
@@ -170,6 +176,7 @@ def create_app(
     app.state.gate = gate
     app.state.metrics = metrics
     app.state.warm = False
+    app.state.loop_lag = loop_lag
     app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])
 
     def public_url(request: Request) -> str:
@@ -234,6 +241,7 @@ def create_app(
         snapshot = registry.snapshot()
         snapshot["doors"] = dict(warn.counts)
         snapshot["connections"] = gate.stats()
+        snapshot["loop"] = loop_lag.stats()
         return JSONResponse(snapshot)
 
     @app.get("/healthz")
