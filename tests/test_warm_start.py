@@ -3,7 +3,8 @@
 The cold-start test runs the example bot as a fresh process (nothing imported, nothing
 cached), answers its first webhook and streams its first call: RX must not go into drain
 (peak q <= 5, the caller has no network stall) and the loop-block monitor's worst block is
-printed for the README (a number, not a timed assert: this machine is shared).
+printed for the README; the assert on it is a coarse 250 ms (a cold load blocks ~530 ms), not the
+50 ms budget, because this machine is shared.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ async def test_first_call_of_a_fresh_process_starts_in_normal_mode(tmp_path, emu
     assert stats["loop"]["samples"] > 0
     assert rx["peak_q"] <= 5 and rx["drain_episodes"] == 0 and rx["drops"] == 0, rx
     assert rx["frames_in"] == summary.frames_sent
+    # Loading Silero and the services on the loop (no warm-up, pipeline built on the loop) blocks it
+    # ~530 ms on this machine; warm, the worst block is ~25 ms. The bound is 10x that, not a latency target.
+    assert stats["loop"]["max_block_ms"] < 250, stats["loop"]
 
 
 async def test_readyz_passes_after_warm_up_and_fails_from_shutdown_on(emulator):
