@@ -54,8 +54,9 @@ class _Proc:
 
 async def test_sigterm_during_a_call_ends_it_cleanly_and_exits_zero(tmp_path):
     with SpeechEmulator(script="hello_en") as emu:
+        # SHUTDOWN_GRACE_S shorter than the call: the bot waits that long for it to finish, then ends it.
         proc = _Proc(_clean_env(tmp_path, SPEECH_EMULATOR_HOST=emu.address, STT_LANGUAGE="en-US", REQUIRE_MEDIA_TOKEN="false",
-                                TWILIO_AUTH_TOKEN=AUTH))
+                                TWILIO_AUTH_TOKEN=AUTH, SHUTDOWN_GRACE_S="1"))
         try:
             assert await asyncio.to_thread(proc.ready.wait, 60) and proc.url, "\n".join(proc.err[-20:])
             host, port = proc.url.rsplit(":", 1)
