@@ -8,7 +8,9 @@
   ``TWILIO_AUTH_TOKEN`` is set), the CallSid must be a Twilio call SID (400), and
   one answer per CallSid is given (a replayed webhook gets 409). The answer is
   ``<Connect><Stream url="wss://HOST/ws">`` with a per-call token ``<Parameter>``.
-* ``/ws``: the Media Streams websocket. A call slot is reserved against
+* ``/ws``: the Media Streams websocket. With ``TWILIO_AUTH_TOKEN`` set, the upgrade's
+  ``X-Twilio-Signature`` (over the public ``wss://`` URL) is checked before it is
+  accepted (HTTP 403 otherwise). A call slot is reserved against
   ``max_calls`` at accept time (atomically; beyond it: close 1013), ``start`` must
   arrive within ``start_timeout_s`` with valid SIDs and the call's token (else close
   1008), one live stream per CallSid; then :class:`MediaStreamCall` runs
@@ -109,7 +111,7 @@ async def read_until_start(websocket: WebSocket, parser: TwilioStreamParser, war
     return None
 
 
-def _forwarded_proto(request: Request) -> str:
+def _forwarded_proto(request) -> str:
     """The scheme the client used: the first (client-side) entry of ``X-Forwarded-Proto``, if it is one."""
     header = request.headers.get("x-forwarded-proto", "")
     first = header.split(",")[0].strip().lower()
@@ -179,11 +181,16 @@ def create_app(
     app.state.loop_lag = loop_lag
     app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])
 
-    def public_url(request: Request) -> str:
+    def public_url(request) -> str:
+        """The URL Twilio called (and signed): PUBLIC_HOST if set, else the proxy's X-Forwarded-Proto and Host."""
+        websocket = request.scope["type"] == "websocket"
         if config.public_host:
             query = f"?{request.url.query}" if request.url.query else ""
-            return f"https://{config.public_host}{request.url.path}{query}"
-        return str(request.url.replace(scheme=_forwarded_proto(request)))
+            return f"{'wss' if websocket else 'https'}://{config.public_host}{request.url.path}{query}"
+        scheme = _forwarded_proto(request)
+        if websocket:
+            scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        return str(request.url.replace(scheme=scheme))
 
     def text(body: str, status: int, **headers: str) -> Response:
         return Response(body + "\n", status_code=status, media_type="text/plain", headers=headers or None)
@@ -259,6 +266,13 @@ def create_app(
 
     @app.websocket("/ws")
     async def media(websocket: WebSocket):
+        if verifier is not None and not verifier.verify(public_url(websocket), {}, websocket.headers.get("x-twilio-signature")):
+            # Twilio signs the upgrade (the wss:// URL of <Stream>, no parameters): refused before accepting.
+            peer = loggable(websocket.client.host if websocket.client else "?", 64)
+            warn("ws_bad_signature", f"[BOT] media websocket refused: bad or missing X-Twilio-Signature (from {peer})")
+            with contextlib.suppress(Exception):
+                await websocket.send_denial_response(text("forbidden", 403))
+            return
         admission = registry.reserve()  # atomically, before any await: MAX_CALLS holds at accept time
         bound = False
         call: MediaStreamCall | None = None
