@@ -168,6 +168,8 @@ class ServerConfig:
     # sockets that are not (yet) a call: HTTP requests, keep-alive, websockets before start. Oldest go first.
     max_pending_connections: int = setting("MAX_PENDING_CONNECTIONS", 256, positive=True, max=100_000)
     log_level: str = setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS)
+    # processes serving this port (see pipecat_rxdrain.twilio.workers); 0 = one per core
+    workers: int = setting("WORKERS", 1, min=0, max=256)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any):
@@ -186,6 +188,10 @@ class ServerConfig:
             raise ConfigError("MEDIA_TOKEN_SECRET must be at least 16 bytes")
         if self.stats_token is not None and len(self.stats_token.encode()) < 16:
             raise ConfigError("STATS_TOKEN must be at least 16 bytes")
+        if self.workers != 1 and self.require_media_token and not self.media_token_secret:
+            raise ConfigError(
+                "WORKERS other than 1 needs MEDIA_TOKEN_SECRET: a call's webhook and websocket may reach different workers"
+            )
         if self.metrics_token is not None and len(self.metrics_token.encode()) < 16:
             raise ConfigError("METRICS_TOKEN must be at least 16 bytes")
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import resource
 import signal
 import time
@@ -234,6 +235,7 @@ def create_app(
             connect.append(stream)
             response.append(connect)
             logger.info("[BOT] webhook: answering with <Connect><Stream>")
+            registry.counters["webhooks_answered"] += 1
         return Response(str(response), media_type="application/xml")
 
     @app.get("/stats")
@@ -249,6 +251,7 @@ def create_app(
         snapshot["doors"] = dict(warn.counts)
         snapshot["connections"] = gate.stats()
         snapshot["loop"] = loop_lag.stats()
+        snapshot["pid"] = os.getpid()  # with WORKERS > 1, which worker answered
         return JSONResponse(snapshot)
 
     @app.get("/healthz")
@@ -435,7 +438,8 @@ class BotServer:
             return
         loop.default_exception_handler(context)
 
-    async def serve(self) -> None:
+    async def serve(self, sockets: list | None = None) -> None:
+        """Serve until ``shutdown()`` (``sockets``: bound sockets to listen on instead of ``host:port``)."""
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
@@ -443,7 +447,7 @@ class BotServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(self.shutdown(signal.Signals(s).name)))
         try:
-            await self._server.serve()
+            await self._server.serve(sockets=sockets)
         finally:
             loop.set_exception_handler(previous_handler)
             if self._handle_signals:
@@ -480,14 +484,25 @@ def serve_forever(config: ServerConfig, app: FastAPI) -> int:
         return 2
     if not is_loopback(config.host):
         logger.warning(f"[BOT] listening on {config.host}: make sure a TLS proxy fronts it (Twilio needs wss://)")
+    from . import workers
+
+    worker = workers.is_worker()
+    if not worker and workers.worker_count(config) > 1:
+        return workers.supervise(config, workers.worker_count(config))
+    sockets = None
+    if worker:
+        sockets = [workers.worker_socket(config.host, int(os.environ[workers.WORKER_PORT_ENV]))]
     server = BotServer(config, app, handle_signals=True)
 
     async def run() -> None:
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets))
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
-            print(f"BOT_LISTENING=http://{config.host}:{server.port}", flush=True)
+            if worker:
+                workers.notify_ready()
+            else:
+                print(f"BOT_LISTENING=http://{config.host}:{server.port}", flush=True)
         await task
 
     try:
