@@ -168,6 +168,8 @@ class ServerConfig:
     # sockets that are not (yet) a call: HTTP requests, keep-alive, websockets before start. Oldest go first.
     max_pending_connections: int = setting("MAX_PENDING_CONNECTIONS", 256, positive=True, max=100_000)
     log_level: str = setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS)
+    # a MetricsFrame with RX and STT numbers each second per call, and Pipecat's own metrics (enable_metrics)
+    pipeline_metrics: bool = setting("PIPELINE_METRICS", False)
     # processes serving this port (see pipecat_rxdrain.twilio.workers); 0 = one per core
     workers: int = setting("WORKERS", 1, min=0, max=256)
 

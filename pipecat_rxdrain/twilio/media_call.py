@@ -135,7 +135,9 @@ class MediaStreamCall:
         self.stt = next((p for p in processors if isinstance(p, STTService)), None)
         self.worker = PipelineWorker(
             Pipeline(processors),
-            params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+            params=PipelineParams(
+                audio_in_sample_rate=8000, audio_out_sample_rate=8000, enable_metrics=self.config.pipeline_metrics
+            ),
             idle_timeout_secs=None,  # the media idle watchdog and the websocket decide
             cancel_on_idle_timeout=False,
         )
@@ -206,9 +208,13 @@ class MediaStreamCall:
         """Ends a call whose client went silent (no ``stop``, no close) or whose end hangs; reports drops."""
         cfg = self.config
         ending_since: float | None = None
+        ticks = 0
         while True:
             await asyncio.sleep(0.25)
             self._warn_about_drops()
+            ticks += 1
+            if cfg.pipeline_metrics and ticks % 4 == 0 and not self._ending:
+                await self._queue_metrics_frame()
             now = monotonic()
             if self._ending:
                 ending_since = ending_since or now
@@ -221,6 +227,16 @@ class MediaStreamCall:
                 self.record.end_reason = "media idle timeout"
                 await self.worker.cancel()
                 return
+
+    async def _queue_metrics_frame(self) -> None:
+        from ..pipeline_metrics import metrics_frame
+
+        frame = metrics_frame(
+            rx=(self.rx.name, self.rx.stats) if self.rx is not None else None,
+            stt=(self.stt.name, stt_stats(self.stt)) if self.stt is not None else None,
+        )
+        if frame is not None:
+            await self.worker.queue_frame(frame)
 
     # ------------------------------------------------------------------ running
     async def run(self, build_pipeline: BuildPipeline) -> None:
