@@ -105,6 +105,7 @@ class CallSummary:
     bunch: int = 1
     jitter_ms: float = 0.0
     max_late_ms: float = 0.0  # worst lateness of a send vs its schedule (wall ms)
+    media_started_at: float | None = None  # time.monotonic() of the first frame's schedule (frame i is due then + its offset)
     stop_sent: bool = False
     hung_up: bool = False
     twiml_status: int | None = None
@@ -321,7 +322,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
                             )
                         )
                     )
-                t0 = time.monotonic()
+                t0 = summary.media_started_at = time.monotonic()
                 for i, (frame, due) in enumerate(zip(frames, times)):
                     wall_due = t0 + due / opts.speed
                     delay = wall_due - time.monotonic()
