@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from bot_harness import load_bot_module, make_config, running_bot, wait_until
+from bot_harness import make_config, running_bot, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipecat_rxdrain.emulator import SpeechEmulator

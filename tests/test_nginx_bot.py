@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 from bot_harness import make_config, running_bot, wait_until
 from nginx_proxy import NginxProxy
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.samples import load_sample

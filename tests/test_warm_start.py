@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from bot_harness import STATS_TOKEN, BotProcess, clean_env, get_json, make_config, running_bot, wait_until
+from bot_harness import STATS_TOKEN, BotProcess, clean_env, get_json, make_config, wait_until
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call

@@ -40,12 +40,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import os
 import resource
 import signal
 import time
 import urllib.parse
-import inspect
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request, WebSocket
@@ -53,7 +53,6 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 
 from ..metrics import MetricsConfigError, MetricsEndpoint, RxdrainMetrics, process_metrics
-
 from .calls import Admission, CallRegistry
 from .config import ConfigError, ServerConfig
 from .connections import ConnectionGate, guarded_h11_protocol
