@@ -64,10 +64,15 @@ class LogCapture:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(config):
-    """Serve the example's ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``."""
+async def running_bot(config, *, metrics=None):
+    """Serve the example's ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``.
+
+    ``metrics``: an ``RxdrainMetrics`` of the test's own (default: a fresh one, so tests never share counters).
+    """
+    from pipecat_rxdrain.metrics import RxdrainMetrics
+
     bot = load_bot_module()
-    server = BotServer(config, bot.create_app(config))
+    server = BotServer(config, bot.create_app(config, metrics=metrics or RxdrainMetrics()))
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + 15

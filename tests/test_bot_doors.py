@@ -44,6 +44,11 @@ def signed(url: str, params: dict, token: str = AUTH) -> dict:
     return {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
 
 
+def ws_signed() -> dict:
+    """What Twilio sends on the media websocket's upgrade: a signature over the public wss:// URL."""
+    return signed(f"wss://{PUBLIC}/ws", {})
+
+
 @pytest.fixture
 def doors_config():
     return make_config(
@@ -92,7 +97,7 @@ async def test_without_public_host_the_stream_url_uses_the_host_header_and_no_si
 
 async def _ws_attempt(port: int, custom: dict | None, call_sid: str = FORM["CallSid"], send_start: bool = True):
     """Open /ws like Twilio, send connected+start; return the close code the bot answers with."""
-    async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+    async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, additional_headers=ws_signed()) as ws:
         await ws.send(json.dumps(connected_message()))
         if send_start:
             await ws.send(json.dumps(start_message(stream_sid="MZ" + "3" * 32, call_sid=call_sid, account_sid=FORM["AccountSid"],
@@ -116,7 +121,7 @@ async def test_media_websocket_requires_the_per_call_token(doors_config):
             assert await _ws_attempt(port, {"token": token}, call_sid="CA" + "9" * 32) == 1008  # another call's token
             assert await _ws_attempt(port, {"token": token}, send_start=False) == 1008  # no start within the timeout
             # garbage before start is counted and logged, then refused for the missing start
-            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            async with connect(f"ws://127.0.0.1:{port}/ws", additional_headers=ws_signed()) as ws:
                 for raw in ["nope", json.dumps({"event": "media"}), b"\x00"]:
                     await ws.send(raw)
                 with pytest.raises(ConnectionClosed):
@@ -130,9 +135,30 @@ async def test_media_websocket_requires_the_per_call_token(doors_config):
     assert token not in text and SECRET not in text and AUTH not in text
 
 
+async def test_media_websocket_upgrade_needs_twilios_signature_before_it_is_accepted(doors_config):
+    from websockets.exceptions import InvalidStatus
+
+    async def refused(headers: dict) -> int:
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(f"ws://127.0.0.1:{bot.port}/ws", open_timeout=5, additional_headers=headers):
+                pass
+        return e.value.response.status_code
+
+    with LogCapture() as logs:
+        async with running_bot(doors_config) as bot:
+            assert await refused({}) == 403  # unsigned: never upgraded
+            assert await refused({"X-Twilio-Signature": "Zm9yZ2VkIHNpZ25hdHVyZQ=="}) == 403  # forged
+            assert await refused(signed(f"ws://127.0.0.1:{bot.port}/ws", {})) == 403  # the private URL, not the public one
+            assert await refused(signed(f"wss://{PUBLIC}/ws", {}, "wrong-token-0123456789")) == 403
+            assert await _ws_attempt(bot.port, None) == 1008  # signed: accepted, then refused for the missing token
+            assert bot.app.state.calls.reserved == 0 and bot.app.state.calls.active == {}
+    assert "media websocket refused: bad or missing X-Twilio-Signature" in logs.text
+    assert AUTH not in logs.text
+
+
 async def test_oversized_websocket_frames_are_capped(doors_config):
     async with running_bot(doors_config) as bot:
-        async with connect(f"ws://127.0.0.1:{bot.port}/ws", max_size=None) as ws:
+        async with connect(f"ws://127.0.0.1:{bot.port}/ws", max_size=None, additional_headers=ws_signed()) as ws:
             await ws.send("x" * (doors_config.ws_max_size + 1))
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)

@@ -307,7 +307,8 @@ async def test_row12_a_replayed_signed_webhook_gets_no_second_token_or_stream(em
 
 
 async def _stream_with(port: int, token: str, hold_s: float) -> int | None:
-    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+    upgrade_signature = {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature("wss://bot.example.test/ws", {})}
+    async with connect(f"ws://127.0.0.1:{port}/ws", additional_headers=upgrade_signature) as ws:
         try:
             await ws.send(json.dumps(connected_message()))
             await ws.send(json.dumps(start_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT,

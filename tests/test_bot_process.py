@@ -54,13 +54,15 @@ class _Proc:
 
 async def test_sigterm_during_a_call_ends_it_cleanly_and_exits_zero(tmp_path):
     with SpeechEmulator(script="hello_en") as emu:
+        # SHUTDOWN_GRACE_S shorter than the call: the bot waits that long for it to finish, then ends it.
         proc = _Proc(_clean_env(tmp_path, SPEECH_EMULATOR_HOST=emu.address, STT_LANGUAGE="en-US", REQUIRE_MEDIA_TOKEN="false",
-                                TWILIO_AUTH_TOKEN=AUTH))
+                                TWILIO_AUTH_TOKEN=AUTH, SHUTDOWN_GRACE_S="1"))
         try:
             assert await asyncio.to_thread(proc.ready.wait, 60) and proc.url, "\n".join(proc.err[-20:])
             host, port = proc.url.rsplit(":", 1)
             assert host == "http://127.0.0.1"  # loopback by default
-            call = asyncio.create_task(simulate_call(CallerOptions(url=f"ws://127.0.0.1:{port}/ws", sample="hello_en")))
+            call = asyncio.create_task(simulate_call(CallerOptions(url=f"ws://127.0.0.1:{port}/ws", sample="hello_en",
+                                                                   auth_token=AUTH)))  # signs the upgrade
             deadline = time.monotonic() + 20
             while not any("[RX]" in line for line in proc.err):  # the call is up and streaming
                 assert time.monotonic() < deadline and not call.done(), "\n".join(proc.err[-30:])

@@ -25,9 +25,9 @@ BOT_PATH = REPO / "examples" / "twilio_bot" / "bot.py"
 # --- what the files must agree on, in one place --------------------------------------------
 PROBE_PATHS = {"liveness": "/healthz", "readiness": "/readyz"}
 # Probe paths the bot does not serve yet (the lead adds /readyz while wiring): empty this then.
-PENDING_ROUTES = {"/readyz"}
+PENDING_ROUTES: set[str] = set()
 # Env names the deploy files may set beyond BotConfig's: read by the metrics wiring, not BotConfig (today).
-EXTRA_ENV = {"METRICS_TOKEN", "PROMETHEUS_MULTIPROC_DIR"}
+EXTRA_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
 # After SHUTDOWN_GRACE_S the bot cancels what is still running and waits up to this long more
 # (``end_all_calls`` in bot.py); the platform must not kill it before.
 CANCEL_WINDOW_S = 5.0

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from bot_harness import make_config, running_bot, wait_until
 from nginx_proxy import NginxProxy
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.samples import load_sample
@@ -42,6 +44,11 @@ async def test_signed_calls_through_tls_proxy_to_two_bots(emulator, monkeypatch)
             done = lambda: len(bot_a.app.state.calls.completed) + len(bot_b.app.state.calls.completed) == 2  # noqa: E731
             await wait_until(done, timeout=15)
             unsigned = await simulate_call(CallerOptions(twiml_url=twiml_url, sample="hello_en"))
+            # an upgrade without Twilio's signature is refused by the bot behind the proxy, never upgraded
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5):
+                    pass
+            forged_ws = refused.value.response.status_code
         finally:
             await asyncio.to_thread(proxy.stop)
             proxy.cleanup()
@@ -62,3 +69,4 @@ async def test_signed_calls_through_tls_proxy_to_two_bots(emulator, monkeypatch)
         assert words(f["text"] for f in record["finals"]) == words(sample.segments)
         assert record["rx"]["drops"] == 0 and record["twilio"]["dropped_total"] == 0
     assert unsigned.twiml_status == 403  # the signature check still runs behind the proxy
+    assert forged_ws == 403

@@ -209,8 +209,37 @@ def build_pipeline(cfg: BotConfig, call: MediaStreamCall) -> list:
     return [transport.input(), *front, transcripts, pair.user(), llm, tts, transport.output(), pair.assistant()]
 
 
-def create_app(cfg: BotConfig):
-    return create_server_app(cfg, lambda call: build_pipeline(cfg, call))
+def warm_up(cfg: BotConfig) -> None:
+    """Load what the first call needs before the first webhook is answered (runs in a thread at start-up).
+
+    Without it the first call imports Pipecat's services, the Speech client and
+    onnxruntime and loads Silero on its way in: 1.5-2.6 s late, starting in drain.
+    """
+    import grpc
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.pipeline.pipeline import Pipeline  # noqa: F401
+    from pipecat.pipeline.worker import PipelineWorker  # noqa: F401
+    from pipecat.processors.audio.vad_processor import VADProcessor  # noqa: F401
+    from pipecat.workers.runner import WorkerRunner  # noqa: F401
+
+    import pipecat_rxdrain.rx.processor  # noqa: F401
+    import pipecat_rxdrain.twilio.transcripts  # noqa: F401
+
+    SileroVADAnalyzer(sample_rate=8000)  # imports onnxruntime, maps the model file
+    make_stt(cfg)  # imports the Speech client and its protos
+    # gRPC's core (and, for Google, its TLS roots) initialise on the first channel.
+    if cfg.speech_emulator_host:
+        grpc.insecure_channel(cfg.speech_emulator_host).close()
+    else:
+        grpc.ssl_channel_credentials()
+    if cfg.full_mode:
+        import pipecat.services.google.llm  # noqa: F401
+        import pipecat.services.google.tts  # noqa: F401
+
+
+def create_app(cfg: BotConfig, *, metrics=None):
+    """The bot's app (``metrics``: an ``RxdrainMetrics`` to count into; default: the process's)."""
+    return create_server_app(cfg, lambda call: build_pipeline(cfg, call), metrics=metrics, warm_up=lambda: warm_up(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="bind address (default 127.0.0.1; use 0.0.0.0 only behind a proxy/in a container)")
     p.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--log-level", help="DEBUG, INFO, ...")
+    p.add_argument("--workers", type=int, help="processes on this port (default WORKERS, 1; 0 = one per core)")
     args = p.parse_args(argv)
     try:
-        cfg = BotConfig.from_env(host=args.host, port=args.port, log_level=args.log_level)
+        cfg = BotConfig.from_env(host=args.host, port=args.port, log_level=args.log_level, workers=args.workers)
     except ConfigError as e:
         print(f"bot: configuration error: {e}", file=sys.stderr)
         return 2

@@ -307,7 +307,13 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
 
     started = time.monotonic()
     try:
-        async with connect(ws_url, open_timeout=opts.connect_timeout_s, max_size=2**20, compression=None) as ws:
+        ws_headers = {}
+        if opts.auth_token:  # Twilio signs the upgrade: the <Stream> URL it was given, no parameters
+            from twilio.request_validator import RequestValidator
+
+            ws_headers["X-Twilio-Signature"] = RequestValidator(opts.auth_token).compute_signature(summary.twiml_stream_url or ws_url, {})
+        async with connect(ws_url, open_timeout=opts.connect_timeout_s, max_size=2**20, compression=None,
+                           additional_headers=ws_headers) as ws:
             lock = asyncio.Lock()
             receiver = _Receiver(ws, summary, opts, lock, next_seq)
             recv_task = asyncio.create_task(receiver.run())

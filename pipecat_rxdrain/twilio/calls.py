@@ -88,7 +88,7 @@ class CallRegistry:
         self.completed: deque[CallRecord] = deque(maxlen=keep_completed)
         self.shutting_down = False
         self.counters: dict[str, int] = {
-            "admitted": 0, "refused_full": 0, "refused_shutting_down": 0, "refused_duplicate": 0, "failed": 0,
+            "webhooks_answered": 0, "admitted": 0, "refused_full": 0, "refused_shutting_down": 0, "refused_duplicate": 0, "failed": 0,
         }
         self._recent: deque[CallOutcome] = deque(maxlen=failing_window)
 

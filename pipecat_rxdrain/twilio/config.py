@@ -160,12 +160,18 @@ class ServerConfig:
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 8.0, positive=True, max=600)
     # /stats shows caller transcripts: it needs "Authorization: Bearer <STATS_TOKEN>", and is off (404) without one.
     stats_token: str | None = setting("STATS_TOKEN", None, kind=str, secret=True)
+    # /metrics (Prometheus) needs "Authorization: Bearer <METRICS_TOKEN>", and is off (404) without one.
+    metrics_token: str | None = setting("METRICS_TOKEN", None, kind=str, secret=True)
     max_webhook_bytes: int = setting("MAX_WEBHOOK_BYTES", 64 * 1024, positive=True, max=16 * 1024 * 1024)
     # a request (headers and body) must arrive within this; an idle pre-start socket is closed after it
     request_timeout_s: float = setting("REQUEST_TIMEOUT_S", 10.0, positive=True, max=300)
     # sockets that are not (yet) a call: HTTP requests, keep-alive, websockets before start. Oldest go first.
     max_pending_connections: int = setting("MAX_PENDING_CONNECTIONS", 256, positive=True, max=100_000)
     log_level: str = setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS)
+    # a MetricsFrame with RX and STT numbers each second per call, and Pipecat's own metrics (enable_metrics)
+    pipeline_metrics: bool = setting("PIPELINE_METRICS", False)
+    # processes serving this port (see pipecat_rxdrain.twilio.workers); 0 = one per core
+    workers: int = setting("WORKERS", 1, min=0, max=256)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any):
@@ -184,6 +190,12 @@ class ServerConfig:
             raise ConfigError("MEDIA_TOKEN_SECRET must be at least 16 bytes")
         if self.stats_token is not None and len(self.stats_token.encode()) < 16:
             raise ConfigError("STATS_TOKEN must be at least 16 bytes")
+        if self.workers != 1 and self.require_media_token and not self.media_token_secret:
+            raise ConfigError(
+                "WORKERS other than 1 needs MEDIA_TOKEN_SECRET: a call's webhook and websocket may reach different workers"
+            )
+        if self.metrics_token is not None and len(self.metrics_token.encode()) < 16:
+            raise ConfigError("METRICS_TOKEN must be at least 16 bytes")
 
 
 def check_google_credentials(

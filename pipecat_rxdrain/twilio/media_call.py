@@ -1,8 +1,10 @@
 """One Twilio Media Streams call: its transport, its pipeline's life, its numbers.
 
 The application supplies only the pipeline (``build_pipeline(call)`` returns the
-processors, starting with ``call.transport().input()``); :class:`MediaStreamCall`
-does the rest the same way for every call:
+processors, starting with ``call.transport().input()``; a plain function is run in a
+worker thread, so it must only construct objects, not touch the event loop; a
+coroutine function runs on the loop); :class:`MediaStreamCall` does the rest the
+same way for every call:
 
 * the transport: Pipecat's ``FastAPIWebsocketTransport`` with the hardened Twilio
   serializer, fed by the parser that already read ``connected``/``start``, and an
@@ -17,7 +19,9 @@ does the rest the same way for every call:
   unusable, or marked fatal) ends the call through the transport (the websocket
   closes; with Twilio credentials the serializer hangs up) and marks it failed;
 * ``refresh()`` gathers the RX, STT, Twilio-parser and input-backlog numbers into
-  the :class:`~pipecat_rxdrain.twilio.calls.CallRecord` shown by ``/stats``.
+  the :class:`~pipecat_rxdrain.twilio.calls.CallRecord` shown by ``/stats``, and
+  feeds them to the process's Prometheus metrics (the watchdog refreshes ~4 times a
+  second, so a scrape is at most 250 ms behind; the call's last numbers go in at its end).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pipecat.services.stt_service import STTService
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
 from ..clock import monotonic
+from ..metrics import CallMetrics, RxdrainMetrics
 from ..rx.processor import RxDrainProcessor
 from .calls import CallOutcome, CallRecord
 from .config import ServerConfig
@@ -67,6 +72,7 @@ class MediaStreamCall:
         config: ServerConfig,
         *,
         input_backlog: int = DEFAULT_INPUT_BACKLOG,
+        metrics: RxdrainMetrics | None = None,
     ) -> None:
         self.ws, self.start, self.parser, self.config = websocket, start, parser, config
         self.record = CallRecord(start.call_sid, start.stream_sid)
@@ -80,6 +86,8 @@ class MediaStreamCall:
         self._ending = False
         self._warn = ThrottledWarnings()
         self._drops_seen: dict[str, int] = {}
+        self._metrics = metrics
+        self.metrics: CallMetrics | None = None  # set by run(): counted like registry.active
 
     # ------------------------------------------------------------------ building
     def transport(self, **params: Any) -> FastAPIWebsocketTransport:
@@ -109,7 +117,12 @@ class MediaStreamCall:
         from pipecat.pipeline.pipeline import Pipeline
         from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 
-        processors = build_pipeline(self)
+        if inspect.iscoroutinefunction(build_pipeline):
+            processors = await build_pipeline(self)
+        else:
+            # A plain function runs in a thread: building loads models (Silero's ONNX session
+            # takes 60-120 ms per call), which would stall every other call on this loop.
+            processors = await asyncio.to_thread(build_pipeline, self)
         if inspect.isawaitable(processors):
             processors = await processors
         processors = list(processors)
@@ -122,7 +135,9 @@ class MediaStreamCall:
         self.stt = next((p for p in processors if isinstance(p, STTService)), None)
         self.worker = PipelineWorker(
             Pipeline(processors),
-            params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+            params=PipelineParams(
+                audio_in_sample_rate=8000, audio_out_sample_rate=8000, enable_metrics=self.config.pipeline_metrics
+            ),
             idle_timeout_secs=None,  # the media idle watchdog and the websocket decide
             cancel_on_idle_timeout=False,
         )
@@ -193,9 +208,13 @@ class MediaStreamCall:
         """Ends a call whose client went silent (no ``stop``, no close) or whose end hangs; reports drops."""
         cfg = self.config
         ending_since: float | None = None
+        ticks = 0
         while True:
             await asyncio.sleep(0.25)
             self._warn_about_drops()
+            ticks += 1
+            if cfg.pipeline_metrics and ticks % 4 == 0 and not self._ending:
+                await self._queue_metrics_frame()
             now = monotonic()
             if self._ending:
                 ending_since = ending_since or now
@@ -209,11 +228,23 @@ class MediaStreamCall:
                 await self.worker.cancel()
                 return
 
+    async def _queue_metrics_frame(self) -> None:
+        from ..pipeline_metrics import metrics_frame
+
+        frame = metrics_frame(
+            rx=(self.rx.name, self.rx.stats) if self.rx is not None else None,
+            stt=(self.stt.name, stt_stats(self.stt)) if self.stt is not None else None,
+        )
+        if frame is not None:
+            await self.worker.queue_frame(frame)
+
     # ------------------------------------------------------------------ running
     async def run(self, build_pipeline: BuildPipeline) -> None:
         from pipecat.workers.runner import WorkerRunner
 
         watchdog = None
+        if self._metrics is not None:
+            self.metrics = self._metrics.start_call()
         try:
             await self._build(build_pipeline)
             logger.info(f"[BOT] call started: stream={self.start.stream_sid} mode={self.record.mode}")
@@ -240,6 +271,8 @@ class MediaStreamCall:
         self.record.ended_at = time.time()
         self.record.end_reason = self.record.end_reason or ("failed" if self.record.outcome is CallOutcome.FAILED else "pipeline ended")
         rec = self.refresh()
+        if self.metrics is not None:
+            self.metrics.end(rec.end_reason)
         logger.info(
             f"[BOT] call ended ({rec.end_reason}): rx peak_q={rec.rx.get('peak_q')} drops={rec.rx.get('drops')} "
             f"drain_s={rec.rx.get('time_in_drain_s')} | stt drops={rec.stt.get('drops')} "
@@ -269,13 +302,25 @@ class MediaStreamCall:
         if self.serializer is not None:
             self.record.twilio["marks"] = self.serializer.marks_total
         self.record.input = self.backlog.stats.as_dict()
+        if self.metrics is not None:
+            self.metrics.observe(
+                rx=self.rx.stats if self.rx is not None else None,
+                stt=stt_stats(self.stt) if self.stt is not None else None,
+                twilio=self.parser.stats,
+                finals=self.record.finals,
+            )
         return self.record
+
+
+def stt_stats(stt: Any) -> Any:
+    """Our ``GoogleSTTService``'s live session stats, else its final stats (``None`` for another STT service)."""
+    session = getattr(stt, "session", None)
+    return session.stats if session is not None else getattr(stt, "final_stats", None)
 
 
 def stt_numbers(stt: Any) -> dict[str, Any]:
     """The STT numbers for ``/stats`` (our ``GoogleSTTService``: its live session, else its final stats)."""
-    session = getattr(stt, "session", None)
-    t = session.stats if session is not None else getattr(stt, "final_stats", None)
+    t = stt_stats(stt)
     if t is None:
         return {}
     numbers: dict[str, Any] = {}

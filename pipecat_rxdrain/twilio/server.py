@@ -8,7 +8,9 @@
   ``TWILIO_AUTH_TOKEN`` is set), the CallSid must be a Twilio call SID (400), and
   one answer per CallSid is given (a replayed webhook gets 409). The answer is
   ``<Connect><Stream url="wss://HOST/ws">`` with a per-call token ``<Parameter>``.
-* ``/ws``: the Media Streams websocket. A call slot is reserved against
+* ``/ws``: the Media Streams websocket. With ``TWILIO_AUTH_TOKEN`` set, the upgrade's
+  ``X-Twilio-Signature`` (over the public ``wss://`` URL) is checked before it is
+  accepted (HTTP 403 otherwise). A call slot is reserved against
   ``max_calls`` at accept time (atomically; beyond it: close 1013), ``start`` must
   arrive within ``start_timeout_s`` with valid SIDs and the call's token (else close
   1008), one live stream per CallSid; then :class:`MediaStreamCall` runs
@@ -17,6 +19,17 @@
   ``Authorization: Bearer <STATS_TOKEN>`` (404 when no token is configured).
 * ``GET /healthz``: 200 ``ok``, or 503 when shutting down or when the recent calls
   all failed (``degraded``: e.g. rejected STT credentials).
+* ``GET /readyz``: 200 once the warm-up ran (everything a call needs is loaded), 503
+  before that and from the moment shutdown starts, so a balancer stops routing here.
+* ``GET|HEAD /metrics``: Prometheus, only with ``Authorization: Bearer <METRICS_TOKEN>``
+  (404 when no token is configured); see :mod:`pipecat_rxdrain.metrics`.
+
+Shutdown (SIGTERM) is a rolling restart that cuts no call: readiness fails at once,
+new webhooks get 503 (Twilio then requests the number's *fallback* URL; nginx retries
+them on another bot first, see ``examples/deploy/nginx.conf``), a media websocket is
+refused before its upgrade is accepted (HTTP 503: the proxy can retry it elsewhere),
+active calls get ``shutdown_grace_s`` to finish on their own, then the rest are ended
+(EndFrame, then cancelled) within :data:`END_WINDOW_S`.
 
 :class:`BotServer` serves it with uvicorn, a cap on pending sockets and a
 request deadline (:mod:`.connections`), and ends calls cleanly on SIGTERM.
@@ -27,20 +40,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
+import os
 import resource
 import signal
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
 
+from ..metrics import MetricsConfigError, MetricsEndpoint, RxdrainMetrics, process_metrics
 from .calls import Admission, CallRegistry
 from .config import ConfigError, ServerConfig
 from .connections import ConnectionGate, guarded_h11_protocol
 from .logs import ThrottledWarnings, loggable
+from .loop_lag import LoopLagMonitor
 from .media_call import BuildPipeline, MediaStreamCall
 from .messages import Rejected, Start, TwilioStreamParser, is_sid
 from .security import TOKEN_PARAMETER, MediaTokens, WebhookVerifier
@@ -54,6 +71,10 @@ MAX_MESSAGES_BEFORE_START = 50
 LISTEN_BACKLOG = 128
 #: descriptors one call holds (websocket, gRPC channel, eventfds) with room to spare, for the fd budget
 FDS_PER_CALL = 16
+#: after ``shutdown_grace_s``: calls still running are ended (EndFrame), then cancelled, within this
+END_WINDOW_S = 5.0
+
+WarmUp = Callable[[], Any]
 
 
 class _TooLarge(Exception):
@@ -90,19 +111,38 @@ async def read_until_start(websocket: WebSocket, parser: TwilioStreamParser, war
     return None
 
 
-def _forwarded_proto(request: Request) -> str:
+def _forwarded_proto(request) -> str:
     """The scheme the client used: the first (client-side) entry of ``X-Forwarded-Proto``, if it is one."""
     header = request.headers.get("x-forwarded-proto", "")
     first = header.split(",")[0].strip().lower()
     return first if first in ("http", "https") else request.url.scheme
 
 
-def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: ConnectionGate | None = None) -> FastAPI:
-    """The FastAPI app. ``app.state.calls`` is the :class:`CallRegistry`, ``app.state.doors`` the door counters."""
+def create_app(
+    config: ServerConfig,
+    build_pipeline: BuildPipeline,
+    *,
+    gate: ConnectionGate | None = None,
+    metrics: RxdrainMetrics | None = None,
+    warm_up: WarmUp | None = None,
+) -> FastAPI:
+    """The FastAPI app. ``app.state.calls`` is the :class:`CallRegistry`, ``app.state.doors`` the door counters.
+
+    ``metrics``: where calls are counted (default: this process's :func:`process_metrics`).
+    ``warm_up``: loads what a call needs (models, imports, channels) at start-up, before
+    the server listens; a coroutine function runs on the loop, a plain function in a
+    thread. ``/readyz`` passes only after it returned; if it raises, start-up fails.
+    """
     from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
     config.validate()
+    metrics = metrics or process_metrics()
+    try:
+        metrics_endpoint = MetricsEndpoint(metrics.registry, config.metrics_token)
+    except MetricsConfigError as e:
+        raise ConfigError(str(e)) from None
     registry = CallRegistry(config.max_calls)
+    loop_lag = LoopLagMonitor()
     verifier = WebhookVerifier(config.twilio_auth_token) if config.twilio_auth_token else None
     tokens = MediaTokens(config.media_token_secret, ttl_s=config.media_token_ttl_s)
     warn = ThrottledWarnings()
@@ -111,23 +151,46 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         logger.warning("[BOT] TWILIO_AUTH_TOKEN is not set: webhooks are NOT verified (anyone can POST /twiml)")
     if config.stats_token is None:
         logger.info("[BOT] STATS_TOKEN is not set: /stats is off")
+    if config.metrics_token is None:
+        logger.info("[BOT] METRICS_TOKEN is not set: /metrics is off")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        await end_all_calls(registry, "server shutdown", config.shutdown_grace_s)
+        if warm_up is not None:
+            began = time.monotonic()
+            if inspect.iscoroutinefunction(warm_up):
+                await warm_up()
+            else:
+                await asyncio.to_thread(warm_up)
+            logger.info(f"[BOT] warm-up done in {time.monotonic() - began:.2f}s")
+        app.state.warm = True
+        loop_lag.start()  # from here on the loop serves calls: measure what blocks it
+        try:
+            yield
+            await end_all_calls(registry, "server shutdown", config.shutdown_grace_s)
+        finally:
+            await loop_lag.stop()
 
     app = FastAPI(title="pipecat-rxdrain Twilio bot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.calls = registry
     app.state.config = config
     app.state.doors = warn.counts
     app.state.gate = gate
+    app.state.metrics = metrics
+    app.state.warm = False
+    app.state.loop_lag = loop_lag
+    app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])
 
-    def public_url(request: Request) -> str:
+    def public_url(request) -> str:
+        """The URL Twilio called (and signed): PUBLIC_HOST if set, else the proxy's X-Forwarded-Proto and Host."""
+        websocket = request.scope["type"] == "websocket"
         if config.public_host:
             query = f"?{request.url.query}" if request.url.query else ""
-            return f"https://{config.public_host}{request.url.path}{query}"
-        return str(request.url.replace(scheme=_forwarded_proto(request)))
+            return f"{'wss' if websocket else 'https'}://{config.public_host}{request.url.path}{query}"
+        scheme = _forwarded_proto(request)
+        if websocket:
+            scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        return str(request.url.replace(scheme=scheme))
 
     def text(body: str, status: int, **headers: str) -> Response:
         return Response(body + "\n", status_code=status, media_type="text/plain", headers=headers or None)
@@ -171,6 +234,7 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
             connect.append(stream)
             response.append(connect)
             logger.info("[BOT] webhook: answering with <Connect><Stream>")
+            registry.counters["webhooks_answered"] += 1
         return Response(str(response), media_type="application/xml")
 
     @app.get("/stats")
@@ -185,6 +249,8 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         snapshot = registry.snapshot()
         snapshot["doors"] = dict(warn.counts)
         snapshot["connections"] = gate.stats()
+        snapshot["loop"] = loop_lag.stats()
+        snapshot["pid"] = os.getpid()  # with WORKERS > 1, which worker answered
         return JSONResponse(snapshot)
 
     @app.get("/healthz")
@@ -192,12 +258,32 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
         health = registry.health()
         return JSONResponse(health, status_code=200 if health["ok"] else 503)
 
+    @app.get("/readyz")
+    async def readyz():
+        if registry.shutting_down:
+            return text("shutting down", 503)
+        if not app.state.warm:
+            return text("warming up", 503)
+        return text("ready", 200)
+
     @app.websocket("/ws")
     async def media(websocket: WebSocket):
+        if verifier is not None and not verifier.verify(public_url(websocket), {}, websocket.headers.get("x-twilio-signature")):
+            # Twilio signs the upgrade (the wss:// URL of <Stream>, no parameters): refused before accepting.
+            peer = loggable(websocket.client.host if websocket.client else "?", 64)
+            warn("ws_bad_signature", f"[BOT] media websocket refused: bad or missing X-Twilio-Signature (from {peer})")
+            with contextlib.suppress(Exception):
+                await websocket.send_denial_response(text("forbidden", 403))
+            return
         admission = registry.reserve()  # atomically, before any await: MAX_CALLS holds at accept time
         bound = False
         call: MediaStreamCall | None = None
         try:
+            if admission is Admission.SHUTTING_DOWN:
+                # Refused before the upgrade (HTTP 503), so a proxy can still send it to another bot.
+                warn("ws_shutting_down", "[BOT] media websocket refused (shutting down): HTTP 503")
+                await websocket.send_denial_response(text("shutting down", 503))
+                return
             await websocket.accept()
             if admission is not Admission.ADMITTED:
                 warn(f"ws_{admission.value}", f"[BOT] media websocket refused ({admission.value}): close 1013")
@@ -219,7 +305,7 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
                         warn(f"ws_token_{reason.replace(' ', '_')}", f"[BOT] media websocket refused: {reason}")
                         await websocket.close(code=CLOSE_POLICY)
                         return
-                call = MediaStreamCall(websocket, start, parser, config)
+                call = MediaStreamCall(websocket, start, parser, config, metrics=metrics)
                 bound = True
                 if registry.bind(start.call_sid, call) is Admission.DUPLICATE:
                     call = None
@@ -240,25 +326,35 @@ def create_app(config: ServerConfig, build_pipeline: BuildPipeline, *, gate: Con
     return app
 
 
+async def _wait_idle(registry: CallRegistry, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (registry.active or registry.reserved) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def end_all_calls(registry: CallRegistry, reason: str, grace_s: float) -> None:
-    """End every active call gracefully, cancelling what is still running after ``grace_s``."""
+    """Stop taking calls at once; let active ones finish within ``grace_s``; end, then cancel, the rest.
+
+    Returns within ``grace_s + END_WINDOW_S``.
+    """
     registry.shutting_down = True
+    if not (registry.active or registry.reserved):
+        return
+    logger.info(f"[BOT] {reason}: {len(registry.active)} active call(s) have {grace_s:g}s to finish")
+    await _wait_idle(registry, grace_s)
     calls = list(registry.active.values())
     if not calls:
+        logger.info(f"[BOT] {reason}: every call finished within the grace period")
         return
-    logger.info(f"[BOT] {reason}: ending {len(calls)} active call(s)")
+    logger.warning(f"[BOT] {reason}: ending {len(calls)} call(s) still running after {grace_s:g}s")
     for call in calls:
         with logger.contextualize(call_sid=call.start.call_sid):
             await call.end(reason)
-    deadline = time.monotonic() + grace_s
-    while registry.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await _wait_idle(registry, END_WINDOW_S / 2)
     for call in list(registry.active.values()):
         if call.worker is not None:
             await call.worker.cancel()
-    deadline = time.monotonic() + 5.0
-    while registry.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await _wait_idle(registry, END_WINDOW_S / 2)
 
 
 def check_fd_budget(config: ServerConfig) -> None:
@@ -317,7 +413,7 @@ class BotServer:
                 log_config=None,
                 access_log=False,
                 lifespan="on",
-                timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+                timeout_graceful_shutdown=int(config.shutdown_grace_s + END_WINDOW_S) + 1,
             )
         )
 
@@ -341,7 +437,8 @@ class BotServer:
             return
         loop.default_exception_handler(context)
 
-    async def serve(self) -> None:
+    async def serve(self, sockets: list | None = None) -> None:
+        """Serve until ``shutdown()`` (``sockets``: bound sockets to listen on instead of ``host:port``)."""
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
@@ -349,7 +446,7 @@ class BotServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(self.shutdown(signal.Signals(s).name)))
         try:
-            await self._server.serve()
+            await self._server.serve(sockets=sockets)
         finally:
             loop.set_exception_handler(previous_handler)
             if self._handle_signals:
@@ -386,14 +483,25 @@ def serve_forever(config: ServerConfig, app: FastAPI) -> int:
         return 2
     if not is_loopback(config.host):
         logger.warning(f"[BOT] listening on {config.host}: make sure a TLS proxy fronts it (Twilio needs wss://)")
+    from . import workers
+
+    worker = workers.is_worker()
+    if not worker and workers.worker_count(config) > 1:
+        return workers.supervise(config, workers.worker_count(config))
+    sockets = None
+    if worker:
+        sockets = [workers.worker_socket(config.host, int(os.environ[workers.WORKER_PORT_ENV]))]
     server = BotServer(config, app, handle_signals=True)
 
     async def run() -> None:
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets))
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
-            print(f"BOT_LISTENING=http://{config.host}:{server.port}", flush=True)
+            if worker:
+                workers.notify_ready()
+            else:
+                print(f"BOT_LISTENING=http://{config.host}:{server.port}", flush=True)
         await task
 
     try:

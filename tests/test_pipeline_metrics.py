@@ -1,0 +1,85 @@
+"""RX and STT numbers reach Pipecat's metrics path (issue 17): MetricsFrames flow down a real call's pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from bot_harness import load_bot_module, make_config, wait_until
+from pipecat.frames.frames import MetricsFrame
+from pipecat.processors.frame_processor import FrameProcessor
+
+from pipecat_rxdrain.emulator import SpeechEmulator
+from pipecat_rxdrain.metrics import RxdrainMetrics
+from pipecat_rxdrain.pipeline_metrics import RxMetricsData, SttMetricsData, metrics_frame
+from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
+from pipecat_rxdrain.twilio.server import BotServer, create_app
+
+
+class MetricsTap(FrameProcessor):
+    """Keeps the MetricsFrames that reach it (what an observer of this hop sees)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[MetricsFrame] = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, MetricsFrame):
+            self.seen.append(frame)
+        await self.push_frame(frame, direction)
+
+
+@pytest.fixture
+def emulator():
+    emu = SpeechEmulator(script="hello_en").start()
+    yield emu
+    emu.stop()
+
+
+async def run_call(cfg, tap: MetricsTap):
+    bot = load_bot_module()
+
+    def build(call):
+        processors = bot.build_pipeline(cfg, call)
+        return [*processors[:-1], tap, processors[-1]]  # just before transport.output()
+
+    server = BotServer(cfg, create_app(cfg, build, metrics=RxdrainMetrics()))
+    task = asyncio.create_task(server.serve())
+    try:
+        assert await wait_until(lambda: server.started or task.done(), timeout=15) and server.started
+        summary = await simulate_call(CallerOptions(url=f"ws://127.0.0.1:{server.port}/ws", sample="hello_en"))
+        await wait_until(lambda: list(server.app.state.calls.completed), timeout=10)
+        return summary, server.app.state.calls.completed[0].as_dict()
+    finally:
+        await server.shutdown("test")
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_call_emits_rx_and_stt_metrics_frames_each_second(emulator):
+    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False, pipeline_metrics=True)
+    tap = MetricsTap()
+    summary, record = await run_call(cfg, tap)
+    assert summary.ok, summary.error
+    ours = [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, SttMetricsData))]
+    rx = [d for d in ours if isinstance(d, RxMetricsData)]
+    stt = [d for d in ours if isinstance(d, SttMetricsData)]
+    assert len(rx) >= 5 and len(stt) == len(rx)  # a ~8.6 s call, one frame a second
+    assert rx[-1].processor.startswith("RxDrainProcessor") and stt[-1].processor.startswith("GoogleSTTService")
+    frames_in = [d.frames_in for d in rx]
+    assert frames_in == sorted(frames_in) and 0 < frames_in[-1] <= record["rx"]["frames_in"]
+    assert all(d.mode in ("normal", "drain") and d.drops == 0 for d in rx)
+    assert all(d.drops == 0 and d.state for d in stt)
+
+
+async def test_no_metrics_frames_unless_asked(emulator):
+    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
+    tap = MetricsTap()
+    summary, _ = await run_call(cfg, tap)
+    assert summary.ok, summary.error
+    assert not [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, SttMetricsData))]
+
+
+def test_metrics_frame_needs_something_to_report():
+    assert metrics_frame() is None
+    assert metrics_frame(rx=("rx", None)) is None
