@@ -577,10 +577,10 @@ class _RecordingDeque(deque):
         return item
 
     def appendleft(self, rest):
-        # AudioQueue.take() splits a chunk larger than the request it is filling (at 16 kHz the
-        # serializer's ~95 ms chunks exceed the 60 ms batch): it pops the chunk, then puts its tail
-        # back. The sent head does not complete the frame (-1: bytes of no frame); the tail carries
-        # the frame's index, so the frame counts as read when its last byte is.
+        # AudioQueue.take() splits a chunk larger than it may send at once (the session: one 25 KB
+        # request; a bare take(max_bytes): max_bytes): it pops the chunk, then puts its tail back.
+        # The sent head does not complete the frame (-1: bytes of no frame); the tail carries the
+        # frame's index, so the frame counts as read when its last byte is.
         probe = self._probe
         idx, n = probe.ledger.pop()
         probe.ledger.append((-1, n - len(rest)))

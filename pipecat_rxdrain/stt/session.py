@@ -803,7 +803,7 @@ class StreamingSTTSession:
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
-            batch = q.take(target)
+            batch = q.take(target, MAX_REQUEST_BYTES)
             if batch is None:
                 if take is _Take.HALF_CLOSE:
                     break
