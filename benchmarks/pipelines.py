@@ -403,8 +403,17 @@ class _RecordingDeque(deque):
             probe.dropped.append(idx)
         return item
 
-    def appendleft(self, item):  # only for >25 KB chunks, which the benchmark never pushes
-        raise RuntimeError("benchmark probe: unexpected appendleft on the session queue")
+    def appendleft(self, rest):
+        # AudioQueue.take() splits a chunk larger than it may send at once (the session: one 25 KB
+        # request; a bare take(max_bytes): max_bytes): it pops the chunk, then puts its tail back.
+        # The sent head does not complete the frame (-1: bytes of no frame); the tail carries the
+        # frame's index, so the frame counts as read when its last byte is.
+        probe = self._probe
+        idx, n = probe.ledger.pop()
+        probe.ledger.append((-1, n - len(rest)))
+        if idx >= 0:
+            probe.by_id[id(rest)] = idx
+        super().appendleft(rest)
 
 
 def build_ours_stt_only(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:

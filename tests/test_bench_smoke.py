@@ -127,6 +127,40 @@ async def test_16khz_pipeline_maps_merged_frames_back_to_the_caller():
     # Wire age uses the caller frame that completed each pipeline frame: sane, not seconds off.
     assert _finite(r["wire_age_p99_ms"]) and 0 <= r["wire_age_p99_ms"] < 2000, r["wire_age_p99_ms"]
     assert all(s.chunks and sum(c.size for c in s.chunks) > 3.0 * 16000 for s in run.streams)  # 16-bit at 16 kHz
+    # The session splits the serializer's ~95 ms chunks across 60 ms requests: the probe must follow the
+    # split, not break the writer (which reopened a stream per chunk, each with no audio).
+    assert len(run.streams) == 1 and r["reconnects"] == 0, (len(run.streams), r["reconnects"])
+    assert _finite(r["age_p99_ms"]) and r["frames_read"] == r["frames_in"] - r["frames_lost"]
+    assert r["words_lost"] == 0 and r["finals_missing"] == 0, r
+
+
+def test_probe_ledger_follows_a_chunk_split_across_requests():
+    """AudioQueue.take() splits a chunk bigger than the request; the ledger keeps every byte, and the
+    frame is credited to the piece holding its last byte."""
+    from benchmarks.pipelines import CallProbe, _RecordingDeque
+    from pipecat.frames.frames import InputAudioRawFrame
+
+    from pipecat_rxdrain.stt.audio_queue import AudioQueue
+
+    probe = CallProbe(call_id="c", pipeline="ours")
+    q = AudioQueue(max_frames=100, bytes_per_ms=32.0)  # 16 kHz PCM16
+    q._q = _RecordingDeque(q._q, probe)  # what build_ours does to the session's queue
+    frames = [InputAudioRawFrame(audio=bytes([k]) * 3032, sample_rate=16000, num_channels=1) for k in range(2)]
+    for f in frames:
+        probe.stamp(f, 0.0)
+        q.push(f.audio)
+    batches = []
+
+    def writer():
+        while (b := q.take(1920)) is not None:
+            batches.append(b.data)
+
+    t = threading.Thread(target=writer, name="rxdrain-stt-test")
+    t.start()
+    t.join(5)
+    assert b"".join(batches) == frames[0].audio + frames[1].audio
+    # Each frame once, on the piece holding its last byte; the heads (-1) belong to no frame yet.
+    assert probe.ledger == [(-1, 1920), (0, 1112), (-1, 1920), (1, 1112)]
 
 
 def test_words_lost_compare_against_the_script():

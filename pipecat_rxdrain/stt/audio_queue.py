@@ -43,9 +43,11 @@ class AudioQueue:
       * ``push`` never blocks beyond a short lock and never wakes anyone itself: it
         answers ``Pushed.WAKE`` once when the consumer said it was idle (``take``
         found the queue empty), so a busy consumer costs the producer nothing;
-      * ``take(max_bytes)`` returns everything queued up to ``max_bytes`` (whole chunks,
-        a single oversized chunk split at a sample boundary) in push order, or None
-        when empty (and then marks the consumer idle, atomically, so no wake is lost);
+      * ``take(max_bytes, split_at)`` returns everything queued up to ``max_bytes`` (whole
+        chunks) in push order, or None when empty (and then marks the consumer idle,
+        atomically, so no wake is lost); a first chunk bigger than ``max_bytes`` goes
+        whole up to ``split_at`` bytes (default ``max_bytes``) and is split beyond, at a
+        sample boundary;
       * after ``close()`` pushes are rejected (counted in ``rejected``).
     Every chunk is stamped with the clock at push, so callers can bound audio age.
     """
@@ -110,8 +112,11 @@ class AudioQueue:
         return self._bytes + (self.frame20_bytes if nbytes is None else nbytes) <= self.bound_bytes
 
     # ----------------------------------------------------------- consumer
-    def take(self, max_bytes: int) -> Batch | None:
+    def take(self, max_bytes: int, split_at: int | None = None) -> Batch | None:
         max_bytes -= max_bytes % self.frame_bytes
+        # Splitting a chunk that fits one request gains nothing (its bytes are all here) and
+        # delays its tail by a request: the session only splits what a request cannot carry.
+        split_at = max_bytes if split_at is None else max(max_bytes, split_at - split_at % self.frame_bytes)
         with self._lock:
             q, ats = self._q, self._at
             if not q:
@@ -122,10 +127,10 @@ class AudioQueue:
             size = 0
             while q and (not parts or size + len(q[0]) <= max_bytes):
                 chunk, at = q.popleft(), ats.popleft()
-                if len(chunk) > max_bytes - size:  # only the first chunk can get here
-                    q.appendleft(chunk[max_bytes:])
+                if len(chunk) > split_at:  # only the first chunk can get here
+                    q.appendleft(chunk[split_at:])
                     ats.appendleft(at)
-                    chunk = chunk[:max_bytes]
+                    chunk = chunk[:split_at]
                 self._bytes -= len(chunk)
                 parts.append(chunk)
                 stamps.append((len(chunk), at))

@@ -211,6 +211,9 @@ class _Stream:
     # that already failed, and then leaves our request generator running: without this it
     # would take (and lose) audio meant for the next stream, and never finish.
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # An exception our request generator raised. grpc.aio only logs it at DEBUG and cancels the
+    # call, which would look like our own cancel: _run_stream reports it as the stream's error.
+    writer_error: Exception | None = None
 
 
 class StreamingSTTSession:
@@ -726,8 +729,12 @@ class StreamingSTTSession:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
+            if st.writer_error is not None:
+                return StreamOutcome.ERROR, st.writer_error
             # The call was cancelled by us (rotation, watchdog, drain/close bound): not an error.
         except Exception as exc:
+            if st.writer_error is not None:
+                return StreamOutcome.ERROR, st.writer_error
             if not (self._closing and st.half_closed) and not st.stalled:
                 return StreamOutcome.ERROR, exc
         finally:
@@ -753,6 +760,18 @@ class StreamingSTTSession:
         return StreamOutcome.ENDED, None  # the server ended the stream on its own: reopen on the next audio
 
     async def _requests(self, st: _Stream):
+        """:meth:`_request_stream`, noting an exception it raises on ``st`` (see ``_Stream.writer_error``)."""
+        gen = self._request_stream(st)
+        try:
+            async for request in gen:
+                yield request
+        except Exception as exc:
+            st.writer_error = exc
+            raise
+        finally:
+            await gen.aclose()
+
+    async def _request_stream(self, st: _Stream):
         """The request stream: config, replayed audio (paced to the lead bound), then live audio.
 
         Runs on gRPC's consumer task: a ``yield`` returns once gRPC has accepted the
@@ -784,7 +803,7 @@ class StreamingSTTSession:
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
-            batch = q.take(target)
+            batch = q.take(target, MAX_REQUEST_BYTES)
             if batch is None:
                 if take is _Take.HALF_CLOSE:
                     break

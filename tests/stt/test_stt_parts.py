@@ -164,3 +164,17 @@ def test_params_defaults_and_derived_bounds():
     assert SttSessionParams.build(p, write_stall_s=1.5).stall_bound_s == 1.5
     with pytest.raises(TypeError, match="bogus"):
         SttSessionParams.build(bogus=1)
+
+
+def test_queue_sends_a_chunk_bigger_than_the_batch_whole_when_it_fits_a_request():
+    # Pipecat's Twilio serializer at 16 kHz hands out ~95 ms chunks (3032 B), over the 60 ms batch (1920 B).
+    q = AudioQueue(1000, 32.0)
+    for k in range(3):
+        q.push(bytes([k]) * 3032)
+    q.push(bytes([9]) * 640)
+    sizes = []
+    while (b := q.take(1920, 25 * 1024)) is not None:
+        sizes.append(len(b.data))
+    assert sizes == [3032, 3032, 3032, 640]  # one request per chunk, never split; small ones still coalesce
+    q.push(b"\1" * 30720)
+    assert [len(q.take(1920, 25 * 1024).data), len(q.take(1920, 25 * 1024).data)] == [25 * 1024, 30720 - 25 * 1024]

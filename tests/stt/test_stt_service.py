@@ -239,3 +239,55 @@ async def test_cancel_stops_the_thread_promptly(emu):
     frames = audio_frames(HELLO.pcm16[: 16000 * 2]) + [CancelFrame()]
     await run_test(svc, frames_to_send=frames, send_end_frame=False)
     assert stt_threads() == []
+
+
+async def test_16khz_pipeline_with_the_twilio_serializer_transcribes(emu):
+    """audio_in_sample_rate=16000: Pipecat's Twilio serializer resamples the caller's 8 kHz mu-law into
+    larger, irregular chunks (~95 ms), over the session's 60 ms batch; each goes in one request, all of it reaches
+    Google, at 16 kHz, once, and transcribes."""
+    import base64
+    import json
+
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+
+    from pipecat_rxdrain.rx.processor import RxDrainProcessor
+    from pipecat_rxdrain.twilio.audio import mulaw_frames
+
+    ser = TwilioFrameSerializer("MZ00000000000000000000000000000000",
+                                params=TwilioFrameSerializer.InputParams(auto_hang_up=False))
+
+    class _Setup:
+        audio_in_sample_rate = 16000
+
+    await ser.setup(_Setup())
+    frames = []
+    media = mulaw_frames(HELLO.pcm16 + b"\0" * 16000)  # + 1 s of silence to flush the resampler
+    for k, payload in enumerate(media):
+        f = await ser.deserialize(json.dumps({"event": "media", "media": {"payload": base64.b64encode(payload).decode()}}))
+        if f is not None:
+            frames.append(f)
+        if k % 20 == 19:
+            frames.append(SleepFrame(sleep=0.01))
+    audio = [f for f in frames if isinstance(f, InputAudioRawFrame)]
+    assert len(audio) < len(media) * 0.5 and {f.sample_rate for f in audio} == {16000}  # merged chunks
+    sent = sum(len(f.audio) for f in audio)
+
+    from pipecat_rxdrain.stt.params import SttSessionParams
+
+    # Faster than real time: without max_lead_ms=None the lead bound would pace the tail past close().
+    svc = GoogleSTTService(sample_rate=16000, max_queue=1000, debounce_ms=None, final_timeout_ms=None,
+                           session_params=SttSessionParams(max_lead_ms=None))
+    rx = RxDrainProcessor(sink=svc)
+    down, up = await run_test(Pipeline([rx, svc]), frames_to_send=frames,
+                              pipeline_params=PipelineParams(audio_in_sample_rate=16000))
+    assert [f.text for f in down if isinstance(f, TranscriptionFrame)] == list(HELLO.segments)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(emu.streams) == 1
+    st = emu.stream(-1)
+    assert st.audio_bytes == sent  # every byte, once
+    assert len(st.chunks) <= len(audio)  # a chunk over the 60 ms batch goes whole in one request, never split
+    assert "16000" in json.dumps(st.config)
+    assert svc.final_stats is not None and svc.final_stats.drops == 0 and rx.stats.drops == 0
+    assert stt_threads() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections import deque
 
 import grpc
 import pytest
@@ -237,3 +238,27 @@ def test_push_audio_api_contract(hello_emu):
     assert s.push_audio(b"\0" * CHUNK) is False
     assert s.stats.rejected == 1
     assert stt_threads() == []
+
+
+class _BrokenDeque(deque):
+    """The session's chunk deque with a bug in it: taking audio raises (a stand-in for any writer-side bug)."""
+
+    def popleft(self):
+        raise RuntimeError("writer bug (test)")
+
+
+def test_an_exception_in_the_request_writer_fails_the_session_loudly(hello_emu):
+    # grpc.aio swallows a request iterator's exception (DEBUG log) and cancels the call; that must not
+    # pass for our own cancel, or the session reopens a stream per chunk forever, each losing its audio.
+    errors = []
+    s = make_session(hello_emu, on_error=errors.append)
+    with s._lock:
+        s._q = _BrokenDeque(s._q)
+    s.push_audio(b"\0" * CHUNK)
+    assert wait_until(lambda: errors, 5)
+    time.sleep(0.3)
+    assert len(errors) == 1 and not errors[0].retriable
+    assert "RuntimeError" in str(errors[0]) and "writer bug (test)" in str(errors[0])
+    assert len(hello_emu.streams) == 1  # no silent reopen loop
+    assert s.stats.state == "failed" and s.stats.discarded_on_error == 1  # the chunk is counted, not lost
+    assert s.close(2)
