@@ -264,5 +264,6 @@ async def test_reply_scenario_measures_end_of_speech_to_first_reply_audio():
         await server.stop()
     r = summarize(run, expected_utterances(sc.audio_s))
     assert r["replies"] == "1/1", r["replies"]
-    # The reply can only follow the final it answers, and (rule LLM, local TTS) does not take seconds more.
-    assert r["eos_final_p50_ms"] < r["reply_p50_ms"] < r["eos_final_p50_ms"] + 5000, (r["eos_final_p50_ms"], r["reply_p50_ms"])
+    # The reply follows the end of speech, and (rule LLM, local TTS) not by seconds more than Google's final. It may
+    # come before Google's final: ours' early final (an interim that already covers the end of speech) ends the turn.
+    assert 0 < r["reply_p50_ms"] < r["eos_final_p50_ms"] + 5000, (r["eos_final_p50_ms"], r["reply_p50_ms"])
