@@ -600,7 +600,7 @@ class GoogleSTTService(STTService):
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
             r = cast(SttResult, item)
-            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r, end_ms=r.end_ms)
+            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r, end_ms=r.end_ms, stability=r.stability)
             await self._emit(emits)
         elif kind == "vad_started":
             await self._emit(self._turns.vad_started())

@@ -27,7 +27,9 @@ An early final may only shorten the wait, never cost words. Two rules:
    says where, in the recognizer's audio time, the speech ended; each
    ``interim(..., end_ms=...)`` says how far into the audio Google had heard
    when it wrote that text. The early final fires only if the newest interim
-   reaches the end of speech (within ``coverage_ms``). When Google answers
+   reaches the end of speech (within ``coverage_ms``) *and* Google says it is
+   stable (``stability >= min_stability``, default 0.5: Google marks a tail it
+   may still revise with a low stability, ~0.01, and a settled one ~0.9). When Google answers
    late (network latency, a backlog in our own audio queue) the newest interim
    predates the last words: the early final is held, and fires as soon as an
    interim that does cover the speech arrives, or never, if Google's final
@@ -78,6 +80,7 @@ _WORD_RE = re.compile(r"[\w']+", re.UNICODE)
 # Default tolerance of the gate: how far before the end of speech the newest interim may end.
 # About one interim period of Google's streaming results, plus the VAD's own stop jitter.
 DEFAULT_COVERAGE_MS = 200.0
+DEFAULT_MIN_STABILITY = 0.5  # an interim Google may still revise is never shipped as an early final
 
 
 def words_of(text: str) -> list[str]:
@@ -125,6 +128,7 @@ class _Segment:
     newest_text: str | None = None
     newest_payload: Any = None
     newest_end_ms: float | None = None
+    newest_stability: float | None = None
 
 
 class TurnTimer:
@@ -146,6 +150,7 @@ class TurnTimer:
         vad_hangover_ms: float | None = 180,
         final_timeout_ms: float | None = 320,
         coverage_ms: float | None = DEFAULT_COVERAGE_MS,
+        min_stability: float = DEFAULT_MIN_STABILITY,
         clock: Clock = monotonic,
     ) -> None:
         self._debounce_s = _ms(debounce_ms)
@@ -153,6 +158,9 @@ class TurnTimer:
         self._early_enabled = bool(final_timeout_ms)
         self._timeout_s = _ms(final_timeout_ms)
         self._coverage_ms = _ms(coverage_ms) * 1000.0
+        if not (isinstance(min_stability, (int, float)) and 0.0 <= min_stability <= 1.0):
+            raise ValueError(f"min_stability must be a number in [0, 1], got min_stability={min_stability!r}")
+        self._min_stability = float(min_stability)
         self._clock = clock
         self.counters = TurnCounters()
         self._seg = _Segment()
@@ -170,8 +178,11 @@ class TurnTimer:
         self._shadow_words: list[str] | None = None
 
     # ------------------------------------------------------------------ inputs
-    def interim(self, text: str, payload: Any = None, end_ms: float | None = None) -> list[TurnEmit]:
-        """An interim result; ``end_ms``: how far into the audio (recognizer time) it reaches."""
+    def interim(
+        self, text: str, payload: Any = None, end_ms: float | None = None, stability: float | None = None
+    ) -> list[TurnEmit]:
+        """An interim result; ``end_ms``: how far into the audio (recognizer time) it reaches;
+        ``stability``: Google's estimate that it will not change (None: unknown, not gated on)."""
         now = self._clock()
         self.counters.interims_in += 1
         if not text:
@@ -179,7 +190,7 @@ class TurnTimer:
         if self._early_words and not self._new_segment_since_early:
             self.counters.interims_held += 1
             return []
-        self._seg = _Segment(text, payload, end_ms)
+        self._seg = _Segment(text, payload, end_ms, stability)
         out = self._due(now)
         if self._early_held and self._covers_speech():
             emits = self._fire_early()
@@ -278,6 +289,9 @@ class TurnTimer:
         return TurnEmit(text=text, final=False, payload=payload)
 
     def _covers_speech(self) -> bool:
+        stability = self._seg.newest_stability
+        if stability is not None and stability < self._min_stability:
+            return False  # Google may still revise this text: wait for a settled interim or the final
         if self._speech_end_ms is None:
             return True  # no positions: the gate is open
         end = self._seg.newest_end_ms

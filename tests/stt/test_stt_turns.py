@@ -254,6 +254,25 @@ def test_covering_interim_fires_on_time():
     assert texts(t.poll()) == [("I am calling about my order", True, True)]
 
 
+def test_an_unstable_interim_is_never_shipped_as_an_early_final():
+    # Google marks a tail it may still revise with a low stability ("nine pleas" before "nine please").
+    clock, t = make(debounce_ms=None, coverage_ms=200)
+    t.interim("tomorrow morning at nine pleas", end_ms=2950, stability=0.1)
+    t.vad_stopped(speech_end_ms=3000)
+    clock.advance(1)
+    assert t.poll() == [] and t.counters.early_finals_held == 1
+    # A settled interim opens the gate at once; Google's final then adds nothing.
+    assert texts(t.interim("tomorrow morning at nine please", end_ms=2950, stability=0.9)) == [
+        ("tomorrow morning at nine please", True, True)
+    ]
+    assert t.final("Tomorrow morning at nine, please.") == []
+
+
+def test_min_stability_is_validated():
+    with pytest.raises(ValueError, match="min_stability"):
+        TurnTimer(min_stability=1.5)
+
+
 def test_interim_without_position_never_passes_a_positioned_gate():
     clock, t = make(debounce_ms=None)
     t.interim("hello")
