@@ -90,8 +90,9 @@ async def test_two_workers_share_the_port_the_tokens_and_drain_together(tmp_path
     assert all(c["admitted"] >= 1 for c in counters.values()), counters
     assert sum(c["admitted"] for c in counters.values()) == CALLS
     assert sum(c["webhooks_answered"] for c in counters.values()) == CALLS
-    # some call's token was issued by one worker and accepted by the other (all same-worker: odds 1/256)
-    assert any(c["webhooks_answered"] != c["admitted"] for c in counters.values()), counters
+    # Equal per-worker counts do not show that no token crossed workers, so this test does not assert a crossing;
+    # that a token issued under MEDIA_TOKEN_SECRET verifies in any other instance with it is
+    # tests/test_twilio_security.py::test_tokens_from_another_secret_are_refused_and_shared_secrets_interoperate.
     assert all(r["end_reason"] == "stop" for w in workers.values() for r in w["completed"])
     assert started_total == CALLS  # /metrics sums both workers' files
     assert code == 0, proc.log[-3000:]
