@@ -48,7 +48,6 @@ from pipecat_rxdrain.stt.session import SttError, StreamingSTTSession
 CHUNK = 320  # 20 ms of 8 kHz mono PCM16
 CHUNKS_PER_S = 50
 PRODUCTION_QUEUE = 200  # GoogleSTTService's default max_queue: 4 s of caller audio
-CHANNEL_OPTIONS_BY_NAME = dict(CHANNEL_OPTIONS)
 
 
 @dataclass
@@ -86,6 +85,7 @@ class Scenario:
     # keep-alive times (production: ping 10 s, timeout 5 s) are multiplied by ``keepalive_scale``.
     freeze_s: float | None = None
     keepalive_scale: float = 1.0
+    channel_options: tuple = ()  # extra client channel options for this row only (not production's)
     slow: bool = False  # too slow for the test suite; its compressed twin is tested instead
 
     @property
@@ -291,6 +291,21 @@ SCENARIOS: list[Scenario] = [
         close_timeout_s=10.0,
     ),
     Scenario(
+        "sigstop_20s_ping_timeout_5s",
+        "the same 20 s freeze, production options plus `grpc.http2.ping_timeout_ms=5000` (not production)",
+        repeat=2,
+        speed=1.0,
+        max_queue=PRODUCTION_QUEUE,
+        at_audio_s=6.0,
+        freeze_s=20.0,
+        channel_options=(("grpc.http2.ping_timeout_ms", 5_000),),
+        max_words_lost=None,
+        max_duplicates=None,
+        slow=True,
+        equivalent="real time; shows what bounds the keep-alive ping's wait in this gRPC (see the SIGSTOP section)",
+        close_timeout_s=10.0,
+    ),
+    Scenario(
         "sigstop_20s_x4",
         "the same, time-compressed 4x: frozen 5 s, keep-alive 2.5 s / 1.25 s",
         repeat=2,
@@ -302,7 +317,7 @@ SCENARIOS: list[Scenario] = [
         max_words_lost=None,
         max_duplicates=None,
         equivalent="5 s freeze at 4x with keep-alive, stall bound and queue (200 = 1 s of wall time) all scaled by "
-        "1/4 = a 20 s freeze at 1x with production settings",
+        "1/4: a 20 s freeze at 1x in audio and bounds, but 4x the bytes per wall second (see the SIGSTOP section)",
     ),
     Scenario(
         "emulator_restart",
@@ -462,7 +477,7 @@ def run_frozen(sc: Scenario) -> Outcome:
     t_start = time.monotonic()
 
     emu = EmulatorProcess(script)
-    options = _scaled_channel_options(sc.keepalive_scale)
+    options = _scaled_channel_options(sc.keepalive_scale) + list(sc.channel_options)
     address = emu.address
     results: list = []
     arrivals: list[float] = []
@@ -565,6 +580,11 @@ def run_frozen(sc: Scenario) -> Outcome:
     ]
     if err:
         notes.append(f"error at detection: `{err[:120]}`")
+    ends = [f"{r['ended']['code']} ({r['ended']['reason']})" for r in records if r["ended"] and r["ended"]["code"] != "OK"]
+    if ends:
+        notes.append("server-side stream ends: " + ", ".join(ends))
+    if st.last_error and st.last_error != err:
+        notes.append(f"last error: `{st.last_error[:120]}`")
 
     deadline = time.monotonic() + 3.0
     while threading.active_count() > threads_before and time.monotonic() < deadline:
@@ -838,16 +858,30 @@ def markdown(outcomes: list[Outcome]) -> str:
             )
         lines += [
             "",
-            "Reading them: keep-alive, not the watchdog, ends the frozen stream. The writer never",
-            "blocks for 4 s because loopback socket buffers and gRPC's HTTP/2 window (grown by its",
-            "bandwidth probe) swallow many seconds of 8 kHz audio; keep-alive notices first. After",
-            "detection the session reconnects to the same port: the kernel accepts the connection but",
-            "the frozen process cannot answer, so the new stream waits, the queue fills and drops its",
-            "oldest audio (counted), and the audio that vanished into the dead connection's buffers is",
-            "replayed from the replay buffer. On `SIGCONT` the waiting connection completes at once, the",
-            "replay (paced by the lead bound) and the newest 4 s of queue reach the server, and the call",
-            "transcribes again. Words lost are only those in dropped audio, fewer than the bound when",
-            "the dropped stretch held pauses.",
+            "Reading them (gRPC 1.85 on Linux loopback):",
+            "",
+            "- With production options (`sigstop_20s`) **nothing detects the freeze while it lasts**.",
+            "  The keep-alive ping does go out 10 s after the last byte read, but this gRPC waits for",
+            "  its ack as long as for any ping, `grpc.http2.ping_timeout_ms` (default 60 s), not the",
+            "  5 s `keepalive_timeout_ms`; TCP_USER_TIMEOUT (5 s) never trips because the frozen",
+            "  peer's kernel keeps acknowledging (at 16 kB/s its buffers do not fill in 20 s); and the",
+            "  write-stall watchdog never fires because writes keep completing into gRPC's HTTP/2",
+            "  window. The stream ends only after `SIGCONT`, when the thawed server finds it idle past",
+            "  its inactivity timeout (10 s without a request: the emulator's clock ran on while frozen).",
+            "- `sigstop_20s_ping_timeout_5s` adds `grpc.http2.ping_timeout_ms=5000` to the channel",
+            "  (this row only): the keep-alive ping then ends the stream at ~10 s + 5 s, during the",
+            "  freeze, and the session's reconnect then waits until the thawed server answers.",
+            "- `sigstop_20s_x4` (what the test suite asserts, 4x compressed) is detected during the",
+            "  freeze, by TCP_USER_TIMEOUT: four times the bytes per wall second fill the frozen peer's",
+            "  buffers within the scaled 1.25 s timeout. Its mechanism is therefore *not* production's;",
+            "  the outcome it checks is the one all three rows share.",
+            "",
+            "What they share: the caller is deaf for the freeze itself (no server, no results), plus",
+            "at most a quarter second after `SIGCONT`; the bounded queue keeps the newest 4 s and drops the",
+            "rest, counted in `stats.drops` / `stats.dropped_ms`; nothing is stale-dropped (no write",
+            "stall); words lost are only those in dropped audio, at or under the bound; the session",
+            "transcribes again after `SIGCONT` on a new stream (replaying unfinalized audio); no thread",
+            "is left and the emulator process exits 0.",
             "",
         ]
     return "\n".join(lines)

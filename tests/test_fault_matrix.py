@@ -91,11 +91,12 @@ def test_fault(sc):
     elif sc.id.startswith("late_answers_"):
         assert o.response_delay_s >= float(sc.id.split("_")[2].rstrip("s")) - 0.05, summary
     elif sc.freeze_s is not None:
-        # A frozen emulator process (SIGSTOP): keep-alive ends the dead stream during the freeze,
-        # the session stays deaf about the freeze, drops (and counts) what the queue cannot hold,
-        # loses no more words than are in that audio, and transcribes again after SIGCONT.
-        ka = fm.CHANNEL_OPTIONS_BY_NAME["grpc.keepalive_time_ms"] + fm.CHANNEL_OPTIONS_BY_NAME["grpc.keepalive_timeout_ms"]
-        assert o.detect_s is not None and o.detect_s <= ka * sc.keepalive_scale / 1000 + 1.0, summary
+        # A frozen emulator process (SIGSTOP), 4x compressed: the dead stream is ended during the
+        # freeze by keep-alive (at 4x, via TCP_USER_TIMEOUT; production's 1x case is not detected
+        # until SIGCONT, see docs/fault-matrix.md), the caller is deaf about the freeze, what the
+        # queue cannot hold is dropped and counted, no more words are lost than are in that audio,
+        # and the session transcribes again after SIGCONT.
+        assert o.detect_s is not None and o.detect_s < sc.freeze_s, summary
         assert o.detected_by.startswith("keepalive") or o.detected_by == "write-stall watchdog", (o.detected_by, summary)
         assert sc.freeze_s <= o.deaf_s <= sc.freeze_s + 2.0, (o.deaf_s, summary)
         assert o.reconnects >= 1 and o.streams >= 2, summary
