@@ -91,16 +91,18 @@ def test_fault(sc):
     elif sc.id.startswith("late_answers_"):
         assert o.response_delay_s >= float(sc.id.split("_")[2].rstrip("s")) - 0.05, summary
     elif sc.freeze_s is not None:
-        # A frozen emulator process (SIGSTOP), 4x compressed: the dead stream is ended during the
-        # freeze by keep-alive (at 4x, via TCP_USER_TIMEOUT; production's 1x case is not detected
-        # until SIGCONT, see docs/fault-matrix.md), the caller is deaf about the freeze, what the
-        # queue cannot hold is dropped and counted, no more words are lost than are in that audio,
-        # and the session transcribes again after SIGCONT.
-        assert o.detect_s is not None and o.detect_s < sc.freeze_s, summary
-        assert o.detected_by.startswith("keepalive") or o.detected_by == "write-stall watchdog", (o.detected_by, summary)
+        # A frozen emulator process (SIGSTOP), 4x compressed. Whatever ends the frozen stream (or
+        # nothing, see docs/fault-matrix.md), the caller is deaf about the freeze, no more words are
+        # lost than are in the audio the queue cannot hold, and it transcribes again after SIGCONT.
         assert sc.freeze_s <= o.deaf_s <= sc.freeze_s + 2.0, (o.deaf_s, summary)
-        assert o.reconnects >= 1 and o.streams >= 2, summary
-        assert o.audio_dropped_ms > 0, summary  # the freeze outlasts the queue: dropped, and counted
+        if o.detect_s is not None:
+            assert o.detect_s < sc.freeze_s, summary
+            assert o.detected_by.startswith("keepalive") or o.detected_by == "write-stall watchdog", summary
+            assert o.reconnects >= 1 and o.streams >= 2, summary
+        if sc.channel_options:
+            # With a ping timeout as short as the keep-alive timeout, keep-alive always ends the
+            # dead stream during the freeze (the ping, or TCP_USER_TIMEOUT if it trips first).
+            assert o.detect_s is not None and o.detected_by.startswith("keepalive"), summary
         assert o.words_lost <= o.words_lost_bound, (o.words_lost, o.words_lost_bound, summary)
         assert o.finals_after_thaw >= 1, summary
         assert o.emulator_rc == 0, "the emulator process was thawed and stopped by SIGTERM"
