@@ -41,8 +41,10 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .emulator import SpeechEmulator as SpeechEmulator
-    from .rx.backpressure import RxBackpressure as RxBackpressure, RxStats as RxStats
-    from .rx.processor import RxDrainParams as RxDrainParams, RxDrainProcessor as RxDrainProcessor
+    from .rx.backpressure import RxBackpressure as RxBackpressure
+    from .rx.backpressure import RxStats as RxStats
+    from .rx.processor import RxDrainParams as RxDrainParams
+    from .rx.processor import RxDrainProcessor as RxDrainProcessor
     from .rx.sink import AudioSink as AudioSink
     from .stt.service import GoogleSTTService as GoogleSTTService
     from .stt.session import StreamingSTTSession as StreamingSTTSession
