@@ -1,10 +1,10 @@
-# The two commands a new user needs: `make demo` and `make test`.
+# The two commands a new user needs: `make demo` and `make test` (`make lint`: ruff and mypy, as CI runs them).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -20,6 +20,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# mypy reads its settings (packages, strictness) from pyproject.toml [tool.mypy].
+lint: setup
+	$(BIN)/ruff check pipecat_rxdrain
+	$(BIN)/ruff format --check pipecat_rxdrain
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --full

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure
 
 FRAME_S = 0.020

@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "RxDrainParams": "pipecat_rxdrain.rx.processor",
     # shared
     "AudioSink": "pipecat_rxdrain.rx.sink",
-    "FakeClock": "pipecat_rxdrain.clock",
+    "FakeClock": "pipecat_rxdrain.testing",
     # Google STT
     "StreamingSTTSession": "pipecat_rxdrain.stt.session",
     "GoogleSTTService": "pipecat_rxdrain.stt.service",
@@ -40,10 +40,12 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .clock import FakeClock
-    from .emulator import SpeechEmulator
-    from .rx.backpressure import RxBackpressure, RxStats
-    from .rx.processor import RxDrainParams, RxDrainProcessor
-    from .rx.sink import AudioSink
-    from .stt.service import GoogleSTTService
-    from .stt.session import StreamingSTTSession
+    from .emulator import SpeechEmulator as SpeechEmulator
+    from .rx.backpressure import RxBackpressure as RxBackpressure
+    from .rx.backpressure import RxStats as RxStats
+    from .rx.processor import RxDrainParams as RxDrainParams
+    from .rx.processor import RxDrainProcessor as RxDrainProcessor
+    from .rx.sink import AudioSink as AudioSink
+    from .stt.service import GoogleSTTService as GoogleSTTService
+    from .stt.session import StreamingSTTSession as StreamingSTTSession
+    from .testing import FakeClock as FakeClock

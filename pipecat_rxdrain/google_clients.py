@@ -30,9 +30,11 @@ loopback check and our keep-alive options.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
 import grpc
@@ -182,20 +184,12 @@ def build_speech_client(
     if api not in ("v1", "v2"):
         raise ValueError(f"api must be 'v1' or 'v2', got {api!r}")
     target = target or resolve_target(location=location, endpoint=endpoint)
-    if api == "v2":
-        from google.cloud import speech_v2 as speech
-        from google.cloud.speech_v2.services.speech.transports import (
-            SpeechGrpcAsyncIOTransport as AsyncTransport,
-            SpeechGrpcTransport as SyncTransport,
-        )
-    else:
-        from google.cloud import speech_v1 as speech
-        from google.cloud.speech_v1.services.speech.transports import (
-            SpeechGrpcAsyncIOTransport as AsyncTransport,
-            SpeechGrpcTransport as SyncTransport,
-        )
+    # The v1 and v2 packages mirror each other (same class names), so pick the modules by name.
+    speech: ModuleType = importlib.import_module(f"google.cloud.speech_{api}")
+    transports: ModuleType = importlib.import_module(f"google.cloud.speech_{api}.services.speech.transports")
+    AsyncTransport, SyncTransport = transports.SpeechGrpcAsyncIOTransport, transports.SpeechGrpcTransport
     client_cls = speech.SpeechAsyncClient if asynchronous else speech.SpeechClient
-    if target.is_emulator:
+    if target.emulator is not None:
         channel = insecure_channel(target.emulator, asynchronous=asynchronous)
         transport = (AsyncTransport if asynchronous else SyncTransport)(channel=channel)
         return client_cls(transport=transport)

@@ -25,7 +25,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.google_clients import EMULATOR_ENV, SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample

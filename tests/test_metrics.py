@@ -17,7 +17,7 @@ import pytest
 from loopback_server import UvicornThread
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.metrics import (
     MetricsConfigError,
     MetricsEndpoint,

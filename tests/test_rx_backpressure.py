@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure, RxMode
 from pipecat_rxdrain.telemetry import RX_LINE_RE
 

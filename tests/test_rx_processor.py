@@ -29,7 +29,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.telemetry import RX_LINE_RE
 
 DOWN = FrameDirection.DOWNSTREAM

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipecat_rxdrain.clock import FakeClock, monotonic
+from pipecat_rxdrain.clock import monotonic
 from pipecat_rxdrain.telemetry import (
     RX_LINE_RE,
     STT_LINE_RE,
@@ -14,6 +14,7 @@ from pipecat_rxdrain.telemetry import (
     format_rx_line,
     format_stt_line,
 )
+from pipecat_rxdrain.testing import FakeClock
 
 
 def test_rx_line_exact_shape():

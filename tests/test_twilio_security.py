@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.twilio.security import MediaTokens, WebhookVerifier
 
 SECRET = "s3cret-media-token-key-0123456789"

@@ -10,7 +10,7 @@ from loguru import logger
 from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, InterruptionFrame, OutputAudioRawFrame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.twilio.audio import mulaw_decode
 from pipecat_rxdrain.twilio.messages import DropReason, TwilioStreamParser, media_message, start_message, stop_message
 from pipecat_rxdrain.twilio.serializer import HardenedTwilioFrameSerializer

@@ -24,7 +24,9 @@ class Controllable(Protocol):
     """What the control endpoint needs of an emulator (``SpeechEmulator`` is one; no import of it here)."""
 
     faults: Faults
-    streams: list
+
+    @property
+    def streams(self) -> list: ...
 
     def go_down(self, seconds: float, *, wait: bool = ...) -> None: ...
 
@@ -121,10 +123,7 @@ def apply_fault(emulator: Controllable, kind: str, params: dict[str, Any]) -> di
     if kind == "down":
         emulator.go_down(float(params["seconds"]), wait=False)
         return {"ok": True}
-    if kind == "stall":
-        fid = f.stall(float(params.pop("seconds")), **params)
-    else:
-        fid = getattr(f, kind)(**params)
+    fid = f.stall(float(params.pop("seconds")), **params) if kind == "stall" else getattr(f, kind)(**params)
     return {"ok": True, "id": fid}
 
 

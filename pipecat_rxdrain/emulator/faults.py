@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -121,7 +122,7 @@ class Faults:
         self._rules: list[FaultRule] = []
         self._latency_s = 0.0
         self._refuse: list[tuple[grpc.StatusCode, str]] = []
-        self._down_handler = None
+        self._down_handler: Callable[..., None] | None = None  # SpeechEmulator.go_down, set by the emulator
 
     # --- arming -------------------------------------------------------
     def latency(self, seconds: float) -> None:

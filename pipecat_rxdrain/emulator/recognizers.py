@@ -57,7 +57,7 @@ def load_script(script: str | Path | Sequence[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(script, (list, tuple)):
         return tuple(str(s) for s in script)
-    if isinstance(script, Path) or isinstance(script, str):
+    if isinstance(script, (Path, str)):
         from pipecat_rxdrain.samples import load_sample, sample_names
 
         if isinstance(script, str) and script in sample_names():

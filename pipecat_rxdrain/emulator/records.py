@@ -114,7 +114,7 @@ class StreamRecord:
         """The final transcripts, in order."""
         return [r.transcript for r in self.results if r.kind == "final"]
 
-    def snapshot(self) -> "StreamRecord":
+    def snapshot(self) -> StreamRecord:
         return replace(
             self,
             metadata=dict(self.metadata),

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +26,9 @@ from .records import StreamLog, StreamRecord, redact_metadata
 from .segmenter import SegmenterSettings
 from .stream import EmulatorLimits, StreamRun, StreamShared
 from .timing import TimingModel, TimingProfile
+
+if TYPE_CHECKING:
+    from .control import ControlServer
 
 # HTTP/2 settings for ``small_window=True``. Measured (grpcio 1.85, loopback, sync v1
 # client pushing 6 MB while the server stalls 2 s): with gRPC's defaults the client
@@ -93,7 +96,7 @@ class SpeechEmulator:
         self._server: grpc.aio.Server | None = None
         self._down_task: asyncio.Task | None = None
         self._up = threading.Event()
-        self._control = None
+        self._control: ControlServer | None = None
         self.last_error: BaseException | None = None  # why a ``down`` fault could not come back up
 
     # --- lifecycle ----------------------------------------------------
@@ -113,12 +116,12 @@ class SpeechEmulator:
         """False while a ``down`` fault has the port closed."""
         return self._up.is_set()
 
-    def start(self, timeout: float = 10.0) -> "SpeechEmulator":
+    def start(self, timeout: float = 10.0) -> SpeechEmulator:
         if self._thread is not None:
             raise RuntimeError("emulator already started")
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
         ready: concurrent.futures.Future = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="speech-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(loop, ready), name="speech-emulator", daemon=True)
         self._thread.start()
         try:
             ready.result(timeout)
@@ -147,17 +150,17 @@ class SpeechEmulator:
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._join(timeout)
 
-    def __enter__(self) -> "SpeechEmulator":
+    def __enter__(self) -> SpeechEmulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "SpeechEmulator":
+    async def __aenter__(self) -> SpeechEmulator:
         return self.start()  # binds a port and starts a thread: a few ms of blocking
 
     async def __aexit__(self, *exc) -> None:
@@ -201,11 +204,11 @@ class SpeechEmulator:
     def stream_count(self) -> int:
         return self._log.count()
 
-    def wait_for(self, predicate: Callable[["SpeechEmulator"], Any], timeout: float = 5.0) -> Any:
+    def wait_for(self, predicate: Callable[[SpeechEmulator], Any], timeout: float = 5.0) -> Any:
         """Block until ``predicate(emulator)`` is truthy; return its value. ``TimeoutError`` after ``timeout`` s."""
         return self._log.wait_for(predicate, timeout, self)
 
-    async def wait_for_async(self, predicate: Callable[["SpeechEmulator"], Any], timeout: float = 5.0) -> Any:
+    async def wait_for_async(self, predicate: Callable[[SpeechEmulator], Any], timeout: float = 5.0) -> Any:
         """``wait_for`` for async code (polls every 20 ms without blocking the loop)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -230,8 +233,7 @@ class SpeechEmulator:
                 raise RuntimeError("speech emulator thread did not stop")
             self._thread = None
 
-    def _run(self, ready: concurrent.futures.Future) -> None:
-        loop = self._loop
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: concurrent.futures.Future) -> None:
         asyncio.set_event_loop(loop)
         try:
             try:

@@ -34,6 +34,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import grpc
@@ -115,6 +116,15 @@ class StreamRun:
         self.config: StreamConfig | None = None
         self.decoder: AudioDecoder | None = None
         self.segmenter: EnergySegmenter | None = None
+        # The live record's lists, appended to under the log's lock (its snapshots hold tuples).
+        self._chunks: list[ChunkRecord] = []
+        self._results: list[ResultRecord] = []
+        self._stalls: list[tuple[float, float]] = []
+
+        def attach() -> None:
+            record.chunks, record.results, record.stalls = self._chunks, self._results, self._stalls
+
+        shared.log.update(attach)
         self.audio_offset = 0
         self.segment = -1
         self.next_interim_s = 0.0
@@ -197,7 +207,7 @@ class StreamRun:
                 await asyncio.sleep(delay)
             await self.context.write(response)
             sent = ResultRecord(sent_at=time.monotonic(), produced_at=produced, **result)
-            self.shared.log.update(lambda: self.record.results.append(sent))
+            self.shared.log.update(partial(self._results.append, sent))
 
     def _emit(self, response, hold_s: float = 0.0, **result: Any) -> None:
         """Queue ``response``; it is written ``hold_s`` (timing profile) + the latency fault from now."""
@@ -249,7 +259,7 @@ class StreamRun:
             if action.kind == "stall":
                 start, end = now, now + action.seconds
                 self.stall_until = max(self.stall_until, end)
-                self.shared.log.update(lambda: self.record.stalls.append((start, end)))
+                self.shared.log.update(partial(self._stalls.append, (start, end)))
 
     async def _process(self) -> tuple[grpc.StatusCode, str, str]:
         self._apply_faults(time.monotonic())
@@ -294,17 +304,19 @@ class StreamRun:
 
         self.shared.log.update(save)
         if config.encoding != "AUTO":
-            self._start_decoding(config.encoding, config.sample_rate, config.channels)
+            self._start_decoding(config, config.encoding, config.sample_rate, config.channels)
 
-    def _start_decoding(self, encoding: str, rate: int, channels: int) -> None:
+    def _start_decoding(self, config: StreamConfig, encoding: str, rate: int, channels: int) -> None:
         settings = self.shared.segmenter_settings
         if self.shared.recognizer.needs_audio and not settings.keep_audio:
             settings = replace(settings, keep_audio=True)
-        self.config.sample_rate = rate
+        config.sample_rate = rate
         self.decoder = AudioDecoder(encoding, channels)
         self.segmenter = EnergySegmenter(rate, settings)
 
     async def _audio(self, msg, received: float) -> None:
+        cfg = self.config
+        assert cfg is not None  # _process hands audio over only once the config request is in
         if self.api.kind(msg) != "audio" and self.api.kind(msg) != "audio_content":
             raise invalid(MALORDERED)
         audio = self.api.audio(msg)
@@ -316,35 +328,36 @@ class StreamRun:
                     f"{limits.max_request_bytes} bytes (25 KB) of audio."
                 )
             self.shared.log.update(self._count_oversize)
-        chunk = ChunkRecord(len(self.record.chunks), len(audio), received, self.audio_offset)
+        chunk = ChunkRecord(len(self._chunks), len(audio), received, self.audio_offset)
         self.audio_offset += len(audio)
         self._check_lead(received)
         self.fstate.chunks += 1
-        self.shared.log.update(lambda: self.record.chunks.append(chunk))
+        self.shared.log.update(partial(self._chunks.append, chunk))
         if self.single_done:
             return
         if self.decoder is None:  # v2 auto_decoding_config: a WAV header must come first
             encoding, rate, channels, header = parse_wav_header(audio)
             check_rate_channels(rate, channels)
-            self._start_decoding(encoding, rate, channels)
+            self._start_decoding(cfg, encoding, rate, channels)
             audio = audio[header:]
-        samples = self.decoder.decode(audio)
-        if self.config.interim_results and self.shared.recognizer.needs_audio:
+        decoder, segmenter = self.decoder, self.segmenter
+        assert decoder is not None and segmenter is not None  # both set by _start_decoding
+        samples = decoder.decode(audio)
+        if cfg.interim_results and self.shared.recognizer.needs_audio:
             # interims decode the segment's audio so far: keep it close to the event being handled
-            step = max(1, int(self.config.sample_rate * _INTERIM_SLICE_S))
+            step = max(1, int(cfg.sample_rate * _INTERIM_SLICE_S))
             pieces = [samples[i : i + step] for i in range(0, len(samples), step)]
         else:
             pieces = [samples]
         for piece in pieces:
-            for event in self.segmenter.feed(piece):
+            for event in segmenter.feed(piece):
                 await self._on_event(event)
-            self._check_voice_timeouts()
+            self._check_voice_timeouts(cfg, segmenter)
 
-    def _check_voice_timeouts(self) -> None:
-        cfg = self.config
+    def _check_voice_timeouts(self, cfg: StreamConfig, segmenter: EnergySegmenter) -> None:
         if not cfg.voice_activity_events or self.single_done:
             return
-        heard = self.segmenter.audio_s
+        heard = segmenter.audio_s
         start_t, end_t = cfg.speech_start_timeout_s, cfg.speech_end_timeout_s
         if start_t is not None and self.segment < 0 and heard >= start_t - 1e-9:
             raise StreamError(grpc.StatusCode.OK, "", "speech_start_timeout")
@@ -368,6 +381,7 @@ class StreamRun:
 
     async def _on_event(self, ev: SegmentEvent) -> None:
         cfg = self.config
+        assert cfg is not None  # segment events come from the segmenter, made from the config
         if self.single_done:
             return
         if ev.kind == "begin":
@@ -409,9 +423,10 @@ class StreamRun:
             )
 
     async def _interim(self, ev: SegmentEvent) -> None:
-        cfg = self.config
+        cfg, segmenter = self.config, self.segmenter
+        assert cfg is not None and segmenter is not None  # interims come from the segmenter's events
         rec = self.shared.recognizer
-        audio = self.segmenter.segment_audio() if rec.needs_audio else None
+        audio = segmenter.segment_audio() if rec.needs_audio else None
         text = await self._run_recognizer(rec.interim, self.record.session, ev.speech_s, audio, cfg.sample_rate)
         if not text:
             return

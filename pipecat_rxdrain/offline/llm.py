@@ -46,7 +46,8 @@ class RuleBasedLLMService(LLMService):
 
     def __init__(self, *, rules: ReplyRules | None = None, settings: LLMSettings | None = None, **kwargs) -> None:
         # Every field initialized, as Pipecat expects of a service (none of them steers a rule reply).
-        store = LLMSettings(**{f.name: None for f in fields(LLMSettings) if f.init and f.name != "extra"})
+        unset: dict[str, Any] = {f.name: None for f in fields(LLMSettings) if f.init and f.name != "extra"}
+        store = LLMSettings(**unset)
         store.filter_incomplete_user_turns = False
         if settings is not None:
             store.apply_update(settings)

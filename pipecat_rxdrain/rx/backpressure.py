@@ -71,8 +71,9 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from loguru import logger
 
@@ -102,7 +103,7 @@ _RATE_LIMIT_US = 550_000
 _EPS = 1e-9
 
 
-class RxMode(str, enum.Enum):
+class RxMode(enum.StrEnum):
     NORMAL = "normal"
     DRAIN = "drain"
 
@@ -520,6 +521,7 @@ class RxBackpressure:
         if ahead_until is None:
             # The input is back at real time: what the bound still holds is a one-time offset (a late
             # first frame, a start-up backlog), not a fast sender. Holding it would only age it.
+            assert self._anchor is not None  # set by the first chunk, before anything is queued
             self._paced_us = min(self._paced_us, _us(now - self._anchor) + self._lead_us - self._q_us)
             return self._release(now, paced=True)
         return self._wait(min(start_at, ahead_until), now)

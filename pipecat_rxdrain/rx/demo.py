@@ -52,8 +52,8 @@ async def _run(args: argparse.Namespace) -> int:
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from .processor import RxDrainParams, RxDrainProcessor
     from ..samples import load_sample
+    from .processor import RxDrainParams, RxDrainProcessor
 
     sample = load_sample(args.sample)
     chunks = _frames(sample.pcm16, sample.sample_rate, args.seconds)
@@ -72,7 +72,7 @@ async def _run(args: argparse.Namespace) -> int:
         An ``AudioSink``: it refuses audio during the simulated downstream stall.
         """
 
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__(name="sink")
             self.count = 0
             self.waits: list[float] = []
@@ -122,7 +122,7 @@ async def _run(args: argparse.Namespace) -> int:
     sink_from = int(args.sink_stall_at * 1000 / FRAME_MS)
     sink_to = int((args.sink_stall_at + args.sink_stall_s) * 1000 / FRAME_MS)
 
-    async def feed():
+    async def feed() -> None:
         nonlocal t0
         await asyncio.wait_for(started.wait(), 20)
         t0 = loop.time()

@@ -29,8 +29,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel, model_validator
 
-from . import backpressure as rb
 from ..clock import Clock, monotonic
+from . import backpressure as rb
 from .backpressure import ActionKind, RxBackpressure, RxMode, RxStats
 from .sink import AudioSink
 
@@ -74,7 +74,7 @@ class RxDrainParams(BaseModel):
     catchup_speed: float | None = None
 
     @model_validator(mode="after")
-    def _validate(self) -> "RxDrainParams":
+    def _validate(self) -> RxDrainParams:
         rb.check_params(**self.backpressure_kwargs(merge=False))
         if self.catchup_target is not None or self.catchup_speed is not None:
             if self.catchup_target is not None and not self.catchup_target >= 0:
@@ -288,7 +288,7 @@ class RxDrainProcessor(FrameProcessor):
 
     async def _release(self, action: rb.RxAction) -> bool:
         """Hand the action's chunk(s) downstream unless the sink refuses; True if handed on."""
-        if self._sink is not None and not self._sink_accepts():
+        if self._sink is not None and not self._sink_accepts(self._sink):
             if not self._sink_overflowing():
                 self._rx.on_release_result(False, self._clock())
                 return False
@@ -315,9 +315,9 @@ class RxDrainProcessor(FrameProcessor):
             return False  # a broken backlog report must not force releases
         return self._rx.q + backlog > self._params.max_queue
 
-    def _sink_accepts(self) -> bool:
+    def _sink_accepts(self, sink: AudioSink) -> bool:
         try:
-            return bool(self._sink.can_accept_audio())
+            return bool(sink.can_accept_audio())
         except Exception as e:
             # Fail open: a broken sink must not stall the caller's audio forever.
             if not self._sink_error_reported:

@@ -52,11 +52,11 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .service import GoogleSTTService
     from .audio_queue import AudioQueue
     from .io_thread import IoThreadMode
     from .lead import StreamLead
     from .params import SttSessionParams
     from .reconnect import ReconnectPolicy
-    from .session import SessionState, SttError, SttResult, SttStats, StreamingSTTSession
+    from .service import GoogleSTTService
+    from .session import SessionState, StreamingSTTSession, SttError, SttResult, SttStats
     from .turns import TurnTimer

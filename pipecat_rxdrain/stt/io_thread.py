@@ -7,22 +7,20 @@ import ctypes
 import os
 import threading
 from collections import deque
-from enum import Enum
-from typing import Any, Callable
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
 
 from loguru import logger
 
 from ..event_loops import finish_event_loop
 
 
-class IoThreadMode(str, Enum):
+class IoThreadMode(StrEnum):
     """Where a session's gRPC loop runs (never on the caller's / Pipecat's event loop)."""
 
     SHARED = "shared"  # one thread and loop for all sessions of the process (default: cheapest per frame)
     PER_SESSION = "per_session"  # a thread and loop of its own per session
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _gil_holding_write() -> Callable[[int, bytes], Any]:

@@ -89,7 +89,7 @@ class SttSessionParams:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def build(cls, base: "SttSessionParams | None" = None, **overrides: Any) -> "SttSessionParams":
+    def build(cls, base: SttSessionParams | None = None, **overrides: Any) -> SttSessionParams:
         """``base`` (default: the defaults) with ``overrides`` applied (validated); unknown names are a ``TypeError``."""
         unknown = set(overrides) - cls.names()
         if unknown:

@@ -7,8 +7,9 @@ of audio make a millisecond (for the session's audio clock).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 Api = Literal["v1", "v2"]
 

@@ -25,10 +25,13 @@ import os
 import re
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import grpc
+from google.auth import default
+from google.auth.exceptions import GoogleAuthError, MalformedError
+from google.oauth2 import service_account
 from loguru import logger
-
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -40,27 +43,22 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.google.stt import GoogleSTTService as _StockGoogleSTTService
 from pipecat.services.google.stt import GoogleSTTSettings, language_to_google_stt_language
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_latency import GOOGLE_TTFS_P99
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
+from pipecat.utils.deprecation import deprecated, warn_deprecated
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, assert_given, is_given
-from pipecat.utils.deprecation import deprecated, warn_deprecated
-
-import grpc
-from google.auth import default
-from google.auth.exceptions import GoogleAuthError, MalformedError
-from google.oauth2 import service_account
 
 from ..clock import Clock, monotonic
 from ..google_clients import build_speech_client, resolve_target
-from .backoff import Backoff
 from ..units import FRAME_UNIT_MS
+from .backoff import Backoff
 from .params import SttSessionParams
 from .recognition_config import (
     StreamSpec,
@@ -70,10 +68,13 @@ from .recognition_config import (
     normalize_speech_adaptation,
     recognizer_path,
 )
-from .session import SttError, SttResult, SttStats, StreamingSTTSession, status_of
+from .session import StreamingSTTSession, SttError, SttResult, SttStats, status_of
+from .turns import TurnEmit, TurnTimer
+
+if TYPE_CHECKING:
+    from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 
 _DEFAULTS = SttSessionParams()  # the session defaults, written once (params.py)
-from .turns import TurnEmit, TurnTimer
 
 EMULATOR_PROJECT_ID = "rxdrain-emulator"
 # LINEAR16 sample rates Google Speech accepts.
@@ -249,7 +250,7 @@ class GoogleSTTService(STTService):
         self.audio_malformed = 0  # frames refused: not whole samples, or a format that cannot be converted
         self.audio_empty = 0  # zero-length audio frames (nothing to send; counted, not logged per frame)
         self.audio_converted = 0  # frames resampled and/or down-mixed to the configured format
-        self._resampler = None
+        self._resampler: BaseAudioResampler | None = None  # created on the first off-format frame
         self._format_warned: set[str] = set()
 
         # Credentials: exactly the stock behaviour outside emulator mode. Only the
@@ -317,7 +318,8 @@ class GoogleSTTService(STTService):
             return list(language_codes)
         return ["en-US"]
 
-    async def _update_settings(self, delta: GoogleSTTSettings) -> dict[str, Any]:
+    # Pipecat's settings pattern: each service narrows the delta to its own Settings class (stock does too).
+    async def _update_settings(self, delta: GoogleSTTSettings) -> dict[str, Any]:  # type: ignore[override]
         """Apply a settings delta; any change restarts the stream with the new config (unfinalized audio replayed)."""
         if is_given(delta.language):
             delta.languages = [cast(Language, delta.language)]
@@ -590,7 +592,7 @@ class GoogleSTTService(STTService):
                     item = await self._events.get()
                 else:
                     item = await asyncio.wait_for(self._events.get(), max(0.0, deadline - self._clock()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._emit(self._turns.poll())
                 continue
             if item[0] == "stop":
@@ -608,7 +610,8 @@ class GoogleSTTService(STTService):
             await self._emit(self._turns.vad_stopped(speech_end_ms=item))
         elif kind == "error":
             err = cast(SttError, item)
-            await self.push_error(error_msg=err.message, exception=err.exception or RuntimeError(err.message))
+            exc = err.exception if isinstance(err.exception, Exception) else RuntimeError(err.message)
+            await self.push_error(error_msg=err.message, exception=exc)
 
     async def _emit(self, emits: list[TurnEmit]):
         for e in emits:

@@ -34,10 +34,11 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Callable, Sequence
+from enum import Enum, StrEnum
+from typing import Any
 
 import grpc
 from loguru import logger
@@ -49,8 +50,8 @@ from .backoff import Backoff
 from .io_thread import IoThreadMode, SttIoThread, run_blocking, shared_io_thread
 from .lead import StreamLead
 from .params import SttSessionParams, check_session_params
-from .reconnect import FATAL_CODES, ReconnectPolicy, Verdict
 from .recognition_config import MAX_REQUEST_BYTES, StreamSpec
+from .reconnect import FATAL_CODES, ReconnectPolicy, Verdict
 from .replay import ReplayBuffer
 
 __all__ = [
@@ -74,7 +75,7 @@ def _channel_of(client: Any) -> Any:
     return getattr(getattr(client, "transport", None), "grpc_channel", None)
 
 
-class SessionState(str, Enum):
+class SessionState(StrEnum):
     """``new -> running -> closing -> closed``, or ``failed`` after a non-retriable error."""
 
     NEW = "new"
@@ -356,7 +357,7 @@ class StreamingSTTSession:
         return self.params.close_timeout_s
 
     # ------------------------------------------------------------ public API
-    def start(self) -> "StreamingSTTSession":
+    def start(self) -> StreamingSTTSession:
         """Start the session on its I/O loop (no network until the first audio). Idempotent."""
         with self._lock:
             if self._state is not SessionState.NEW:
@@ -839,7 +840,7 @@ class StreamingSTTSession:
         if delay > 0:
             try:
                 await asyncio.wait_for(st.ended.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return not st.ended.is_set()
 
@@ -898,11 +899,13 @@ class StreamingSTTSession:
         p = self.params
         now = self._clock()
         age = now - st.started
-        if age >= p.stream_limit_s and (not st.pending_interim or age >= p.stream_limit_s + p.rotate_grace_s):
-            st.rotate = True
-        elif st.config_change_at is not None and (
+        stream_too_old = age >= p.stream_limit_s and (
+            not st.pending_interim or age >= p.stream_limit_s + p.rotate_grace_s
+        )
+        config_changed = st.config_change_at is not None and (
             not st.pending_interim or now - st.config_change_at >= p.config_change_grace_s
-        ):
+        )
+        if stream_too_old or config_changed:
             st.rotate = True
         return st.rotate
 
@@ -1027,7 +1030,8 @@ class StreamingSTTSession:
     # ------------------------------------------------------------ telemetry and drop warnings
     def _schedule_tick(self) -> None:
         p = self.params
-        interval = p.telemetry_interval_s if p.telemetry_enabled else p.drop_warning_interval_s
+        # telemetry_enabled is bool(telemetry_interval_s): with telemetry off, tick for drop warnings only.
+        interval = p.telemetry_interval_s or p.drop_warning_interval_s
         self._tick_handle = asyncio.get_running_loop().call_later(interval, self._tick)
 
     def _tick(self) -> None:

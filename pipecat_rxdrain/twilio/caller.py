@@ -141,6 +141,7 @@ def _load_frames(opts: CallerOptions) -> list[bytes]:
 
         frames = wav_to_twilio_frames(sample_path(opts.sample))
     else:
+        assert opts.wav is not None  # CallerOptions checks that exactly one of wav/sample/frames is given
         frames = wav_to_twilio_frames(Path(opts.wav))
     return frames + silence_frames(opts.tail_silence_s)
 
@@ -154,25 +155,25 @@ def send_schedule(n: int, opts: CallerOptions) -> tuple[list[float], list[dict[s
     rng = random.Random(opts.seed)
     times: list[float] = []
     held = 0
-    stall_end = None if opts.stall_at_s is None else opts.stall_at_s + opts.stall_s
+    stall = None if opts.stall_at_s is None or opts.stall_s <= 0 else (opts.stall_at_s, opts.stall_at_s + opts.stall_s)
     for i in range(n):
         group_last = (i // opts.bunch) * opts.bunch + opts.bunch - 1
         t = min(group_last, n - 1) * FRAME_S
         if opts.jitter_ms:
             t += rng.uniform(0.0, opts.jitter_ms) / 1000.0
-        if stall_end is not None and opts.stall_s > 0 and opts.stall_at_s - 1e-9 <= t < stall_end - 1e-9:
-            t = stall_end
+        if stall is not None and stall[0] - 1e-9 <= t < stall[1] - 1e-9:
+            t = stall[1]
             held += 1
         if times and t < times[-1]:
             t = times[-1]
         times.append(t)
     stalls = []
-    if stall_end is not None and opts.stall_s > 0:
+    if stall is not None:
         stalls.append({"at_s": opts.stall_at_s, "duration_s": opts.stall_s, "frames_held": held})
     return times, stalls
 
 
-def _post_webhook(opts: CallerOptions) -> tuple[int, str]:
+def _post_webhook(opts: CallerOptions, twiml_url: str) -> tuple[int, str]:
     params = {
         "CallSid": opts.call_sid,
         "AccountSid": opts.account_sid,
@@ -187,10 +188,10 @@ def _post_webhook(opts: CallerOptions) -> tuple[int, str]:
         from twilio.request_validator import RequestValidator
 
         headers["X-Twilio-Signature"] = RequestValidator(opts.auth_token).compute_signature(
-            opts.signed_url or opts.twiml_url, params
+            opts.signed_url or twiml_url, params
         )
     body = urllib.parse.urlencode(params).encode()
-    req = urllib.request.Request(opts.twiml_url, data=body, headers=headers, method="POST")
+    req = urllib.request.Request(twiml_url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=opts.connect_timeout_s) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
@@ -198,17 +199,18 @@ def _post_webhook(opts: CallerOptions) -> tuple[int, str]:
         return e.code, ""
     except (urllib.error.URLError, OSError) as e:  # no bot there, DNS, timeout: a clear message, not a traceback
         reason = getattr(e, "reason", e)
-        raise ConnectionError(f"cannot reach the webhook at {opts.twiml_url}: {reason} (is the bot running?)") from None
+        raise ConnectionError(f"cannot reach the webhook at {twiml_url}: {reason} (is the bot running?)") from None
 
 
 def parse_twiml(xml_text: str) -> tuple[str, dict[str, str]]:
     """The ``<Connect><Stream url>`` and its ``<Parameter>``s from a TwiML document."""
     root = ET.fromstring(xml_text)
     stream = root.find("./Connect/Stream")
-    if stream is None or not stream.get("url"):
+    url = None if stream is None else stream.get("url")
+    if stream is None or not url:
         raise ValueError("TwiML has no <Connect><Stream url=...>")
     params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-    return stream.get("url"), params
+    return url, params
 
 
 class _Receiver:
@@ -278,7 +280,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
 
     if opts.twiml_url:
         try:
-            status, body = await asyncio.to_thread(_post_webhook, opts)
+            status, body = await asyncio.to_thread(_post_webhook, opts, opts.twiml_url)
         except ConnectionError as e:
             summary.error = str(e)
             return summary
@@ -295,6 +297,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
         custom = {**params, **custom}
         ws_url = ws_url or stream_url
 
+    assert ws_url  # CallerOptions requires url and/or twiml_url, and a TwiML answer names a stream url
     times, summary.stalls = send_schedule(len(frames), opts)
     if opts.hangup_at_s is not None:
         keep = int(opts.hangup_at_s / FRAME_S)
@@ -332,7 +335,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
                         )
                     )
                 t0 = summary.audio_t0 = time.monotonic()
-                for i, (frame, due) in enumerate(zip(frames, times)):
+                for i, (frame, due) in enumerate(zip(frames, times, strict=True)):
                     wall_due = t0 + due / opts.speed
                     delay = wall_due - time.monotonic()
                     if delay > 0:
@@ -366,7 +369,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
                     # Twilio hangs up right after stop; give the bot a moment to answer/close first.
                     try:
                         await asyncio.wait_for(asyncio.shield(recv_task), timeout=opts.linger_s)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             except ConnectionClosed:
                 pass
@@ -378,7 +381,7 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
             summary.close_reason = ws.close_reason or ""
     except ConnectionClosed as e:
         summary.close_code = e.rcvd.code if e.rcvd else None
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         summary.error = f"cannot connect to {ws_url}: {type(e).__name__}: {e}"
     except Exception as e:  # websockets.InvalidStatus, InvalidURI, ...
         summary.error = f"{type(e).__name__}: {e}"

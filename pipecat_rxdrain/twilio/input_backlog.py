@@ -109,7 +109,7 @@ class InputBacklog:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return ready()
         return True
 

@@ -26,8 +26,8 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Union
+from enum import StrEnum
+from typing import Any
 
 #: 20 ms of 8 kHz mu-law, what Twilio sends per inbound media message.
 TWILIO_FRAME_BYTES = 160
@@ -47,7 +47,7 @@ def is_sid(value: object, prefix: str) -> bool:
     return isinstance(value, str) and len(value) == 34 and _SID_RE[prefix].fullmatch(value) is not None
 
 
-class DropReason(str, Enum):
+class DropReason(StrEnum):
     """Why a websocket message was not accepted (each is counted separately)."""
 
     BINARY = "binary"  # Twilio only sends text frames
@@ -126,7 +126,7 @@ class Stop:
     sequence_number: int | None
 
 
-TwilioMessage = Union[Connected, Start, Media, Dtmf, Mark, Stop]
+TwilioMessage = Connected | Start | Media | Dtmf | Mark | Stop
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.stt.audio_queue import AudioQueue, Pushed
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.lead import StreamLead

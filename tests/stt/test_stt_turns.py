@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipecat_rxdrain.clock import FakeClock
+from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.stt.turns import TurnTimer
 
 
