@@ -212,4 +212,6 @@ def emulator_client(address: str | None = None, *, api: Api = "v2", asynchronous
     host = emulator_host(address)
     if not host:
         raise ValueError(f"no emulator address: pass one or set {EMULATOR_ENV}=127.0.0.1:<port>")
-    return build_speech_client(api=api, asynchronous=asynchronous, target=ClientTarget(emulator=_check_target(host), endpoint=None))
+    return build_speech_client(
+        api=api, asynchronous=asynchronous, target=ClientTarget(emulator=_check_target(host), endpoint=None)
+    )

@@ -24,9 +24,7 @@ RX_LINE_RE = re.compile(
     r"^\[RX\] mode=(?P<mode>normal|drain) fps_in=(?P<fps_in>\d+) q=(?P<q>\d+) "
     r"drops=(?P<drops>\d+) write_ms=(?P<write_ms>\d+\.\d{2})$"
 )
-STT_LINE_RE = re.compile(
-    r"^\[STT\] q=(?P<q>\d+) drops=(?P<drops>\d+) write_ms=(?P<write_ms>\d+\.\d{2})$"
-)
+STT_LINE_RE = re.compile(r"^\[STT\] q=(?P<q>\d+) drops=(?P<drops>\d+) write_ms=(?P<write_ms>\d+\.\d{2})$")
 
 
 def format_rx_line(*, mode: str, fps_in: int, q: int, drops: int, write_ms: float) -> str:

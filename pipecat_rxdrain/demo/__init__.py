@@ -223,7 +223,10 @@ def summary_rows(res: DemoResult) -> list[tuple[str, list[str]]]:
         row("peak q (RX queue, frames)", lambda p: "n/a" if p.rx.get("peak_q") is None else str(int(p.rx["peak_q"]))),
         row("drops (RX + STT, frames)", lambda p: str(p.drops)),
         row("audio frames held by the stall", lambda p: str(p.frames_held)),
-        row("time in drain", lambda p: f"{p.rx['time_in_drain_s']:.3f} s" if "time_in_drain_s" in p.rx else "none (never drains)"),
+        row(
+            "time in drain",
+            lambda p: f"{p.rx['time_in_drain_s']:.3f} s" if "time_in_drain_s" in p.rx else "none (never drains)",
+        ),
         row("audio age p50 / p99 / max", lambda p: f"{p.age_ms(50):.0f} / {p.age_ms(99):.0f} / {p.age_max_ms:.0f} ms"),
         row("end of speech -> final", lambda p: _spread(p.eos_to_final)),
         row("finals", lambda p: f"{len(p.finals)} of {res.segments}"),
@@ -240,7 +243,11 @@ def _table(header: list[str], rows: list[tuple[str, list[str]]]) -> str:
     w0 = max(len(k) for k, _ in rows)
     widths = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(header)]
     line = "+" + "-" * (w0 + 2) + "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [line, "| " + " " * w0 + " | " + " | ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)) + " |", line]
+    out = [
+        line,
+        "| " + " " * w0 + " | " + " | ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)) + " |",
+        line,
+    ]
     for k, cells in rows:
         out.append(f"| {k:<{w0}} | " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |")
     out.append(line)
@@ -274,15 +281,28 @@ def run_demo(
     ends = speech_ends(meta.pcm16, meta.sample_rate)
     problem = offline_replies_problem() if replies else "not asked for (--no-replies)"
     answer = problem is None
-    print(f"== pipecat-rxdrain demo: {sample}.wav ({meta.duration_s:.1f} s, {meta.language}), "
-          f"{stall_s:g} s network stall at {stall_at_s:g} s, emulator timing {profile.value} (seed {seed}) ==", flush=True)
-    print("the same call through the blocking pattern we started from (pipecat_rxdrain.baseline) and through ours", flush=True)
+    print(
+        f"== pipecat-rxdrain demo: {sample}.wav ({meta.duration_s:.1f} s, {meta.language}), "
+        f"{stall_s:g} s network stall at {stall_at_s:g} s, emulator timing {profile.value} (seed {seed}) ==",
+        flush=True,
+    )
+    print(
+        "the same call through the blocking pattern we started from (pipecat_rxdrain.baseline) and through ours",
+        flush=True,
+    )
     if answer:
         print("bots answer offline: rule-based LLM + espeak-ng TTS (BOT_MODE=offline), timed at the caller", flush=True)
     else:
         print(f"replies skipped: {problem}; the bots only transcribe", flush=True)
-    res = DemoResult(sample, meta.segments, ends, (stall_at_s, stall_s), answer, problem,
-                     {name: PathResult(name, ap) for name, ap in PATHS})
+    res = DemoResult(
+        sample,
+        meta.segments,
+        ends,
+        (stall_at_s, stall_s),
+        answer,
+        problem,
+        {name: PathResult(name, ap) for name, ap in PATHS},
+    )
     emus: dict[str, SpeechEmulator] = {}
     bots: dict[str, _BotProcess] = {}
     token = secrets.token_urlsafe(24)
@@ -290,7 +310,14 @@ def run_demo(
         for name, ap in PATHS:
             emus[name] = SpeechEmulator(script=sample, timing=profile, seed=seed).start()
             env = dict(os.environ)
-            for var in ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "GOOGLE_API_KEY", "PUBLIC_HOST", "BOT_MODE", "TTS_VOICE"):
+            for var in (
+                "TWILIO_AUTH_TOKEN",
+                "TWILIO_ACCOUNT_SID",
+                "GOOGLE_API_KEY",
+                "PUBLIC_HOST",
+                "BOT_MODE",
+                "TTS_VOICE",
+            ):
                 env.pop(var, None)
             env.update(
                 SPEECH_EMULATOR_HOST=emus[name].address,
@@ -314,14 +341,24 @@ def run_demo(
     return res
 
 
-def _run_one(pr: PathResult, bot: _BotProcess, emu: SpeechEmulator, meta: Sample, ends: list[float],
-             stall: tuple[float, float], token: str) -> None:
+def _run_one(
+    pr: PathResult,
+    bot: _BotProcess,
+    emu: SpeechEmulator,
+    meta: Sample,
+    ends: list[float],
+    stall: tuple[float, float],
+    token: str,
+) -> None:
     """One call through one bot; fills ``pr`` with what the bot, the caller and the emulator saw."""
     stall_at_s, stall_s = stall
     url = bot.wait_ready(timeout=90)
     port = url.rsplit(":", 1)[1]
-    print(f"\n-- {pr.name}: example bot (BOT_AUDIO_PATH={pr.audio_path}) on {url}, pid {bot.proc.pid}; "
-          f"emulator on {emu.address}", flush=True)
+    print(
+        f"\n-- {pr.name}: example bot (BOT_AUDIO_PATH={pr.audio_path}) on {url}, pid {bot.proc.pid}; "
+        f"emulator on {emu.address}",
+        flush=True,
+    )
     opts = CallerOptions(
         url=f"ws://127.0.0.1:{port}/ws",
         twiml_url=f"http://127.0.0.1:{port}/twiml",
@@ -358,11 +395,15 @@ def _report(res: DemoResult, plot: str | Path | None) -> None:
         for text in pr.finals:
             print(f"  - {text}")
     print("\n" + _table([f"{p.name} ({p.audio_path})" for p in res.paths.values()], summary_rows(res)))
-    print("audio age: when the emulator got each 20 ms frame minus when the caller sent it; end of speech: the caller's clock")
+    print(
+        "audio age: when the emulator got each 20 ms frame minus when the caller sent it; end of speech: the caller's clock"
+    )
     if res.replies:
-        print(f"the field figure we started from: {FIELD_REPLY} from the caller's end of speech to the bot's answer "
-              "(blocking path, Gemini + Google TTS); here the LLM and TTS are local and near-instant, so the gap "
-              "between the two columns is the receive path alone")
+        print(
+            f"the field figure we started from: {FIELD_REPLY} from the caller's end of speech to the bot's answer "
+            "(blocking path, Gemini + Google TTS); here the LLM and TTS are local and near-instant, so the gap "
+            "between the two columns is the receive path alone"
+        )
     if plot is not None:
         from .plot import plot_audio_age, plot_unavailable
 
@@ -426,5 +467,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     return res.exit_code
-
-

@@ -86,7 +86,9 @@ def _timeouts(sc) -> tuple[float | None, float | None]:
 
 def check_rate_channels(rate: int, channels: int) -> None:
     if not MIN_RATE <= rate <= MAX_RATE:
-        raise invalid(f"Invalid recognition 'config': bad sample rate hertz. (got {rate}; {MIN_RATE}-{MAX_RATE} supported)")
+        raise invalid(
+            f"Invalid recognition 'config': bad sample rate hertz. (got {rate}; {MIN_RATE}-{MAX_RATE} supported)"
+        )
     if not 0 <= channels <= MAX_CHANNELS:
         raise invalid(f"Invalid recognition 'config': audio_channel_count must be 1-{MAX_CHANNELS} (got {channels})")
 
@@ -94,8 +96,10 @@ def check_rate_channels(rate: int, channels: int) -> None:
 def parse_wav_header(data: bytes) -> tuple[str, int, int, int]:
     """(encoding, sample_rate, channels, header_length) of a RIFF/WAVE header at the start of ``data``."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise invalid("Audio can not be decoded: auto_decoding_config needs a self-describing header (WAV); "
-                      "use explicit_decoding_config for headerless LINEAR16/MULAW/ALAW")
+        raise invalid(
+            "Audio can not be decoded: auto_decoding_config needs a self-describing header (WAV); "
+            "use explicit_decoding_config for headerless LINEAR16/MULAW/ALAW"
+        )
     pos, fmt = 12, None
     while pos + 8 <= len(data):
         cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
@@ -161,12 +165,18 @@ class _Api:
         """One response carrying one result: the transcript, then ``alternatives`` (finals only)."""
         t = cls.types
         start_f, end_f = cls.word_fields
-        alts = [t.SpeechRecognitionAlternative(
-            transcript=transcript,
-            confidence=0.92 if is_final else 0.0,
-            words=[t.WordInfo(word=w.word, **{start_f: timedelta(seconds=w.start_s), end_f: timedelta(seconds=w.end_s)})
-                   for w in words],
-        )]
+        alts = [
+            t.SpeechRecognitionAlternative(
+                transcript=transcript,
+                confidence=0.92 if is_final else 0.0,
+                words=[
+                    t.WordInfo(
+                        word=w.word, **{start_f: timedelta(seconds=w.start_s), end_f: timedelta(seconds=w.end_s)}
+                    )
+                    for w in words
+                ],
+            )
+        ]
         for i, alt in enumerate(alternatives if is_final else ()):
             alts.append(t.SpeechRecognitionAlternative(transcript=alt, confidence=max(0.1, 0.8 - 0.1 * i)))
         res = t.StreamingRecognitionResult(
@@ -188,8 +198,11 @@ class _Api:
     def event(cls, kind: str, offset_s: float):
         R = cls.types.StreamingRecognizeResponse
         T = R.SpeechEventType
-        etype = {"speech_begin": T.SPEECH_ACTIVITY_BEGIN, "speech_end": T.SPEECH_ACTIVITY_END,
-                 "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE}[kind]
+        etype = {
+            "speech_begin": T.SPEECH_ACTIVITY_BEGIN,
+            "speech_end": T.SPEECH_ACTIVITY_END,
+            "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE,
+        }[kind]
         return R(speech_event_type=etype, **{cls.event_time_field: timedelta(seconds=offset_s)})
 
 
@@ -224,8 +237,10 @@ class V1Api(_Api):
         cfg = sc.config
         enc = v1.RecognitionConfig.AudioEncoding(cfg.encoding).name
         if enc not in ("LINEAR16", "MULAW"):
-            raise invalid(f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the emulator; "
-                          "use LINEAR16 or MULAW)")
+            raise invalid(
+                f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the emulator; "
+                "use LINEAR16 or MULAW)"
+            )
         check_rate_channels(cfg.sample_rate_hertz, cfg.audio_channel_count)
         if not cfg.language_code:
             raise invalid("Invalid recognition 'config': language_code is required.")
@@ -282,15 +297,18 @@ class V2Api(_Api):
             d = cfg.explicit_decoding_config
             enc = v2.ExplicitDecodingConfig.AudioEncoding(d.encoding).name
             if enc not in ("LINEAR16", "MULAW", "ALAW"):
-                raise invalid(f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the "
-                              "emulator; use LINEAR16, MULAW or ALAW)")
+                raise invalid(
+                    f"Invalid recognition 'config': bad encoding.. ({enc} is not supported by the "
+                    "emulator; use LINEAR16, MULAW or ALAW)"
+                )
             check_rate_channels(d.sample_rate_hertz, d.audio_channel_count)
             rate, channels = d.sample_rate_hertz, max(1, d.audio_channel_count)
         elif which == "auto_decoding_config":
             enc, rate, channels = "AUTO", 0, 1
         else:
-            raise invalid("Invalid recognition 'config': one of auto_decoding_config or explicit_decoding_config "
-                          "is required.")
+            raise invalid(
+                "Invalid recognition 'config': one of auto_decoding_config or explicit_decoding_config is required."
+            )
         if not cfg.language_codes or not all(cfg.language_codes):
             raise invalid("Invalid recognition 'config': language_codes is required.")
         feats = sc.streaming_features

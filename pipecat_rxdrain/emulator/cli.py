@@ -21,7 +21,9 @@ from .timing import TimingProfile
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rxdrain emulator", description="Local Google Speech-to-Text emulator (gRPC, v1+v2).")
+    p = argparse.ArgumentParser(
+        prog="rxdrain emulator", description="Local Google Speech-to-Text emulator (gRPC, v1+v2)."
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback only unless --allow-remote)")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind (no TLS, no auth!)")
@@ -30,18 +32,31 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sample", help="same as --script with a bundled sample name (hello_en, call_en, shalom_he)")
     p.add_argument("--recognizer", choices=("scripted", "pocketsphinx"), default="scripted")
     p.add_argument("--max-stream-s", type=float, default=305.0, help="maximum stream duration (Google: 305 s)")
-    p.add_argument("--inactivity-timeout-s", type=float, default=10.0, help="end a stream after this long without requests")
-    p.add_argument("--max-request-bytes", type=int, default=25 * 1024, help="documented audio bytes per request (25 KB)")
-    p.add_argument("--strict-request-size", action="store_true",
-                   help="reject requests over --max-request-bytes (Google itself accepts them; default: count them)")
-    p.add_argument("--timing", choices=[t.value for t in TimingProfile], default=TimingProfile.FAST.value,
-                   help="answer timing: fast (finals at once) or google (finals ~0.9 s median / 1.6 s p99 "
-                        "after end of speech, revised interims)")
+    p.add_argument(
+        "--inactivity-timeout-s", type=float, default=10.0, help="end a stream after this long without requests"
+    )
+    p.add_argument(
+        "--max-request-bytes", type=int, default=25 * 1024, help="documented audio bytes per request (25 KB)"
+    )
+    p.add_argument(
+        "--strict-request-size",
+        action="store_true",
+        help="reject requests over --max-request-bytes (Google itself accepts them; default: count them)",
+    )
+    p.add_argument(
+        "--timing",
+        choices=[t.value for t in TimingProfile],
+        default=TimingProfile.FAST.value,
+        help="answer timing: fast (finals at once) or google (finals ~0.9 s median / 1.6 s p99 "
+        "after end of speech, revised interims)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the timing profile's draws")
     p.add_argument("--end-silence-ms", type=int, default=600, help="silence that ends a speech segment")
     p.add_argument("--threshold-rms", type=float, default=250.0, help="int16 RMS above which a 20 ms frame is speech")
     p.add_argument("--interim-every-s", type=float, default=0.3, help="speech between interim results")
-    p.add_argument("--small-window", action="store_true", help="small HTTP/2 flow-control window (stalls push back fast)")
+    p.add_argument(
+        "--small-window", action="store_true", help="small HTTP/2 flow-control window (stalls push back fast)"
+    )
     p.add_argument(
         "--fault",
         action="append",
@@ -50,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"arm a fault at startup, e.g. 'abort:after_chunks=50,code=UNAVAILABLE', 'latency:0.5', 'refuse:2', "
         f"'stall:seconds=3,after_s=5,times=none' (kinds: {', '.join(FAULT_KINDS)}); repeatable",
     )
-    p.add_argument("--control-port", type=int, default=None, help="serve the runtime HTTP/JSON control endpoint (0 = free port)")
+    p.add_argument(
+        "--control-port", type=int, default=None, help="serve the runtime HTTP/JSON control endpoint (0 = free port)"
+    )
     return p
 
 
@@ -97,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rxdrain emulator: {exc}", file=sys.stderr)
             emu.stop()
             return 2
-        print(f"listening on {emu.address} (Google Speech v1+v2 StreamingRecognize, recognizer={args.recognizer}, "
-              f"timing={args.timing})")
+        print(
+            f"listening on {emu.address} (Google Speech v1+v2 StreamingRecognize, recognizer={args.recognizer}, "
+            f"timing={args.timing})"
+        )
         print("# Google's clients ignore SPEECH_EMULATOR_HOST; point them here with an insecure channel:")
         for line in insecure_channel_recipe(emu.address).splitlines():
             print(f"#   {line}")

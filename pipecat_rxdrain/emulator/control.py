@@ -56,9 +56,16 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "code": (str,),
     "details": (str,),
 }
-_TYPE_WORDS = {"seconds": "a number", "after_s": "a number", "after_chunks": "an integer",
-               "times": "an integer or none (persistent)", "count": "an integer", "session": "a string",
-               "code": "a status code name", "details": "a string"}
+_TYPE_WORDS = {
+    "seconds": "a number",
+    "after_s": "a number",
+    "after_chunks": "an integer",
+    "times": "an integer or none (persistent)",
+    "count": "an integer",
+    "session": "a string",
+    "code": "a status code name",
+    "details": "a string",
+}
 
 
 def check_fault_params(kind: str, params: dict[str, Any]) -> None:
@@ -173,7 +180,8 @@ class ControlServer:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            + data
         )
         try:
             await writer.drain()

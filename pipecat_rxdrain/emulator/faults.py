@@ -159,7 +159,9 @@ class Faults:
         """End the stream cleanly (status OK) when triggered. Returns the fault id."""
         return self._arm("close", after_s, after_chunks, times, session)
 
-    def refuse(self, count: int = 1, *, code: grpc.StatusCode | str = grpc.StatusCode.UNAVAILABLE, details=None) -> None:
+    def refuse(
+        self, count: int = 1, *, code: grpc.StatusCode | str = grpc.StatusCode.UNAVAILABLE, details=None
+    ) -> None:
         """Reject the next ``count`` streams immediately with ``code``."""
         code = status_code(code)
         details = details or "emulator fault: connection refused by the service (try again)"

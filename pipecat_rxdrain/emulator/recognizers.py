@@ -120,8 +120,9 @@ class ScriptedRecognizer:
         shown = min(len(words), max(1, math.ceil(speech_s / self.seconds_per_word)))
         return " ".join(words[:shown])
 
-    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str,
-              max_alternatives: int = 1) -> Hypothesis:
+    def final(
+        self, session: str, audio: np.ndarray | None, sample_rate: int, language: str, max_alternatives: int = 1
+    ) -> Hypothesis:
         text = self.text_for(self.sessions.take(session))
         return Hypothesis(text, alternatives=scripted_alternatives(text, max_alternatives - 1))
 
@@ -192,8 +193,9 @@ class PocketsphinxRecognizer:
         hyp = self._decode(audio, sample_rate).hyp()
         return hyp.hypstr if hyp is not None else ""
 
-    def final(self, session: str, audio: np.ndarray | None, sample_rate: int, language: str,
-              max_alternatives: int = 1) -> Hypothesis:
+    def final(
+        self, session: str, audio: np.ndarray | None, sample_rate: int, language: str, max_alternatives: int = 1
+    ) -> Hypothesis:
         self.sessions.take(session)
         if audio is None or len(audio) == 0:
             return Hypothesis("")

@@ -183,7 +183,12 @@ class EnergySegmenter:
     def _close(self) -> SegmentEvent:
         audio = np.concatenate(self._audio) if self.settings.keep_audio and self._audio else None
         return SegmentEvent(
-            "end", self._candidate_start or 0.0, self.audio_s, self._speech_s, self._last_speech_end, audio,
+            "end",
+            self._candidate_start or 0.0,
+            self.audio_s,
+            self._speech_s,
+            self._last_speech_end,
+            audio,
             self._audio_start,
         )
 

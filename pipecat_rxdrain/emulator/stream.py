@@ -82,7 +82,9 @@ class StreamShared:
 
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-recognizer")
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="emulator-recognizer"
+            )
         return self._executor
 
     def shutdown_executor(self) -> None:
@@ -218,7 +220,9 @@ class StreamRun:
     async def _next(self, timeout: float):
         if self._get_task is None:
             self._get_task = asyncio.ensure_future(self.inq.get())
-        done, _ = await asyncio.wait({self._get_task, self.killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {self._get_task, self.killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if self.killed.done():
             raise StreamError(*self.killed.result())
         if self._get_task in done:
@@ -361,8 +365,12 @@ class StreamRun:
         start_t, end_t = cfg.speech_start_timeout_s, cfg.speech_end_timeout_s
         if start_t is not None and self.segment < 0 and heard >= start_t - 1e-9:
             raise StreamError(grpc.StatusCode.OK, "", "speech_start_timeout")
-        if (end_t is not None and not self.in_speech and self.last_speech_end_s is not None
-                and heard - self.last_speech_end_s >= end_t - 1e-9):
+        if (
+            end_t is not None
+            and not self.in_speech
+            and self.last_speech_end_s is not None
+            and heard - self.last_speech_end_s >= end_t - 1e-9
+        ):
             raise StreamError(grpc.StatusCode.OK, "", "speech_end_timeout")
 
     def _check_lead(self, received: float) -> None:
@@ -390,8 +398,12 @@ class StreamRun:
             self.next_interim_s = self.shared.interim_every_s
             self.interims_in_segment = 0
             if cfg.voice_activity_events:
-                self._emit(self.api.event("speech_begin", ev.start_s), kind="speech_begin", end_offset_s=ev.start_s,
-                           segment=self.segment)
+                self._emit(
+                    self.api.event("speech_begin", ev.start_s),
+                    kind="speech_begin",
+                    end_offset_s=ev.start_s,
+                    segment=self.segment,
+                )
         elif ev.kind == "speech":
             if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
                 self.next_interim_s += self.shared.interim_every_s
@@ -400,26 +412,51 @@ class StreamRun:
             self.in_speech = False
             self.last_speech_end_s = ev.end_s
             if cfg.voice_activity_events:
-                self._emit(self.api.event("speech_end", ev.end_s), kind="speech_end", end_offset_s=ev.end_s,
-                           segment=self.segment)
+                self._emit(
+                    self.api.event("speech_end", ev.end_s),
+                    kind="speech_end",
+                    end_offset_s=ev.end_s,
+                    segment=self.segment,
+                )
             hyp = await self._run_recognizer(
-                self.shared.recognizer.final, self.record.session, ev.audio, cfg.sample_rate, cfg.language,
+                self.shared.recognizer.final,
+                self.record.session,
+                ev.audio,
+                cfg.sample_rate,
+                cfg.language,
                 cfg.max_alternatives,
             )
             if cfg.single_utterance:
-                self._emit(self.api.event("end_of_single_utterance", ev.end_s), kind="end_of_single_utterance",
-                           end_offset_s=ev.end_s, segment=self.segment)
+                self._emit(
+                    self.api.event("end_of_single_utterance", ev.end_s),
+                    kind="end_of_single_utterance",
+                    end_offset_s=ev.end_s,
+                    segment=self.segment,
+                )
                 self.single_done = True
             words = self._words(hyp, ev) if cfg.word_time_offsets else ()
             delay = self.shared.timing.final_delay_s(f"{self.record.id}|{self.segment}")
             hold = max(0.0, delay - (ev.offset_s - ev.end_s))  # silence already heard counts toward the delay
             self._emit(
-                self.api.result(hyp.text, is_final=True, stability=0.0, end_s=ev.end_s, language=cfg.language,
-                                words=words, alternatives=hyp.alternatives, billed_s=self._billed_s(),
-                                request_id=self.request_id),
+                self.api.result(
+                    hyp.text,
+                    is_final=True,
+                    stability=0.0,
+                    end_s=ev.end_s,
+                    language=cfg.language,
+                    words=words,
+                    alternatives=hyp.alternatives,
+                    billed_s=self._billed_s(),
+                    request_id=self.request_id,
+                ),
                 hold_s=hold,
-                kind="final", transcript=hyp.text, is_final=True, end_offset_s=ev.end_s, segment=self.segment,
-                alternatives=tuple(hyp.alternatives), words=tuple(words),
+                kind="final",
+                transcript=hyp.text,
+                is_final=True,
+                end_offset_s=ev.end_s,
+                segment=self.segment,
+                alternatives=tuple(hyp.alternatives),
+                words=tuple(words),
             )
 
     async def _interim(self, ev: SegmentEvent) -> None:
@@ -436,9 +473,20 @@ class StreamRun:
         text = " ".join(words)
         stability = 0.1 if revised else min(0.9, round(0.1 * self.interims_in_segment, 2))
         self._emit(
-            self.api.result(text, is_final=False, stability=stability, end_s=ev.offset_s, language=cfg.language,
-                            billed_s=self._billed_s(), request_id=self.request_id),
-            kind="interim", transcript=text, stability=stability, end_offset_s=ev.offset_s, segment=self.segment,
+            self.api.result(
+                text,
+                is_final=False,
+                stability=stability,
+                end_s=ev.offset_s,
+                language=cfg.language,
+                billed_s=self._billed_s(),
+                request_id=self.request_id,
+            ),
+            kind="interim",
+            transcript=text,
+            stability=stability,
+            end_offset_s=ev.offset_s,
+            segment=self.segment,
         )
 
     async def _run_recognizer(self, fn, *args):

@@ -55,9 +55,23 @@ class TimingProfile(Enum):
 
 # Near-misses a recognizer plausibly produces before it has heard the whole word.
 _CONFUSIONS = {
-    "to": "two", "two": "to", "for": "four", "four": "for", "nine": "night", "i": "eye",
-    "hi": "high", "order": "odor", "test": "text", "morning": "mourning", "would": "wood",
-    "there": "their", "it": "at", "is": "as", "the": "a", "a": "the", "me": "we",
+    "to": "two",
+    "two": "to",
+    "for": "four",
+    "four": "for",
+    "nine": "night",
+    "i": "eye",
+    "hi": "high",
+    "order": "odor",
+    "test": "text",
+    "morning": "mourning",
+    "would": "wood",
+    "there": "their",
+    "it": "at",
+    "is": "as",
+    "the": "a",
+    "a": "the",
+    "me": "we",
 }
 
 

@@ -127,36 +127,55 @@ class RxdrainMetrics:
             calls_started=Counter(f"{p}_calls_started", "Calls that reached the pipeline.", registry=into),
             calls_ended=Counter(f"{p}_calls_ended", "Calls ended, by end reason.", ["reason"], registry=into),
             rx_queue=Gauge(
-                f"{p}_rx_queue_frames", "RX frames queued, summed over active calls.", registry=into,
+                f"{p}_rx_queue_frames",
+                "RX frames queued, summed over active calls.",
+                registry=into,
                 multiprocess_mode="livesum",
             ),
             rx_calls_draining=Gauge(
-                f"{p}_rx_calls_draining", "Active calls whose RX queue is in drain mode.", registry=into,
+                f"{p}_rx_calls_draining",
+                "Active calls whose RX queue is in drain mode.",
+                registry=into,
                 multiprocess_mode="livesum",
             ),
             rx_frames_in=Counter(f"{p}_rx_frames_in", "Caller audio frames offered to the RX queue.", registry=into),
-            rx_dropped=Counter(f"{p}_rx_dropped_frames", "RX frames dropped (queue full while draining).", registry=into),
+            rx_dropped=Counter(
+                f"{p}_rx_dropped_frames", "RX frames dropped (queue full while draining).", registry=into
+            ),
             rx_drain_seconds=Counter(f"{p}_rx_drain_seconds", "Time RX queues spent in drain mode.", registry=into),
             rx_drain_episodes=Counter(f"{p}_rx_drain_episodes", "Times an RX queue entered drain mode.", registry=into),
             stt_queue=Gauge(
-                f"{p}_stt_queue_chunks", "STT audio chunks queued, summed over active calls.", registry=into,
+                f"{p}_stt_queue_chunks",
+                "STT audio chunks queued, summed over active calls.",
+                registry=into,
                 multiprocess_mode="livesum",
             ),
-            stt_dropped=Counter(f"{p}_stt_dropped_chunks", "STT audio chunks dropped (queue full, oldest first).", registry=into),
+            stt_dropped=Counter(
+                f"{p}_stt_dropped_chunks", "STT audio chunks dropped (queue full, oldest first).", registry=into
+            ),
             stt_write_seconds=Histogram(
                 f"{p}_stt_write_seconds",
                 "Mean gRPC request write time of each STT telemetry window, sampled per observation.",
-                registry=into, buckets=STT_WRITE_BUCKETS,
+                registry=into,
+                buckets=STT_WRITE_BUCKETS,
             ),
-            stt_reconnects=Counter(f"{p}_stt_reconnects", "STT stream reconnects, by gRPC status code.", ["code"], registry=into),
+            stt_reconnects=Counter(
+                f"{p}_stt_reconnects", "STT stream reconnects, by gRPC status code.", ["code"], registry=into
+            ),
             stt_replayed_seconds=Counter(
-                f"{p}_stt_replayed_audio_seconds", "Audio replayed to a new STT stream after a reconnect.", registry=into
+                f"{p}_stt_replayed_audio_seconds",
+                "Audio replayed to a new STT stream after a reconnect.",
+                registry=into,
             ),
             stt_replay_overflow_seconds=Counter(
-                f"{p}_stt_replay_overflow_audio_seconds", "Unfinalized audio too long to replay (lost to STT).", registry=into
+                f"{p}_stt_replay_overflow_audio_seconds",
+                "Unfinalized audio too long to replay (lost to STT).",
+                registry=into,
             ),
             eos_to_final_seconds=Histogram(
-                f"{p}_eos_to_final_seconds", "End of speech to final transcript.", registry=into,
+                f"{p}_eos_to_final_seconds",
+                "End of speech to final transcript.",
+                registry=into,
                 buckets=EOS_TO_FINAL_BUCKETS,
             ),
             twilio_bad_messages=Counter(
@@ -165,7 +184,8 @@ class RxdrainMetrics:
             discarded=Counter(
                 f"{p}_discarded",
                 "Everything discarded anywhere (frames, chunks or messages), by stage and reason.",
-                ["stage", "reason"], registry=into,
+                ["stage", "reason"],
+                registry=into,
             ),
         )
         self._end_reasons: set[str] = set()

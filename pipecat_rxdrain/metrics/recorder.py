@@ -46,17 +46,41 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .families import RxdrainMetrics
 
-GRPC_CODE_NAMES = frozenset([
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-])
+GRPC_CODE_NAMES = frozenset(
+    [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ]
+)
 
 # (stats field, discard reason) read explicitly; other ``discarded_on_*`` / ``discarded_*`` fields are found by name.
-_RX_DISCARDS = (("drops", "overflow"), ("discarded_on_cancel", "cancel"), ("discarded_on_end", "end"),
-                ("passengers_dropped", "interruption"))
-_STT_DISCARDS = (("drops", "overflow"), ("rejected", "rejected"), ("malformed", "malformed"),
-                 ("discarded_on_error", "error"))
+_RX_DISCARDS = (
+    ("drops", "overflow"),
+    ("discarded_on_cancel", "cancel"),
+    ("discarded_on_end", "end"),
+    ("passengers_dropped", "interruption"),
+)
+_STT_DISCARDS = (
+    ("drops", "overflow"),
+    ("rejected", "rejected"),
+    ("malformed", "malformed"),
+    ("discarded_on_error", "error"),
+)
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -233,7 +257,7 @@ class CallMetrics:
         items = list(finals)
         if len(items) < self._finals_seen:  # a new list: start over
             self._finals_seen = 0
-        for item in items[self._finals_seen:]:
+        for item in items[self._finals_seen :]:
             ms = item.get("eos_to_final_ms") if isinstance(item, Mapping) else item
             if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0:
                 self._f.eos_to_final_seconds.observe(ms / 1000.0)

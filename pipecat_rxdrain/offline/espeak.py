@@ -101,7 +101,7 @@ class EspeakSynthesizer:
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(text.encode("utf-8")), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EspeakError(f"espeak-ng did not finish within {self.timeout_s:g} s") from None
         finally:
             if proc.returncode is None:

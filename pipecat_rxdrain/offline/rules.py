@@ -40,13 +40,19 @@ class ReplyRules:
         self._compiled = [(re.compile(r.pattern, re.IGNORECASE), r.reply) for r in self.rules]
 
     @classmethod
-    def default(cls) -> "ReplyRules":
+    def default(cls) -> ReplyRules:
         """A few replies for a phone line (English)."""
         return cls(
             [
                 ReplyRule(r"\b(hello|hi|hey|good (morning|afternoon|evening))\b", "Hello! How can I help you today?"),
-                ReplyRule(r"\b(arrive|deliver|delivery|package|order|shipment)\b", "I'm sorry about your delivery. Let me check the order for you."),
-                ReplyRule(r"\b(refund|money back|charge[ds]?)\b", "I can help with a refund. Could you give me your order number?"),
+                ReplyRule(
+                    r"\b(arrive|deliver|delivery|package|order|shipment)\b",
+                    "I'm sorry about your delivery. Let me check the order for you.",
+                ),
+                ReplyRule(
+                    r"\b(refund|money back|charge[ds]?)\b",
+                    "I can help with a refund. Could you give me your order number?",
+                ),
                 ReplyRule(r"\b(thank|thanks)\b", "You're welcome. Is there anything else?"),
                 ReplyRule(r"\b(bye|goodbye)\b", "Goodbye, and have a nice day."),
             ],

@@ -29,7 +29,9 @@ def alias_moved_module(old_name: str, new_name: str) -> None:
     import warnings
 
     new = f"{__name__}.{new_name}"
-    warnings.warn(f"{old_name} moved to {new}; import from there or from pipecat_rxdrain", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{old_name} moved to {new}; import from there or from pipecat_rxdrain", DeprecationWarning, stacklevel=3
+    )
     sys.modules[old_name] = importlib.import_module(new)
 
 

@@ -79,9 +79,7 @@ class RxDrainParams(BaseModel):
         if self.catchup_target is not None or self.catchup_speed is not None:
             if self.catchup_target is not None and not self.catchup_target >= 0:
                 raise ValueError(f"catchup_target must be >= 0, got catchup_target={self.catchup_target}")
-            if self.catchup_speed is not None and not (
-                math.isfinite(self.catchup_speed) and self.catchup_speed >= 1.0
-            ):
+            if self.catchup_speed is not None and not (math.isfinite(self.catchup_speed) and self.catchup_speed >= 1.0):
                 raise ValueError(f"catchup_speed must be >= 1.0, got catchup_speed={self.catchup_speed}")
             warnings.warn(
                 "RxDrainParams.catchup_target / catchup_speed are ignored since RX release became "
@@ -188,8 +186,10 @@ class RxDrainProcessor(FrameProcessor):
             self._ended = False
             await self.push_frame(frame, direction)
             self._start_pacing()
-        elif direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame) and (
-            self._ended or not frame.audio
+        elif (
+            direction is FrameDirection.DOWNSTREAM
+            and isinstance(frame, InputAudioRawFrame)
+            and (self._ended or not frame.audio)
         ):
             if self._ended:
                 self.audio_after_end += 1

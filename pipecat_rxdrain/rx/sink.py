@@ -30,4 +30,3 @@ class AudioSink(Protocol):
     """
 
     def can_accept_audio(self) -> bool: ...
-

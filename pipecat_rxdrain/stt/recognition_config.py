@@ -55,7 +55,9 @@ class StreamSpec:
         if self.api == "v2":
             from google.cloud.speech_v2.types import cloud_speech
 
-            return cloud_speech.StreamingRecognizeRequest(recognizer=self.recognizer, streaming_config=self.streaming_config)
+            return cloud_speech.StreamingRecognizeRequest(
+                recognizer=self.recognizer, streaming_config=self.streaming_config
+            )
         from google.cloud.speech_v1.types import cloud_speech as v1
 
         return v1.StreamingRecognizeRequest(streaming_config=self.streaming_config)
@@ -155,7 +157,10 @@ def build_v2_spec(
         ),
     )
     return StreamSpec(
-        api="v2", sample_rate=sample_rate, streaming_config=streaming, recognizer=recognizer,
+        api="v2",
+        sample_rate=sample_rate,
+        streaming_config=streaming,
+        recognizer=recognizer,
         language_codes=tuple(language_codes),
     )
 

@@ -214,7 +214,9 @@ class GoogleSTTService(STTService):
             if not settings:
                 default_settings.languages = list(params.language_list)
                 default_settings.model = params.model
-                default_settings.use_separate_recognition_per_channel = bool(params.use_separate_recognition_per_channel)
+                default_settings.use_separate_recognition_per_channel = bool(
+                    params.use_separate_recognition_per_channel
+                )
                 default_settings.enable_automatic_punctuation = bool(params.enable_automatic_punctuation)
                 default_settings.enable_spoken_punctuation = bool(params.enable_spoken_punctuation)
                 default_settings.enable_spoken_emojis = bool(params.enable_spoken_emojis)
@@ -229,7 +231,9 @@ class GoogleSTTService(STTService):
         if is_given(default_settings.adaptation) and default_settings.adaptation is not None:
             default_settings.adaptation = normalize_speech_adaptation(default_settings.adaptation)
 
-        super().__init__(sample_rate=sample_rate, ttfs_p99_latency=ttfs_p99_latency, settings=default_settings, **kwargs)
+        super().__init__(
+            sample_rate=sample_rate, ttfs_p99_latency=ttfs_p99_latency, settings=default_settings, **kwargs
+        )
 
         self._location = location
         self._api = api
@@ -237,7 +241,9 @@ class GoogleSTTService(STTService):
         self._close_timeout_s = self._session_params.close_timeout_s
         self._backoff = backoff
         self._clock = clock
-        self._turn_args = dict(debounce_ms=debounce_ms, vad_hangover_ms=vad_hangover_ms, final_timeout_ms=final_timeout_ms)
+        self._turn_args = dict(
+            debounce_ms=debounce_ms, vad_hangover_ms=vad_hangover_ms, final_timeout_ms=final_timeout_ms
+        )
         self._turns = TurnTimer(clock=clock, **self._turn_args)
         self._check_languages()
 
@@ -602,7 +608,11 @@ class GoogleSTTService(STTService):
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
             r = cast(SttResult, item)
-            emits = self._turns.final(r.text, r) if r.is_final else self._turns.interim(r.text, r, end_ms=r.end_ms, stability=r.stability)
+            emits = (
+                self._turns.final(r.text, r)
+                if r.is_final
+                else self._turns.interim(r.text, r, end_ms=r.end_ms, stability=r.stability)
+            )
             await self._emit(emits)
         elif kind == "vad_started":
             await self._emit(self._turns.vad_started())
@@ -630,7 +640,9 @@ class GoogleSTTService(STTService):
                 if not self._segment_open:
                     await self.start_processing_metrics()
                     self._segment_open = True
-                await self.push_frame(InterimTranscriptionFrame(e.text, self._user_id, time_now_iso8601(), language, result=raw))
+                await self.push_frame(
+                    InterimTranscriptionFrame(e.text, self._user_id, time_now_iso8601(), language, result=raw)
+                )
 
     @traced_stt
     async def _handle_transcription(self, transcript: str, is_final: bool, language: str | None = None):
@@ -704,7 +716,9 @@ def _project_from(credentials: str | None, credentials_path: str | None) -> str 
 
 def _check_sample_rate(rate: int | None, name: str) -> None:
     if rate is not None and not (MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
-        raise ValueError(f"{name} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz for Google STT, got {rate}")
+        raise ValueError(
+            f"{name} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz for Google STT, got {rate}"
+        )
 
 
 def _load_service_account(text: str, what: str) -> dict:

@@ -291,7 +291,9 @@ class StreamingSTTSession:
         self._probe_client: Any = None
         mode = IoThreadMode(io_thread)
         self.io_mode = mode
-        self._io: SttIoThread = shared_io_thread() if mode is IoThreadMode.SHARED else SttIoThread(f"rxdrain-stt-{self.name}")
+        self._io: SttIoThread = (
+            shared_io_thread() if mode is IoThreadMode.SHARED else SttIoThread(f"rxdrain-stt-{self.name}")
+        )
 
         # One lock for the queue and the session state (never held while calling the queue).
         self._lock = threading.Lock()  # guards _state, _closing, _pending_spec, _loop
@@ -511,7 +513,9 @@ class StreamingSTTSession:
         """Roll the telemetry window and return the ``[STT]`` line (also what the I/O loop logs)."""
         sample = self._window.roll()
         self._last_window_write_ms = sample.write_ms
-        return format_stt_line(q=len(self._queue), drops=self._queue.drops + self._discarded_on_close, write_ms=sample.write_ms)
+        return format_stt_line(
+            q=len(self._queue), drops=self._queue.drops + self._discarded_on_close, write_ms=sample.write_ms
+        )
 
     def __repr__(self) -> str:
         return f"StreamingSTTSession(name={self.name!r}, api={self._spec.api!r}, state={str(self._state)!r})"
@@ -600,7 +604,9 @@ class StreamingSTTSession:
                 continue
             if outcome is StreamOutcome.STALLED:
                 code: grpc.StatusCode | None = grpc.StatusCode.DEADLINE_EXCEEDED
-                desc = f"DEADLINE_EXCEEDED: a write was blocked for more than {p.stall_bound_s:g} s (write-stall watchdog)"
+                desc = (
+                    f"DEADLINE_EXCEEDED: a write was blocked for more than {p.stall_bound_s:g} s (write-stall watchdog)"
+                )
                 # What the recognizer has not finalized and is older than the bound is not worth
                 # sending any more: the caller has moved on. Count it and replay the rest.
                 cutoff = self._clock() - p.stall_bound_s
@@ -823,7 +829,9 @@ class StreamingSTTSession:
             self._end_write(st, time.perf_counter() - t0)
         # Half-close; bound the wait for the server's last results.
         st.half_closed = True
-        st.timers.append(asyncio.get_running_loop().call_later(self.params.drain_timeout_s, self._cancel_if_running, st))
+        st.timers.append(
+            asyncio.get_running_loop().call_later(self.params.drain_timeout_s, self._cancel_if_running, st)
+        )
 
     def _next_action(self, st: _Stream) -> _Take | None:
         if st.ended.is_set():
@@ -989,7 +997,9 @@ class StreamingSTTSession:
         if st is not None and st.config_change_at is None:
             # Rotate at the next final or silence so an utterance is not split in two.
             st.config_change_at = self._clock()
-            st.timers.append(asyncio.get_running_loop().call_later(self.params.config_change_grace_s, self._wake_writer))
+            st.timers.append(
+                asyncio.get_running_loop().call_later(self.params.config_change_grace_s, self._wake_writer)
+            )
         self._wake_writer()
 
     def _begin_close(self, timeout: float) -> None:

@@ -368,7 +368,7 @@ class TurnTimer:
         if covered_final < len(words):
             self._early_words = []
             self._new_segment_since_early = False
-            return text[matches[covered_final].start():].strip()
+            return text[matches[covered_final].start() :].strip()
         # Everything in this final was already delivered.
         # A final covering only the start of the early text: Google split the segment, the
         # rest of the early words are matched against its next final (unless speech resumed).

@@ -258,7 +258,12 @@ class _Receiver:
     async def _echo_mark(self, name: str) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        msg = {"event": "mark", "sequenceNumber": str(self.seq()), "streamSid": self.opts.stream_sid, "mark": {"name": name}}
+        msg = {
+            "event": "mark",
+            "sequenceNumber": str(self.seq()),
+            "streamSid": self.opts.stream_sid,
+            "mark": {"name": name},
+        }
         try:
             async with self.lock:
                 await self.ws.send(json.dumps(msg))
@@ -314,9 +319,12 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
         if opts.auth_token:  # Twilio signs the upgrade: the <Stream> URL it was given, no parameters
             from twilio.request_validator import RequestValidator
 
-            ws_headers["X-Twilio-Signature"] = RequestValidator(opts.auth_token).compute_signature(summary.twiml_stream_url or ws_url, {})
-        async with connect(ws_url, open_timeout=opts.connect_timeout_s, max_size=2**20, compression=None,
-                           additional_headers=ws_headers) as ws:
+            ws_headers["X-Twilio-Signature"] = RequestValidator(opts.auth_token).compute_signature(
+                summary.twiml_stream_url or ws_url, {}
+            )
+        async with connect(
+            ws_url, open_timeout=opts.connect_timeout_s, max_size=2**20, compression=None, additional_headers=ws_headers
+        ) as ws:
             lock = asyncio.Lock()
             receiver = _Receiver(ws, summary, opts, lock, next_seq)
             recv_task = asyncio.create_task(receiver.run())
@@ -389,12 +397,16 @@ async def simulate_call(opts: CallerOptions) -> CallSummary:
     summary.audio_s = round(summary.frames_sent * FRAME_S, 3)
     summary.max_late_ms = round(summary.max_late_ms, 2)
     if summary.error is None and summary.frames_sent < len(frames):
-        summary.error = f"connection closed after {summary.frames_sent} of {len(frames)} frames (code {summary.close_code})"
+        summary.error = (
+            f"connection closed after {summary.frames_sent} of {len(frames)} frames (code {summary.close_code})"
+        )
     return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rxdrain call", description="Call a bot's Twilio Media Streams websocket from a WAV file.")
+    p = argparse.ArgumentParser(
+        prog="rxdrain call", description="Call a bot's Twilio Media Streams websocket from a WAV file."
+    )
     p.add_argument("--url", help="the bot's media websocket, e.g. ws://127.0.0.1:8765/ws")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--wav", help="a WAV file (any rate, 8/16/24/32-bit, any channels)")
@@ -410,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=1.0, help="time compression (2 = twice real time)")
     p.add_argument("--tail-silence-s", type=float, default=1.0)
-    p.add_argument("--hangup-at", type=float, dest="hangup_at_s", help="hang up abruptly (no stop) at this audio second")
+    p.add_argument(
+        "--hangup-at", type=float, dest="hangup_at_s", help="hang up abruptly (no stop) at this audio second"
+    )
     p.add_argument("--linger-s", type=float, default=2.0)
     p.add_argument("--call-sid")
     return p

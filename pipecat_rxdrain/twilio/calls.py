@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 
-class Admission(str, Enum):
+class Admission(StrEnum):
     """The answer to a media websocket asking for a call slot."""
 
     ADMITTED = "admitted"
@@ -22,7 +22,7 @@ class Admission(str, Enum):
     DUPLICATE = "duplicate"  # this CallSid already has a live media stream: close 1008
 
 
-class CallOutcome(str, Enum):
+class CallOutcome(StrEnum):
     OK = "ok"
     FAILED = "failed"  # a fatal error (e.g. STT credentials rejected) ended the call
 
@@ -88,7 +88,12 @@ class CallRegistry:
         self.completed: deque[CallRecord] = deque(maxlen=keep_completed)
         self.shutting_down = False
         self.counters: dict[str, int] = {
-            "webhooks_answered": 0, "admitted": 0, "refused_full": 0, "refused_shutting_down": 0, "refused_duplicate": 0, "failed": 0,
+            "webhooks_answered": 0,
+            "admitted": 0,
+            "refused_full": 0,
+            "refused_shutting_down": 0,
+            "refused_duplicate": 0,
+            "failed": 0,
         }
         self._recent: deque[CallOutcome] = deque(maxlen=failing_window)
 

@@ -19,8 +19,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -34,8 +35,8 @@ def setting(
     default: Any,
     *,
     kind: type | None = None,
-    min: float | None = None,  # noqa: A002 - reads best at the call site
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
     positive: bool = False,
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
@@ -118,7 +119,11 @@ def check_settings(config: Any) -> None:
                 raise ConfigError(f"{var}: expected a boolean, got {type(value).__name__}")
             continue
         if kind in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
+            ):
                 raise ConfigError(f"{var}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"{var} must be a finite number, got {value!r}")
@@ -254,6 +259,6 @@ def _check_key_info(info: Any, name: str) -> str | None:
         from google.oauth2 import service_account
 
         service_account.Credentials.from_service_account_info(info)
-    except Exception as e:  # noqa: BLE001 - any failure means the key is unusable; never echo it
+    except Exception as e:
         return f"{name} is not a usable service-account key ({type(e).__name__})"
     return None

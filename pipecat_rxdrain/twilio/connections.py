@@ -14,7 +14,8 @@ has not fully arrived within ``request_timeout_s`` (half-sent requests).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 

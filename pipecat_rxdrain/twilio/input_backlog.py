@@ -123,5 +123,11 @@ class InputBacklog:
     @property
     def stats(self) -> InputBacklogStats:
         return InputBacklogStats(
-            self.sent, self.arrived, self.in_flight, self.peak_in_flight, self.waits, self.overflow, self.discarded_at_end
+            self.sent,
+            self.arrived,
+            self.in_flight,
+            self.peak_in_flight,
+            self.waits,
+            self.overflow,
+            self.discarded_at_end,
         )

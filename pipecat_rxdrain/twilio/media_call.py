@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import Any, Awaitable, Callable, Sequence, Union
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import EndFrame, ErrorFrame
@@ -48,7 +49,7 @@ from .logs import ThrottledWarnings, loggable
 from .messages import Start, TwilioStreamParser
 from .serializer import HardenedTwilioFrameSerializer, InputBacklogMeter
 
-BuildPipeline = Callable[["MediaStreamCall"], Union[Sequence[FrameProcessor], Awaitable[Sequence[FrameProcessor]]]]
+BuildPipeline = Callable[["MediaStreamCall"], Sequence[FrameProcessor] | Awaitable[Sequence[FrameProcessor]]]
 
 #: How long Twilio's ``stop`` waits for the input backlog to reach the pipeline.
 STOP_DRAIN_TIMEOUT_S = 3.0
@@ -153,9 +154,7 @@ class MediaStreamCall:
         @self.worker.event_handler("on_pipeline_error")
         async def _on_error(worker, frame: ErrorFrame):
             processor = frame.processor
-            fatal = bool(frame.fatal) or (
-                processor is not None and (processor is self.stt or not processor.is_usable)
-            )
+            fatal = bool(frame.fatal) or (processor is not None and (processor is self.stt or not processor.is_usable))
             if fatal:
                 await self.fail(f"{type(processor).__name__ if processor else 'pipeline'}: {frame.error}")
 
@@ -196,7 +195,11 @@ class MediaStreamCall:
         """A WARNING when audio starts being dropped anywhere (then at most one summary line per 10 s)."""
         rec = self.refresh()
         for where, n, why in (
-            ("rx", rec.rx.get("drops") or 0, "the oldest caller audio (RX queue full: audio arrives faster than STT takes it)"),
+            (
+                "rx",
+                rec.rx.get("drops") or 0,
+                "the oldest caller audio (RX queue full: audio arrives faster than STT takes it)",
+            ),
             ("stt", rec.stt.get("drops") or 0, "the oldest audio chunks (STT queue full: Google is slow or stalled)"),
             ("input", rec.input.get("overflow") or 0, "caller audio (the input transport's backlog stayed full)"),
         ):
@@ -267,9 +270,13 @@ class MediaStreamCall:
             self.serializer.log_summary_if_due(force=True)
         discarded = self.backlog.settle()
         if discarded:
-            logger.warning(f"[BOT] {discarded} inbound audio frames were discarded by the input transport at the end of the call")
+            logger.warning(
+                f"[BOT] {discarded} inbound audio frames were discarded by the input transport at the end of the call"
+            )
         self.record.ended_at = time.time()
-        self.record.end_reason = self.record.end_reason or ("failed" if self.record.outcome is CallOutcome.FAILED else "pipeline ended")
+        self.record.end_reason = self.record.end_reason or (
+            "failed" if self.record.outcome is CallOutcome.FAILED else "pipeline ended"
+        )
         rec = self.refresh()
         if self.metrics is not None:
             self.metrics.end(rec.end_reason)

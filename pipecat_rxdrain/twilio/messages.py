@@ -459,7 +459,9 @@ def start_message(
     }
 
 
-def media_message(*, stream_sid: str, sequence_number: int, chunk: int, timestamp_ms: int, payload: bytes) -> dict[str, Any]:
+def media_message(
+    *, stream_sid: str, sequence_number: int, chunk: int, timestamp_ms: int, payload: bytes
+) -> dict[str, Any]:
     return {
         "event": "media",
         "sequenceNumber": str(sequence_number),

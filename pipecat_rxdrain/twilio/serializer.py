@@ -151,7 +151,9 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
             if backlog is not None:
                 if not backlog.has_room() and not await backlog.wait_for_room():
                     backlog.note_overflow()
-                    self._move_to_dropped(DropReason.INPUT_OVERFLOW, f"input transport backlog full ({backlog.limit} frames)")
+                    self._move_to_dropped(
+                        DropReason.INPUT_OVERFLOW, f"input transport backlog full ({backlog.limit} frames)"
+                    )
                     return None
                 backlog.note_sent()
             return InputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1)

@@ -46,7 +46,8 @@ import resource
 import signal
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -106,8 +107,10 @@ async def read_until_start(websocket: WebSocket, parser: TwilioStreamParser, war
         if isinstance(parsed, Start):
             return parsed
         if isinstance(parsed, Rejected):
-            warn(f"pre_start_{parsed.reason.value}",
-                 f"[TWILIO] dropped bad message before start (reason={parsed.reason.value}): {parsed.detail}")
+            warn(
+                f"pre_start_{parsed.reason.value}",
+                f"[TWILIO] dropped bad message before start (reason={parsed.reason.value}): {parsed.detail}",
+            )
     return None
 
 
@@ -171,7 +174,9 @@ def create_app(
         finally:
             await loop_lag.stop()
 
-    app = FastAPI(title="pipecat-rxdrain Twilio bot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="pipecat-rxdrain Twilio bot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.calls = registry
     app.state.config = config
     app.state.doors = warn.counts
@@ -201,21 +206,30 @@ def create_app(
         try:
             body = await asyncio.wait_for(_read_capped(request, config.max_webhook_bytes), config.request_timeout_s)
         except _TooLarge:
-            warn("webhook_too_large", f"[BOT] webhook refused: body over {config.max_webhook_bytes} bytes (from {peer})")
+            warn(
+                "webhook_too_large", f"[BOT] webhook refused: body over {config.max_webhook_bytes} bytes (from {peer})"
+            )
             return text("request too large", 413, connection="close")
-        except asyncio.TimeoutError:
-            warn("webhook_timeout", f"[BOT] webhook refused: body not received within {config.request_timeout_s:g}s (from {peer})")
+        except TimeoutError:
+            warn(
+                "webhook_timeout",
+                f"[BOT] webhook refused: body not received within {config.request_timeout_s:g}s (from {peer})",
+            )
             return text("request timeout", 408, connection="close")
         # Twilio posts application/x-www-form-urlencoded (parsed here: no python-multipart needed).
         params = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        if verifier is not None and not verifier.verify(public_url(request), params, request.headers.get("x-twilio-signature")):
+        if verifier is not None and not verifier.verify(
+            public_url(request), params, request.headers.get("x-twilio-signature")
+        ):
             warn("webhook_bad_signature", f"[BOT] webhook rejected: bad or missing X-Twilio-Signature (from {peer})")
             return text("forbidden", 403)
         if registry.shutting_down:
             return text("shutting down", 503)
         call_sid = params.get("CallSid", "")
         if not is_sid(call_sid, "CA"):
-            warn("webhook_bad_call_sid", f"[BOT] webhook refused: CallSid missing or not a Twilio call SID (from {peer})")
+            warn(
+                "webhook_bad_call_sid", f"[BOT] webhook refused: CallSid missing or not a Twilio call SID (from {peer})"
+            )
             return text("missing or malformed CallSid", 400)
         token = tokens.issue(call_sid)
         with logger.contextualize(call_sid=call_sid):
@@ -268,7 +282,9 @@ def create_app(
 
     @app.websocket("/ws")
     async def media(websocket: WebSocket):
-        if verifier is not None and not verifier.verify(public_url(websocket), {}, websocket.headers.get("x-twilio-signature")):
+        if verifier is not None and not verifier.verify(
+            public_url(websocket), {}, websocket.headers.get("x-twilio-signature")
+        ):
             # Twilio signs the upgrade (the wss:// URL of <Stream>, no parameters): refused before accepting.
             peer = loggable(websocket.client.host if websocket.client else "?", 64)
             warn("ws_bad_signature", f"[BOT] media websocket refused: bad or missing X-Twilio-Signature (from {peer})")
@@ -292,7 +308,7 @@ def create_app(
             parser = TwilioStreamParser(max_message_bytes=config.max_message_bytes)
             try:
                 start = await asyncio.wait_for(read_until_start(websocket, parser, warn), config.start_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 start = None
             if start is None:
                 warn("ws_no_start", "[BOT] media websocket closed: no valid start message")
@@ -404,7 +420,10 @@ class BotServer:
                 http=guarded_h11_protocol(
                     gate,
                     config.request_timeout_s,
-                    lambda: self._accept_errors("request_timeout", f"[BOT] closed a connection: no complete request within {config.request_timeout_s:g}s"),
+                    lambda: self._accept_errors(
+                        "request_timeout",
+                        f"[BOT] closed a connection: no complete request within {config.request_timeout_s:g}s",
+                    ),
                 ),
                 ws="websockets-sansio" if _has_sansio() else "websockets",
                 ws_max_size=config.ws_max_size,

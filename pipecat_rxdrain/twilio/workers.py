@@ -108,7 +108,7 @@ class _Supervisor:
         self.children.pop(child.pid, None)
         try:
             mark_process_dead(child.pid, self.metrics_dir)
-        except Exception as e:  # noqa: BLE001 - a metrics hiccup must not stop the supervisor
+        except Exception as e:
             logger.warning(f"[BOT] could not mark worker {child.pid} dead in the metrics: {type(e).__name__}")
 
     def _signal_all(self, sig: int) -> None:
