@@ -241,7 +241,7 @@ class GoogleSTTService(STTService):
         self._close_timeout_s = self._session_params.close_timeout_s
         self._backoff = backoff
         self._clock = clock
-        self._turn_args = dict(
+        self._turn_args: dict[str, Any] = dict(
             debounce_ms=debounce_ms, vad_hangover_ms=vad_hangover_ms, final_timeout_ms=final_timeout_ms
         )
         self._turns = TurnTimer(clock=clock, **self._turn_args)

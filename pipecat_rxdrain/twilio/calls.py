@@ -10,7 +10,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .messages import Start
 
 
 class Admission(StrEnum):
@@ -65,8 +68,12 @@ class CallRecord:
 
 class LiveCall(Protocol):
     record: CallRecord
+    start: Start
+    worker: Any
 
     def refresh(self) -> CallRecord: ...
+
+    async def end(self, reason: str) -> None: ...
 
 
 class CallRegistry:

@@ -72,7 +72,7 @@ def guarded_h11_protocol(gate: ConnectionGate, request_timeout_s: float, on_time
     """A uvicorn ``H11Protocol`` subclass that reports to ``gate`` and times out slow requests."""
 
     class GuardedH11Protocol(H11Protocol):
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._gate_key = self.client or id(transport)
             gate.opened(self._gate_key, transport)

@@ -30,7 +30,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pipecat.frames.frames import EndFrame, ErrorFrame
@@ -48,6 +48,9 @@ from .input_backlog import DEFAULT_INPUT_BACKLOG, InputBacklog
 from .logs import ThrottledWarnings, loggable
 from .messages import Start, TwilioStreamParser
 from .serializer import HardenedTwilioFrameSerializer, InputBacklogMeter
+
+if TYPE_CHECKING:
+    from pipecat.pipeline.worker import PipelineWorker
 
 BuildPipeline = Callable[["MediaStreamCall"], Sequence[FrameProcessor] | Awaitable[Sequence[FrameProcessor]]]
 
@@ -79,7 +82,7 @@ class MediaStreamCall:
         self.record = CallRecord(start.call_sid, start.stream_sid)
         self.backlog = InputBacklog(input_backlog)
         self.serializer: HardenedTwilioFrameSerializer | None = None
-        self.worker = None
+        self.worker: PipelineWorker | None = None
         self.processors: list[FrameProcessor] = []
         self.rx: RxDrainProcessor | None = None
         self.stt: STTService | None = None
@@ -134,7 +137,7 @@ class MediaStreamCall:
         self.processors = processors
         self.rx = next((p for p in processors if isinstance(p, RxDrainProcessor)), None)
         self.stt = next((p for p in processors if isinstance(p, STTService)), None)
-        self.worker = PipelineWorker(
+        self.worker = worker = PipelineWorker(
             Pipeline(processors),
             params=PipelineParams(
                 audio_in_sample_rate=8000, audio_out_sample_rate=8000, enable_metrics=self.config.pipeline_metrics
@@ -149,9 +152,9 @@ class MediaStreamCall:
                 return  # stop/EndFrame already on its way; the watchdog bounds it
             logger.info("[BOT] caller hung up; ending the call")
             self.record.end_reason = self.record.end_reason or "caller disconnected"
-            await self.worker.cancel()
+            await worker.cancel()
 
-        @self.worker.event_handler("on_pipeline_error")
+        @worker.event_handler("on_pipeline_error")
         async def _on_error(worker, frame: ErrorFrame):
             processor = frame.processor
             fatal = bool(frame.fatal) or (processor is not None and (processor is self.stt or not processor.is_usable))
@@ -212,6 +215,8 @@ class MediaStreamCall:
         cfg = self.config
         ending_since: float | None = None
         ticks = 0
+        worker, serializer = self.worker, self.serializer
+        assert worker is not None and serializer is not None  # the watchdog starts after _build
         while True:
             await asyncio.sleep(0.25)
             self._warn_about_drops()
@@ -223,12 +228,12 @@ class MediaStreamCall:
                 ending_since = ending_since or now
                 if now - ending_since > cfg.shutdown_grace_s:
                     logger.warning(f"[BOT] call did not end within {cfg.shutdown_grace_s:g}s; cancelling")
-                    await self.worker.cancel()
+                    await worker.cancel()
                     return
-            elif now - self.serializer.last_message_at > cfg.media_idle_timeout_s:
+            elif now - serializer.last_message_at > cfg.media_idle_timeout_s:
                 logger.warning(f"[BOT] no message from Twilio for {cfg.media_idle_timeout_s:g}s; ending the call")
                 self.record.end_reason = "media idle timeout"
-                await self.worker.cancel()
+                await worker.cancel()
                 return
 
     async def _queue_metrics_frame(self) -> None:
@@ -238,7 +243,7 @@ class MediaStreamCall:
             rx=(self.rx.name, self.rx.stats) if self.rx is not None else None,
             stt=(self.stt.name, stt_stats(self.stt)) if self.stt is not None else None,
         )
-        if frame is not None:
+        if frame is not None and self.worker is not None:
             await self.worker.queue_frame(frame)
 
     # ------------------------------------------------------------------ running
@@ -252,6 +257,7 @@ class MediaStreamCall:
             await self._build(build_pipeline)
             logger.info(f"[BOT] call started: stream={self.start.stream_sid} mode={self.record.mode}")
             runner = WorkerRunner(handle_sigint=False)
+            assert self.worker is not None  # _build made it
             await runner.add_workers(self.worker)
             watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.start.call_sid}")
             await runner.run()

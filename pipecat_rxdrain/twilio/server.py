@@ -184,7 +184,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.warm = False
     app.state.loop_lag = loop_lag
-    app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])
+    # An ASGI app: Starlette serves a non-function endpoint as one (its stub only types request handlers).
+    app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])  # type: ignore[arg-type]
 
     def public_url(request) -> str:
         """The URL Twilio called (and signed): PUBLIC_HOST if set, else the proxy's X-Forwarded-Proto and Host."""
@@ -456,6 +457,10 @@ class BotServer:
             return
         loop.default_exception_handler(context)
 
+    def _shutdown_on_signal(self, sig: signal.Signals) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        self._signal_shutdown = asyncio.ensure_future(self.shutdown(signal.Signals(sig).name))
+
     async def serve(self, sockets: list | None = None) -> None:
         """Serve until ``shutdown()`` (``sockets``: bound sockets to listen on instead of ``host:port``)."""
         loop = asyncio.get_running_loop()
@@ -463,7 +468,7 @@ class BotServer:
         loop.set_exception_handler(self._loop_exception)
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(self.shutdown(signal.Signals(s).name)))
+                loop.add_signal_handler(sig, self._shutdown_on_signal, sig)
         try:
             await self._server.serve(sockets=sockets)
         finally:

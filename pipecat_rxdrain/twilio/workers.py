@@ -81,6 +81,7 @@ class _Supervisor:
     def _spawn(self, port: int, ready_w: int | None) -> subprocess.Popen:
         env = dict(os.environ)
         env[WORKER_PORT_ENV] = str(port)
+        assert self.metrics_dir is not None  # _prepare_metrics_dir ran first
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         fds: tuple[int, ...] = ()
         if ready_w is not None:
@@ -148,7 +149,7 @@ class _Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             reserve.close()
-            if self._own_metrics_dir:
+            if self._own_metrics_dir and self.metrics_dir is not None:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum, frame) -> None:
