@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint bench bench-quick clean
+.PHONY: setup demo test lint dist wheel-demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -21,6 +21,19 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# What a user of the published package gets: sdist + wheel, the wheel alone in a fresh venv
+# (with the extras the example bot needs), and the demo run from outside the checkout.
+WHEEL_VENV := .wheel-venv
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m build -q --sdist --wheel -o dist .
+
+wheel-demo: dist
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/*.whl)[example]"
+	cd /tmp && $(CURDIR)/$(WHEEL_VENV)/bin/rxdrain --version && $(CURDIR)/$(WHEEL_VENV)/bin/rxdrain demo --quick --plot /tmp/rxdrain-wheel-demo.png
+
 # mypy reads its settings (packages, strictness) from pyproject.toml [tool.mypy].
 lint: setup
 	$(BIN)/ruff check pipecat_rxdrain
@@ -34,4 +47,4 @@ bench-quick: setup
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(WHEEL_VENV) build dist *.egg-info .pytest_cache

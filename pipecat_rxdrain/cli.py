@@ -16,7 +16,7 @@ _SUBCOMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: rxdrain <command> [options]", "", "commands:"]
+    lines = ["usage: rxdrain [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in _SUBCOMMANDS.items()]
     return "\n".join(lines)
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"rxdrain {__version__}")
         return 0
     entry = _SUBCOMMANDS.get(argv[0])
     if entry is None:
