@@ -116,6 +116,9 @@ def _check_target(target: str) -> str:
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # gRPC waits for a keep-alive ping's ack for this long (default 60 s), not for keepalive_timeout_ms:
+    # without it a frozen server (SIGSTOP) went undetected for a whole 20 s freeze (docs/fault-matrix.md).
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     # Reconnect timing is ours: gRPC's default channel backoff (1 s, x1.6, up to 120 s) stacked

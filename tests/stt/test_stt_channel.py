@@ -14,6 +14,8 @@ def test_channel_options_own_the_reconnect_timing():
     # gRPC's defaults (1 s initial, up to 120 s) stacked on the session's backoff: ~6 s deaf for a 2 s outage.
     assert opts["grpc.initial_reconnect_backoff_ms"] <= 250 and opts["grpc.max_reconnect_backoff_ms"] <= 1000
     assert opts["grpc.keepalive_time_ms"] <= 10_000
+    # a keep-alive ping is given up on after ping_timeout_ms (gRPC default 60 s), so that bounds detection too
+    assert opts["grpc.http2.ping_timeout_ms"] <= opts["grpc.keepalive_timeout_ms"]
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
