@@ -69,6 +69,7 @@ the same segment are held back (the catch-up final carries any new words).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -92,8 +93,8 @@ def _ms(value: float | int | None) -> float:
     """A knob in ms as seconds; None/0 mean 'off' (0.0)."""
     if value is None:
         return 0.0
-    if value < 0:
-        raise ValueError(f"turn timing values must be >= 0 ms or None, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"turn timing values must be finite numbers >= 0 ms, or None, got {value!r}")
     return float(value) / 1000.0
 
 

@@ -268,6 +268,13 @@ def test_an_unstable_interim_is_never_shipped_as_an_early_final():
     assert t.final("Tomorrow morning at nine, please.") == []
 
 
+@pytest.mark.parametrize("knob", ["debounce_ms", "vad_hangover_ms", "final_timeout_ms", "coverage_ms"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -5, "320"])
+def test_turn_timing_knobs_refuse_nan_inf_negative_and_non_numbers(knob, bad):
+    with pytest.raises(ValueError, match="turn timing"):
+        TurnTimer(**{knob: bad})
+
+
 def test_min_stability_is_validated():
     with pytest.raises(ValueError, match="min_stability"):
         TurnTimer(min_stability=1.5)
