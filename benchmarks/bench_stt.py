@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import time
-import uuid
 
 from loguru import logger
 
@@ -41,21 +39,9 @@ def _pct(values, p):
 
 
 def _fake_service_account() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from pipecat_rxdrain.testing import fake_service_account_json
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return json.dumps(
-        {
-            "type": "service_account",
-            "project_id": "bench-project",
-            "private_key_id": uuid.uuid4().hex,
-            "private_key": pem.decode(),
-            "client_email": "bench@bench-project.iam.gserviceaccount.com",
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
-    )
+    return fake_service_account_json("bench-project")
 
 
 async def _run_pipeline(svc, pcm: bytes, seconds: float, stall_window: tuple[float, float]) -> dict:

@@ -28,7 +28,6 @@ import asyncio
 import json
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -282,29 +281,13 @@ class BuildOptions:
     sample_rate: int = 8000  # the pipeline's audio_in_sample_rate, which the STT services get
 
 
-_FAKE_SA: str | None = None
 
 
 def fake_service_account() -> str:
     """A syntactically valid service-account JSON with a fresh RSA key (never sent anywhere)."""
-    global _FAKE_SA
-    if _FAKE_SA is None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+    from pipecat_rxdrain.testing import fake_service_account_json
 
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        _FAKE_SA = json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "bench-project",
-                "private_key_id": uuid.uuid4().hex,
-                "private_key": pem.decode(),
-                "client_email": "bench@bench-project.iam.gserviceaccount.com",
-                "token_uri": "https://oauth2.googleapis.com/token",
-            }
-        )
-    return _FAKE_SA
+    return fake_service_account_json("bench-project")
 
 
 def _timed_run_stt(svc, probe: CallProbe, before=None):

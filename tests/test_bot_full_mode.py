@@ -8,15 +8,13 @@ Async because the Google TTS client opens a (lazy, unused) gRPC aio channel on c
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from bot_harness import get_json, load_bot_module, make_config, running_bot, wait_until
+
 from pipecat_rxdrain.emulator import SpeechEmulator
+from pipecat_rxdrain.testing import fake_service_account_json
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from pipecat_rxdrain.twilio.config import ConfigError
 from pipecat_rxdrain.twilio.media_call import MediaStreamCall
@@ -24,13 +22,7 @@ from pipecat_rxdrain.twilio.messages import Start, TwilioStreamParser
 
 
 def _fake_service_account() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    return json.dumps({
-        "type": "service_account", "project_id": "offline-test", "private_key_id": "0", "private_key": pem,
-        "client_email": "bot@offline-test.iam.gserviceaccount.com", "client_id": "0",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    })
+    return fake_service_account_json("offline-test")
 
 
 async def test_full_mode_builds_stt_then_user_aggregator_llm_tts_without_network():

@@ -7,9 +7,8 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pipecat_rxdrain.testing import fake_service_account_json
 from pipecat_rxdrain.twilio.config import ConfigError, ServerConfig, check_google_credentials, load_env, setting
 
 
@@ -55,12 +54,7 @@ def test_good_values_load_zero_where_meaningful_and_secrets_stay_out_of_repr():
 
 
 def _key_json(**over) -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    info = {"type": "service_account", "project_id": "p", "private_key_id": "0", "private_key": pem,
-            "client_email": "bot@p.iam.gserviceaccount.com", "client_id": "0", "token_uri": "https://oauth2.googleapis.com/token"}
-    info.update(over)
-    return json.dumps(info)
+    return fake_service_account_json("p", **over)
 
 
 def test_the_service_account_key_is_loaded_at_startup_and_never_quoted(tmp_path):

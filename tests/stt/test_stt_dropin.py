@@ -14,9 +14,6 @@ import json
 import pathlib
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from pipecat.frames.frames import InterimTranscriptionFrame, TranscriptionFrame
 from pipecat.services.google import stt as stock_module
 from pipecat.services.google.stt import GoogleSTTService as Stock
@@ -29,6 +26,7 @@ from pipecat_rxdrain.google_clients import EMULATOR_ENV, emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt import service as our_module
 from pipecat_rxdrain.stt.service import GoogleSTTService as Ours
+from pipecat_rxdrain.testing import fake_service_account_info
 
 from .helpers import stt_threads
 from .test_stt_service import audio_frames
@@ -38,10 +36,7 @@ HELLO = load_sample("hello_en")
 
 @pytest.fixture(scope="module")
 def key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return fake_service_account_info()["private_key"]
 
 
 @pytest.fixture(scope="module")

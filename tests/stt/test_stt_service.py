@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
-import threading
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from loguru import logger
-
 from pipecat.frames.frames import (
     ErrorFrame,
     InputAudioRawFrame,
@@ -30,11 +25,12 @@ from pipecat.utils.errors import ErrorCategory
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.google_clients import EMULATOR_ENV
-from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.rx.sink import AudioSink
+from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt import service as our_module
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.service import GoogleSTTService
+from pipecat_rxdrain.testing import fake_service_account_json
 
 from .helpers import CHUNK, stt_threads
 
@@ -43,21 +39,7 @@ HELLO = load_sample("hello_en")
 
 @pytest.fixture(scope="module")
 def sa_json() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return json.dumps(
-        {
-            "type": "service_account",
-            "project_id": "rxdrain-proj",
-            "private_key_id": "0123456789abcdef0123456789abcdef01234567",
-            "private_key": pem,
-            "client_email": "bot@rxdrain-proj.iam.gserviceaccount.com",
-            "client_id": "1234567890",
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
-    )
+    return fake_service_account_json("rxdrain-proj")
 
 
 @pytest.fixture
