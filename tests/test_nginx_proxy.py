@@ -77,7 +77,7 @@ def post(proxy: NginxProxy, path: str, body: bytes) -> tuple[int, bytes]:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=5, context=proxy.ssl_context()) as response:
+        with urllib.request.urlopen(request, timeout=15, context=proxy.ssl_context()) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -101,14 +101,14 @@ def test_twiml_post_over_https_reaches_a_bot_with_forwarded_headers(stack):
 
 def test_websocket_upgrade_over_wss_both_ways(stack):
     proxy, _ = stack
-    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5, close_timeout=2) as ws:
-        hello = json.loads(ws.recv(timeout=5))
+    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=15, close_timeout=2) as ws:
+        hello = json.loads(ws.recv(timeout=10))
         assert hello["headers"]["x-forwarded-proto"] == "https"
         for i in range(20):
             ws.send(f"media-{i}")
-            assert ws.recv(timeout=5) == f"{hello['server']}:media-{i}"
+            assert ws.recv(timeout=10) == f"{hello['server']}:media-{i}"
         ws.send(b"\x00\xff" * 100)
-        assert ws.recv(timeout=5) == b"\x00\xff" * 100
+        assert ws.recv(timeout=10) == b"\x00\xff" * 100
 
 
 def test_body_over_the_cap_gets_413_from_nginx(stack):
@@ -124,16 +124,16 @@ def test_calls_spread_over_both_upstreams(stack):
     servers = [json.loads(post(proxy, "/twiml", b"CallSid=CA1")[1])["server"] for _ in range(10)]
     assert servers.count("bot-a") >= 3 and servers.count("bot-b") >= 3, servers
     # two concurrent calls: least_conn puts the second websocket on the other bot
-    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as one, \
-            connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as two:
-        first, second = json.loads(one.recv(timeout=5))["server"], json.loads(two.recv(timeout=5))["server"]
+    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=15) as one, \
+            connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=15) as two:
+        first, second = json.loads(one.recv(timeout=10))["server"], json.loads(two.recv(timeout=10))["server"]
     assert {first, second} == {"bot-a", "bot-b"}
 
 
 def test_a_reload_keeps_a_call_running(stack):
     proxy, _ = stack
-    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as call:
-        server = json.loads(call.recv(timeout=5))["server"]
+    with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=15) as call:
+        server = json.loads(call.recv(timeout=10))["server"]
         old_workers = {w.pid for w in proxy.workers}
         proxy.reload()
         deadline = time.monotonic() + 10
@@ -142,9 +142,9 @@ def test_a_reload_keeps_a_call_running(stack):
         assert set(proxy.current_workers()) - old_workers, "nginx started no new workers"
         for i in range(5):  # the call goes on through its old worker
             call.send(f"after-reload-{i}")
-            assert call.recv(timeout=5) == f"{server}:after-reload-{i}"
-        with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=5) as new_call:
-            assert json.loads(new_call.recv(timeout=5))["server"] in ("bot-a", "bot-b")
+            assert call.recv(timeout=10) == f"{server}:after-reload-{i}"
+        with connect(f"{proxy.wss_url}/ws", ssl=proxy.ssl_context(), open_timeout=15) as new_call:
+            assert json.loads(new_call.recv(timeout=10))["server"] in ("bot-a", "bot-b")
 
 
 def test_only_the_bot_paths_are_public(stack):
