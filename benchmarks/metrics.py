@@ -163,20 +163,26 @@ def words_lost_vs_script(texts: list[str], script: list[str], expected: int) -> 
     """(words lost, utterances with no final, extra finals) of one call against the emulator's script.
 
     The script is positional: the n-th final of a session is ``script[n]`` (text + `` u<n>``). Every
-    word of ``script[0..expected)`` not delivered in the final tagged ``u<n>`` is lost; a tag past
+    word of ``script[0..expected)`` not delivered in the finals of utterance n is lost; a tag past
     ``expected`` or a repeated tag is an extra final (an utterance split in two, or a duplicate).
+    A final without a tag (an early final: the tag is the utterance's last word) belongs to the
+    next tagged final, its catch-up: its words count for that utterance, and it is an extra final
+    (a split turn), not lost words.
     """
     got: dict[int, list[str]] = {}
     extra = 0
+    untagged: list[str] = []
     for t in texts:
         body, _, tag = t.rpartition(" u")
         if not tag.isdigit():
             extra += 1
+            untagged.extend(t.split())
             continue
         i = int(tag)
         if i in got or i >= expected:
             extra += 1
-        got.setdefault(i, []).extend(body.split())
+        got.setdefault(i, []).extend(untagged + body.split())
+        untagged = []
     lost = missing = 0
     for i in range(expected):
         want = script[i].rpartition(" u")[0].split() if i < len(script) else []

@@ -170,6 +170,8 @@ def test_words_lost_compare_against_the_script():
     lost, missing, extra = words_lost_vs_script(["hello u0", "thanks u2", "again u2", "late u3"], script, 3)
     assert (lost, missing, extra) == (2 + 4, 1, 2)
     assert bench_script(3)[2].endswith(" u2")
+    # An early final (no tag: the tag is the utterance's last word) and its catch-up: a split turn, no word lost.
+    assert words_lost_vs_script(["hello there", "friend u0", "it did not come u1", "thanks u2"], script, 3) == (0, 0, 1)
 
 
 def test_stream_lead_is_audio_received_minus_wall_time():
