@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from bot_harness import load_bot_module, make_config, wait_until
+from tests.helpers.bot_harness import load_bot_module, make_config, wait_until
 from pipecat.frames.frames import MetricsFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
