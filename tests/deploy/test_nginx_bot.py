@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.helpers.bot_harness import make_config, running_bot, wait_until
+from tests.helpers.bot_harness import make_config, running_bot
+from tests.helpers.waiting import wait_until
 from tests.helpers.nginx_proxy import NginxProxy
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus

@@ -15,23 +15,13 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
+from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from tests.helpers.bot_harness import STATS_TOKEN, BotProcess, clean_env, get_json
 from tests.helpers.nginx_proxy import NginxProxy
-
-from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 
 AUTH = "rolling-test-auth-token-0123456789abcdef"
 SECRET = "rolling-test-media-secret-0123456789"
 GRACE_S = 20  # longer than a call (hello_en: 7.6 s of audio + 1 s of silence)
-
-
-@pytest.fixture
-def emulator():
-    emu = SpeechEmulator(script="hello_en").start()
-    yield emu
-    emu.stop()
 
 
 def readyz(url: str) -> int:

@@ -8,7 +8,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,6 @@ from google.cloud.speech_v1.services.speech import SpeechClient as GeneratedV1Cl
 from pipecat_rxdrain.emulator import (
     INSECURE_CHANNEL_RECIPE,
     SESSION_METADATA_KEY,
-    EmulatorLimits,
     SpeechEmulator,
     TimingProfile,
     emulator_client,
@@ -93,18 +91,6 @@ def v2_stream(emu, audio, *, features=None, streaming_features=None, client=None
 
 def final_results(responses):
     return [res for r in responses for res in r.results if res.is_final]
-
-
-@pytest.fixture
-def emu():
-    baseline = {t.ident for t in threading.enumerate()}
-    e = SpeechEmulator(script="hello_en", limits=EmulatorLimits(max_stream_s=30, inactivity_timeout_s=5)).start()
-    yield e
-    e.stop()
-    deadline = time.monotonic() + 5
-    while [t for t in threading.enumerate() if t.ident not in baseline] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [t.name for t in threading.enumerate() if t.ident not in baseline] == []
 
 
 # --- issue 15: results ----------------------------------------------------

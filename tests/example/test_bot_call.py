@@ -12,13 +12,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers.bot_harness import LogCapture, get_json, make_config, running_bot, wait_until
-from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.samples import load_sample, sample_path
 from pipecat_rxdrain.telemetry import RX_LINE_RE, STT_LINE_RE
 from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from pipecat_rxdrain.twilio.messages import connected_message, media_message, start_message
+from tests.helpers.bot_harness import LogCapture, get_json, make_config, running_bot
+from tests.helpers.stt_session import stt_threads
+from tests.helpers.waiting import wait_until
 
 AUTH = "call-test-auth-token-0123456789abcdef"
 SECRET = "call-test-media-secret-0123456789"
@@ -27,17 +28,6 @@ PUBLIC = "bot.example.test"
 
 def words(texts) -> list[str]:
     return " ".join(texts).lower().split()
-
-
-def stt_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("rxdrain-stt")]
-
-
-@pytest.fixture
-def emulator():
-    emu = SpeechEmulator(script="hello_en").start()
-    yield emu
-    emu.stop()
 
 
 async def test_signed_call_with_a_network_stall_transcribes_drains_and_recovers(emulator):

@@ -11,7 +11,8 @@ import asyncio
 import shutil
 
 import pytest
-from tests.helpers.bot_harness import get_json, load_bot_module, make_config, running_bot, wait_until
+from tests.helpers.bot_harness import get_json, load_bot_module, make_config, running_bot
+from tests.helpers.waiting import wait_until
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.testing import fake_service_account_json

@@ -23,6 +23,11 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from pipecat_rxdrain.emulator import SpeechEmulator
+from pipecat_rxdrain.samples import sample_path
+from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
+from pipecat_rxdrain.twilio.caller import CallerOptions, parse_twiml, simulate_call
+from pipecat_rxdrain.twilio.messages import connected_message, media_message, start_message, stop_message
 from tests.helpers.bot_harness import (
     BOT_MODULE,
     BotProcess,
@@ -31,13 +36,8 @@ from tests.helpers.bot_harness import (
     get_json,
     make_config,
     running_bot,
-    wait_until,
 )
-from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.samples import sample_path
-from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
-from pipecat_rxdrain.twilio.caller import CallerOptions, parse_twiml, simulate_call
-from pipecat_rxdrain.twilio.messages import connected_message, media_message, start_message, stop_message
+from tests.helpers.waiting import wait_until
 
 AUTH = "hardening-auth-token-0123456789abcdef"
 STATS = "hardening-stats-token-0123456789"
@@ -45,13 +45,6 @@ CALL = "CA" + "a" * 32
 ACCT = "AC" + "b" * 32
 STREAM = "MZ" + "c" * 32
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def emulator():
-    emu = SpeechEmulator(script="hello_en").start()
-    yield emu
-    emu.stop()
 
 
 def _raw_http(port: int, head: bytes, body_chunks, *, timeout: float = 20.0) -> bytes:

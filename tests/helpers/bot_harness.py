@@ -102,21 +102,6 @@ def get_json(url: str, token: str | None = STATS_TOKEN) -> dict:
         return json.loads(resp.read().decode())
 
 
-async def wait_until(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(interval)
-
-
-def non_daemon_threads() -> set[str]:
-    return {t.name for t in threading.enumerate()}
-
-
 def clean_env(tmp_path, **extra) -> dict[str, str]:
     """The environment for a bot subprocess: none of the developer's Google/Twilio/bot settings."""
     import os

@@ -1,10 +1,13 @@
-"""Shared helpers for the STT tests: an emulator-backed session and an audio feeder."""
+"""Shared helpers for the STT tests: an emulator-backed session, an audio feeder, audio as Pipecat frames."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.tests.utils import SleepFrame
 
 from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.stt.backoff import Backoff
@@ -68,10 +71,12 @@ def stt_threads():
     return [t for t in threading.enumerate() if t.name.startswith("rxdrain-stt")]
 
 
-def wait_until(pred, timeout=10.0, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+def audio_frames(pcm: bytes, *, rate: int = 8000, channels: int = 1, ms: int = 20, sleep_every: int = 0) -> list:
+    """``pcm`` as ``ms`` ms InputAudioRawFrames; a 10 ms SleepFrame after every ``sleep_every`` of them (0: none)."""
+    size = rate * 2 * channels * ms // 1000
+    frames = []
+    for n, i in enumerate(range(0, len(pcm), size)):
+        frames.append(InputAudioRawFrame(audio=pcm[i : i + size], sample_rate=rate, num_channels=channels))
+        if sleep_every and n % sleep_every == sleep_every - 1:
+            frames.append(SleepFrame(sleep=0.01))
+    return frames

@@ -12,7 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from tests.helpers.bot_harness import make_config, running_bot, wait_until
+from tests.helpers.bot_harness import make_config, running_bot
+from tests.helpers.waiting import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipecat_rxdrain.emulator import SpeechEmulator

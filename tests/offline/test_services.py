@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import stat
@@ -13,22 +12,16 @@ import pytest
 from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
-    Frame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
-    StartFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
 
 from pipecat_rxdrain.offline import (
     EspeakError,
@@ -40,6 +33,8 @@ from pipecat_rxdrain.offline import (
     RuleBasedLLMService,
 )
 from pipecat_rxdrain.offline.espeak import parse_wav
+from tests.helpers.pipeline import run_pipeline
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,58 +42,6 @@ HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 if not HAVE_ESPEAK and os.environ.get("CI"):
     raise RuntimeError("espeak-ng must be installed in CI (.ci/run installs it)")
 needs_espeak = pytest.mark.skipif(not HAVE_ESPEAK, reason="espeak-ng not installed (apt-get install espeak-ng)")
-
-
-class Recorder(FrameProcessor):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seen: list[tuple[FrameDirection, Frame, float]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, StartFrame):
-            self.seen.append((direction, frame, time.monotonic()))
-        await self.push_frame(frame, direction)
-
-    def down(self, kind=Frame) -> list[Frame]:
-        return [f for d, f, _ in self.seen if d is FrameDirection.DOWNSTREAM and isinstance(f, kind)]
-
-    def all(self, kind) -> list[Frame]:
-        return [f for _, f, _ in self.seen if isinstance(f, kind)]
-
-
-async def run_pipeline(procs, script, *, out_rate=8000, timeout=30.0):
-    src, dst = Recorder(name="src"), Recorder(name="dst")
-    worker = PipelineWorker(
-        Pipeline([src, *procs, dst]),
-        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=out_rate),
-        cancel_on_idle_timeout=False,
-    )
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_w, _f):
-        started.set()
-
-    async def drive():
-        try:
-            await asyncio.wait_for(started.wait(), 10)
-            await script(worker, src, dst)
-        except BaseException:
-            await worker.cancel()
-            raise
-
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.wait_for(asyncio.gather(runner.run(), drive()), timeout)
-    return src, dst
-
-
-async def wait_until(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def context_saying(*user_texts: str) -> LLMContext:
@@ -224,7 +167,7 @@ async def test_espeak_tts_speaks_at_the_pipeline_rate(out_rate):
 
     async def script(worker, src, dst):
         await worker.queue_frame(TTSSpeakFrame("Goodbye, and have a nice day."))
-        await wait_until(lambda: dst.down(TTSStoppedFrame))
+        await wait_until(lambda: dst.down(TTSStoppedFrame), timeout=15)
         await worker.queue_frame(EndFrame())
 
     src, dst = await run_pipeline([tts], script, out_rate=out_rate)
@@ -248,7 +191,7 @@ async def test_espeak_tts_failure_is_an_error_frame_not_a_crash(tmp_path):
 
     async def script(worker, src, dst):
         await worker.queue_frame(TTSSpeakFrame("hello"))
-        await wait_until(lambda: src.all(ErrorFrame) or dst.all(ErrorFrame))
+        await wait_until(lambda: src.all(ErrorFrame) or dst.all(ErrorFrame), timeout=15)
         await worker.queue_frame(EndFrame())
 
     src, dst = await run_pipeline([tts], script)
@@ -263,7 +206,7 @@ async def test_rule_llm_into_espeak_tts_gives_reply_audio():
 
     async def script(worker, src, dst):
         await worker.queue_frame(LLMContextFrame(context_saying("it was supposed to arrive yesterday")))
-        await wait_until(lambda: dst.down(TTSStoppedFrame))
+        await wait_until(lambda: dst.down(TTSStoppedFrame), timeout=15)
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline([llm, tts], script)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure, RxMode
 from pipecat_rxdrain.telemetry import RX_LINE_RE
+from pipecat_rxdrain.testing import FakeClock
 
 FRAME_S = 0.020
 
@@ -739,6 +739,12 @@ def test_bad_parameters_raise_value_error_naming_them(kw, needle):
         ({"catchup_speed": float("nan")}, "catchup_speed"),
         ({"catchup_target": -1}, "catchup_target=-1"),
         ({"high_watermark": 120, "low_watermark": 130}, "low_watermark=130, high_watermark=120"),
+        ({"high_watermark": 30, "low_watermark": 30}, "low_watermark=30, high_watermark=30"),
+        ({"high_watermark": 300, "max_queue": 200}, "high_watermark"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"low_watermark": -1}, "low_watermark"),
+        ({"frame_interval_ms": 0}, "frame_interval_ms"),
+        ({"flush_timeout_s": -1}, "flush_timeout_s"),
     ],
 )
 def test_bad_rx_drain_params_raise_value_error_naming_them(kw, needle):

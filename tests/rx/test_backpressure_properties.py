@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.rx.backpressure import ActionKind, RxBackpressure
+from pipecat_rxdrain.testing import FakeClock
 
 UNIT_US = 20_000
 DURATIONS_US = [10_000, 20_000, 20_000, 20_000, 94_750, 137_500]

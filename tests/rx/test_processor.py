@@ -3,7 +3,7 @@
 Pacing runs on real asyncio time here (or on a frozen FakeClock), so these
 tests assert semantics (order, what arrives before what, counts, which path a
 frame took), never speed. The exact timing rules are tested on the mechanism
-with a FakeClock in test_rx_backpressure.py.
+with a FakeClock in test_backpressure.py.
 """
 
 from __future__ import annotations
@@ -13,123 +13,46 @@ import time
 
 import pytest
 from loguru import logger
+from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
     InputDTMFFrame,
     InterruptionFrame,
-    StartFrame,
     TextFrame,
 )
-from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.tests.utils import run_test
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.telemetry import RX_LINE_RE
-
-DOWN = FrameDirection.DOWNSTREAM
-UP = FrameDirection.UPSTREAM
+from pipecat_rxdrain.testing import FakeClock
+from tests.helpers.pipeline import UP, run_pipeline
+from tests.helpers.waiting import wait_until
 
 # A non-draining queue with no lead: a burst faster than real time leaves at real time while it
 # keeps coming (the tests that need a backlog to stay also hold it behind a closed GateSink).
 SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, lead_ms=0)
 
 
-def audio(k: int) -> InputAudioRawFrame:
-    return InputAudioRawFrame(audio=k.to_bytes(2, "little") * 160, sample_rate=8000, num_channels=1)
+def audio(k: int, n: int = 160) -> InputAudioRawFrame:
+    """``n`` samples (160: 20 ms at 8 kHz), each holding ``k``: the frame's id."""
+    return InputAudioRawFrame(audio=k.to_bytes(2, "little") * n, sample_rate=8000, num_channels=1)
 
 
 def audio_id(frame: InputAudioRawFrame) -> int:
     return int.from_bytes(frame.audio[:2], "little")
 
 
-class Recorder(FrameProcessor):
-    """Records every frame it sees, in the order it sees them (direct mode: no queue of its own)."""
-
-    def __init__(self, watch: RxDrainProcessor | None = None, **kwargs):
-        super().__init__(enable_direct_mode=True, **kwargs)
-        self.seen: list[tuple[FrameDirection, Frame]] = []
-        self.q_at_arrival: list[int] = []
-        self._watch = watch
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, StartFrame):
-            self.seen.append((direction, frame))
-            self.q_at_arrival.append(self._watch.stats.q if self._watch else -1)
-        await self.push_frame(frame, direction)
-
-    def down(self) -> list[Frame]:
-        return [f for d, f in self.seen if d is DOWN]
-
-    def up(self) -> list[Frame]:
-        return [f for d, f in self.seen if d is UP]
-
-
 def labels(frames: list[Frame]) -> list:
     return [audio_id(f) if isinstance(f, InputAudioRawFrame) else type(f).__name__ for f in frames]
-
-
-async def run_pipeline(proc: RxDrainProcessor, script, *, after=(), timeout: float = 30.0):
-    """Run [src, proc, *after, dst] in a real PipelineWorker; ``script(worker, src, dst)`` queues frames and ends it."""
-    src = Recorder(watch=proc, name="src")
-    dst = Recorder(watch=proc, name="dst")
-    worker = PipelineWorker(
-        Pipeline([src, proc, *after, dst]),
-        params=PipelineParams(audio_in_sample_rate=8000),
-        cancel_on_idle_timeout=False,
-    )
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker, _frame):
-        started.set()
-
-    async def drive():
-        try:
-            await asyncio.wait_for(started.wait(), 10)
-            await script(worker, src, dst)
-        except BaseException:
-            await worker.cancel()  # a failed script must not leave the pipeline running
-            raise
-
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.wait_for(asyncio.gather(runner.run(), drive()), timeout)
-    return src, dst
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-def tasks_now() -> set:
-    """The test's own task and whatever the loop already had: the baseline for leak checks."""
-    return set(asyncio.all_tasks())
-
-
-async def assert_no_leaked_tasks(baseline: set) -> None:
-    for _ in range(50):
-        extra = {t for t in asyncio.all_tasks() if t not in baseline and not t.done()}
-        if not extra:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"leaked tasks: {[t.get_name() for t in extra]}")
 
 
 # -- order ---------------------------------------------------------------------
 
 
 async def test_data_frames_keep_their_place_among_queued_audio():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)  # holds a backlog in RX until opened
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
@@ -144,15 +67,13 @@ async def test_data_frames_keep_their_place_among_queued_audio():
         sink.open = True
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(60)) + ["TextFrame"] + list(range(60, 100)) + ["EndFrame"]
     s = proc.stats
     assert (s.frames_in, s.frames_out, s.drops, s.q) == (100, 100, 0, 0)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_drain_burst_arrives_complete_and_in_order():
-    baseline_tasks = tasks_now()
     proc = RxDrainProcessor()  # defaults: 200 / 100 / 20
     modes: list[str] = []
 
@@ -165,19 +86,17 @@ async def test_drain_burst_arrives_complete_and_in_order():
         await wait_until(lambda: proc.stats.frames_out >= 170)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(180)) + ["EndFrame"]
     s = proc.stats
     assert s.drain_episodes == 1 and s.peak_q >= 100 and s.drops == 0
     await wait_until(lambda: modes == ["drain", "normal"], timeout=5)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 # -- system frames ---------------------------------------------------------------
 
 
 async def test_system_frames_are_not_delayed_behind_the_backlog():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
@@ -189,7 +108,7 @@ async def test_system_frames_are_not_delayed_behind_the_backlog():
         sink.open = True
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     got = labels(dst.down())
     dtmf_at = got.index("InputDTMFFrame")
     assert dtmf_at < 75, f"DTMF arrived behind {dtmf_at} audio frames"
@@ -197,11 +116,9 @@ async def test_system_frames_are_not_delayed_behind_the_backlog():
     # ... and audio order is untouched, all of it flushed before EndFrame.
     assert [x for x in got if isinstance(x, int)] == list(range(150))
     assert got[-1] == "EndFrame"
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_upstream_frames_pass_immediately():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
@@ -213,16 +130,14 @@ async def test_upstream_frames_pass_immediately():
         sink.open = True
         await worker.queue_frame(EndFrame())
 
-    src, dst = await run_pipeline(proc, script)
+    src, dst = await run_pipeline([proc], script, watch=proc)
     ups = [i for i, (d, f) in enumerate(src.seen) if d is UP and isinstance(f, TextFrame)]
     assert len(ups) == 1
     assert src.q_at_arrival[ups[0]] > 50  # passed while the audio backlog was still queued
     assert labels(dst.down()) == list(range(100)) + ["EndFrame"]
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
 
@@ -236,21 +151,19 @@ async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
         sink.open = True
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     got = labels(dst.down())
     assert got.index("InterruptionFrame") < 20
     assert [x for x in got if isinstance(x, int)] == list(range(40))  # no audio dropped
     assert "TextFrame" not in got  # dropped like Pipecat drops queued interruptible frames
     assert got[-1] == "EndFrame"
     assert proc.stats.passengers_dropped == 1 and proc.stats.drops == 0
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 # -- EndFrame / CancelFrame ----------------------------------------------------------
 
 
 async def test_end_frame_flushes_the_queued_audio_first():
-    baseline_tasks = tasks_now()
     # 20 ms cadence, no drain: without the flush this backlog would take 3 s to leave.
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
 
@@ -259,15 +172,13 @@ async def test_end_frame_flushes_the_queued_audio_first():
         await wait_until(lambda: proc.stats.frames_in == 150)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(150)) + ["EndFrame"]
     s = proc.stats
     assert (s.frames_out, s.q, s.drops, s.discarded_on_end) == (150, 0, 0, 0)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_cancel_is_prompt_and_discards_the_backlog():
-    baseline_tasks = tasks_now()
     proc = RxDrainProcessor(params=RxDrainParams(**SLOW))  # 150 frames = 3 s at 20 ms
 
     async def script(worker, src, dst):
@@ -277,7 +188,7 @@ async def test_cancel_is_prompt_and_discards_the_backlog():
         await worker.cancel()
 
     t0 = time.monotonic()
-    _, dst = await run_pipeline(proc, script, timeout=15)
+    _, dst = await run_pipeline([proc], script, watch=proc, timeout=15)
     elapsed = time.monotonic() - t0
     s = proc.stats
     assert s.frames_out < 150
@@ -289,7 +200,6 @@ async def test_cancel_is_prompt_and_discards_the_backlog():
     assert not any(isinstance(x, int) for x in got[got.index("CancelFrame") :])
     # Generous bound (noisy shared box): a flush at 20 ms cadence would take ~3 s more.
     assert elapsed < 10
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 # -- sink acceptance ---------------------------------------------------------------
@@ -308,7 +218,6 @@ class GateSink:
 
 
 async def test_sink_holds_frames_until_it_accepts():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(sink=sink)
 
@@ -323,13 +232,11 @@ async def test_sink_holds_frames_until_it_accepts():
         await wait_until(lambda: proc.stats.frames_out == 30)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(30)) + ["EndFrame"]
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_end_flush_gives_up_on_a_sink_that_never_accepts():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=0.3), sink=sink)
 
@@ -338,11 +245,10 @@ async def test_end_flush_gives_up_on_a_sink_that_never_accepts():
         await wait_until(lambda: proc.stats.frames_in == 10)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == ["EndFrame"]
     s = proc.stats
     assert (s.discarded_on_end, s.frames_out, s.drops, s.q) == (10, 0, 0, 0)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 def test_a_sink_without_the_protocol_is_rejected():
@@ -350,16 +256,10 @@ def test_a_sink_without_the_protocol_is_rejected():
         RxDrainProcessor(sink=object())
 
 
-def test_bad_params_raise_value_error():
-    with pytest.raises(ValueError, match="low_watermark=30, high_watermark=30"):
-        RxDrainParams(high_watermark=30, low_watermark=30)
-
-
 # -- overflow and telemetry ------------------------------------------------------------
 
 
 async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, telemetry_interval_s=0.2)
     proc = RxDrainProcessor(params=params, sink=sink)
@@ -375,7 +275,7 @@ async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
         await worker.queue_frame(EndFrame())
 
     try:
-        _, dst = await run_pipeline(proc, script)
+        _, dst = await run_pipeline([proc], script, watch=proc)
     finally:
         logger.remove(handler)
     assert labels(dst.down()) == list(range(30, 80)) + ["EndFrame"]
@@ -385,7 +285,6 @@ async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
     parsed = [RX_LINE_RE.match(line).groupdict() for line in lines]
     assert any(p["mode"] == "drain" and p["q"] == "50" and p["drops"] == "30" for p in parsed)
     assert parsed[-1]["mode"] == "normal" or any(p["mode"] == "normal" for p in parsed[1:])
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 # -- the interim demo ---------------------------------------------------------------------
@@ -452,7 +351,6 @@ async def test_rx_and_a_full_sink_together_hold_at_most_max_queue_dropping_the_o
     the sink's backlog stays within max_queue; past that it hands the head frame over anyway and
     the sink drops its oldest, so what is lost is the oldest audio of the two queues.
     """
-    baseline_tasks = tasks_now()
     sink = BoundedSink(cap=30)
     params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, frame_interval_ms=20, flush_timeout_s=0.2)
     proc = RxDrainProcessor(params=params, sink=sink)
@@ -475,12 +373,11 @@ async def test_rx_and_a_full_sink_together_hold_at_most_max_queue_dropping_the_o
         assert list(sink.held) == list(range(150, 180))
         await worker.queue_frame(EndFrame())
 
-    await run_pipeline(proc, script, after=[Into(sink)])
+    await run_pipeline([proc, Into(sink)], script, watch=proc)
     assert worst <= 50 + 2  # never more than max_queue (+ a frame arriving while one is handed over)
     assert proc.overflow_releases > 0
     s = proc.stats
     assert s.discarded_on_end == 20  # the sink never accepted again: the flush gave up, counted
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 # -- work-conserving release ------------------------------------------------------------
@@ -494,7 +391,6 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
     (frozen) last 500 ms, the input is ahead of real time: frames wait in the queue, and the
     EndFrame flush releases them.
     """
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=True)
     clock = FakeClock(100.0)
     proc = RxDrainProcessor(sink=sink, clock=clock)
@@ -513,14 +409,12 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
         assert proc.stats.q == 29 and proc.stats.inline_releases == 51  # held by the bound, not lost
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(80)) + ["EndFrame"]
     assert dst.q_at_arrival[:51] == [1] * 51  # nothing but the frame itself (in flight) was queued
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_it():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(sink=sink)
 
@@ -537,14 +431,12 @@ async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_
         await wait_until(lambda: proc.stats.frames_out == 6)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     assert labels(dst.down()) == list(range(6)) + ["EndFrame"]
     assert proc.stats.inline_releases == 1  # frame 5; frame 0 was refused inline, released by the task
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 async def test_merge_backlog_hands_a_backlog_downstream_as_batch_ms_chunks():
-    baseline_tasks = tasks_now()
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(params=RxDrainParams(merge_backlog=True, batch_ms=60), sink=sink)
 
@@ -557,7 +449,7 @@ async def test_merge_backlog_hands_a_backlog_downstream_as_batch_ms_chunks():
         await wait_until(lambda: proc.stats.frames_out == 9)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     got = [f for f in dst.down() if isinstance(f, InputAudioRawFrame)]
     ids = [[int.from_bytes(f.audio[i : i + 2], "little") for i in range(0, len(f.audio), 320)] for f in got]
     assert ids == [[0, 1, 2], [3, 4, 5], [6, 7], [8]]
@@ -565,7 +457,6 @@ async def test_merge_backlog_hands_a_backlog_downstream_as_batch_ms_chunks():
     assert all(f.sample_rate == 8000 and f.num_channels == 1 for f in got)
     s = proc.stats
     assert (s.frames_out, s.releases) == (9, 4)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 def _twilio_media(k: int) -> str:
@@ -599,7 +490,6 @@ async def _twilio_frames(rate: int, n_messages: int) -> list[InputAudioRawFrame]
 @pytest.mark.parametrize("rate", [8000, 16000, 24000])
 async def test_queue_watermarks_and_drops_count_audio_time_with_the_twilio_serializer(rate):
     """3 s of Twilio audio behind a closed sink, max_queue 100 (2 s): RX holds 2 s of audio, not 100 chunks."""
-    baseline_tasks = tasks_now()
     frames = await _twilio_frames(rate, 150)
     chunk = len(frames[1].audio) / 2 / rate / 0.020  # in 20 ms-frame equivalents
     if rate > 8000:
@@ -626,13 +516,12 @@ async def test_queue_watermarks_and_drops_count_audio_time_with_the_twilio_seria
         await wait_until(lambda: proc.stats.q == 0)
         await worker.queue_frame(EndFrame())
 
-    _, dst = await run_pipeline(proc, script)
+    _, dst = await run_pipeline([proc], script, watch=proc)
     s = proc.stats
     out = [f for f in dst.down() if isinstance(f, InputAudioRawFrame)]
     assert len(out) == s.frames_out == len(frames) - s.chunks_dropped
     assert [f.id for f in out] == [f.id for f in frames[s.chunks_dropped:]]  # the newest, in order
     await wait_until(lambda: [m.value for m in modes] == ["drain", "normal"], timeout=5)
-    await assert_no_leaked_tasks(baseline_tasks)
 
 
 def test_the_old_module_paths_are_deprecated_aliases_of_the_rx_package():
@@ -649,3 +538,40 @@ def test_the_old_module_paths_are_deprecated_aliases_of_the_rx_package():
         assert mod is new
     assert processor.RxDrainProcessor is RxDrainProcessor and sink.AudioSink is AudioSink
     assert backpressure.RxBackpressure is RxBackpressure
+
+
+# -- bad audio: empty frames, audio after the EndFrame, frames shorter than the interval ---------------
+
+
+async def test_rx_drops_empty_frames_and_audio_after_end_counted():
+    gate = GateSink(open_=False)  # holds the EndFrame flush open
+    proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=10.0), sink=gate)
+
+    async def script(worker, src, dst):
+        await worker.queue_frames([audio(1), InputAudioRawFrame(audio=b"", sample_rate=8000, num_channels=1), audio(2)])
+        await worker.queue_frame(EndFrame())
+        await wait_until(lambda: proc._ended, timeout=5)
+        for k in (3, 4):  # the caller's audio, still arriving after the end (src stands in for transport.input())
+            await src.push_frame(audio(k))
+        await wait_until(lambda: proc.audio_after_end >= 2, timeout=5)
+        gate.open = True
+
+    _, dst = await run_pipeline([proc], script, watch=proc, timeout=20)
+    assert labels(dst.down()) == [1, 2, "EndFrame"]
+    assert proc.empty_audio_dropped == 1 and proc.audio_after_end == 2
+    assert proc.stats.frames_in == 2 and proc.stats.drops == 0
+
+
+async def test_rx_counts_frames_that_do_not_match_the_interval_by_their_duration():
+    # RX counts audio time: 10 ms frames are half a 20 ms-frame equivalent each (no longer paced
+    # as one interval each, so there is nothing to warn about).
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        proc = RxDrainProcessor()
+        await run_test(proc, frames_to_send=[audio(k, n=80) for k in range(5)])  # 10 ms frames, 20 ms interval
+    finally:
+        logger.remove(sink)
+    s = proc.stats
+    assert (s.frames_in, s.frames_out, s.audio_in, s.audio_out) == (5, 5, 2.5, 2.5)
+    assert not any("frame_interval_ms" in ln for ln in lines)

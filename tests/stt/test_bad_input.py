@@ -1,86 +1,38 @@
-"""Hardening: bad audio into our processors and bad configuration.
+"""Bad input into the STT session and service: bad audio, bad configuration, bad credentials.
 
 Every bad input gets a counted drop, a conversion, or a clear error at
 construction; the call goes on and nothing malformed reaches Google (the
 emulator, over real loopback sockets, records every byte it receives).
+(Bad audio into RxDrainProcessor: tests/rx/test_processor.py.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
 from loguru import logger
-from pipecat.frames.frames import (
-    EndFrame,
-    InputAudioRawFrame,
-    StartFrame,
-    TranscriptionFrame,
-)
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.tests.utils import SleepFrame, run_test
-from pipecat.workers.runner import WorkerRunner
+from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame
+from pipecat.tests.utils import run_test
 
-from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
-from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.google_clients import EMULATOR_ENV, SESSION_METADATA_KEY, emulator_client
+from pipecat_rxdrain.google_clients import EMULATOR_ENV
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt import service as service_module
-from pipecat_rxdrain.stt.backoff import Backoff
-from pipecat_rxdrain.stt.recognition_config import StreamSpec, build_v2_spec, recognizer_path
+from pipecat_rxdrain.stt.recognition_config import StreamSpec
 from pipecat_rxdrain.stt.service import GoogleSTTService
 from pipecat_rxdrain.stt.session import StreamingSTTSession
+from tests.helpers.stt_session import CHUNK, audio_frames, drain_results, make_session, spec_for, stt_threads
 
 HELLO = load_sample("hello_en")
-CHUNK = 320  # 20 ms of 8 kHz mono PCM16
-
-
-def spec(sample_rate: int = 8000) -> StreamSpec:
-    return build_v2_spec(
-        sample_rate=sample_rate,
-        recognizer=recognizer_path("rxdrain-test", "global"),
-        language_codes=["en-US"],
-        model="latest_long",
-    )
-
-
-def session_for(emu: SpeechEmulator, **kw) -> StreamingSTTSession:
-    kw.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.2, rng=lambda: 0.5))
-    kw.setdefault("metadata", [(SESSION_METADATA_KEY, str(uuid.uuid4()))])
-    kw.setdefault("telemetry_interval_s", None)
-    return StreamingSTTSession(spec(), lambda: emulator_client(emu.address, api="v2", asynchronous=True), **kw).start()
-
-
-def stt_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rxdrain-stt")]
-
-
-def drain(session: StreamingSTTSession) -> list:
-    out = []
-    while not session.results.empty():
-        out.append(session.results.get())
-    return out
-
-
-@pytest.fixture
-def emu(monkeypatch):
-    with SpeechEmulator(script=list(HELLO.segments)) as e:
-        monkeypatch.setenv(EMULATOR_ENV, e.address)
-        yield e
 
 
 # -- StreamingSTTSession: odd-length and empty chunks --------------------------------------------
 
 
 def test_odd_length_chunks_are_refused_counted_and_never_reach_google(emu):
-    s = session_for(emu, max_queue=2000)
+    s = make_session(emu, max_queue=2000, telemetry_interval_s=None)
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
     try:
@@ -101,7 +53,7 @@ def test_odd_length_chunks_are_refused_counted_and_never_reach_google(emu):
     bad = 2 * sum(1 for n in range(good) if n % 7 == 3)
     assert st.malformed == bad and st.pushed_chunks == good and st.drops == 0
     # Only whole, in-order samples went out: the emulator got exactly the good audio, and recognized it.
-    assert [r.text for r in drain(s) if r.is_final] == list(HELLO.segments)
+    assert [r.text for r in drain_results(s) if r.is_final] == list(HELLO.segments)
     assert sum(r.audio_bytes for r in emu.streams) == len(HELLO.pcm16)
     assert all(c.size % 2 == 0 for r in emu.streams for c in r.chunks)
     # Said once, clearly, not once per chunk.
@@ -111,7 +63,7 @@ def test_odd_length_chunks_are_refused_counted_and_never_reach_google(emu):
 
 
 def test_only_empty_audio_never_opens_a_stream(emu):
-    s = session_for(emu)
+    s = make_session(emu, telemetry_interval_s=None)
     for _ in range(50):
         assert s.push_audio(b"")
     time.sleep(0.3)
@@ -120,7 +72,7 @@ def test_only_empty_audio_never_opens_a_stream(emu):
 
 
 def test_audio_after_close_is_rejected_and_counted(emu):
-    s = session_for(emu)
+    s = make_session(emu, telemetry_interval_s=None)
     assert s.push_audio(HELLO.pcm16[:CHUNK])
     assert s.close(3)
     assert [s.push_audio(HELLO.pcm16[:CHUNK]) for _ in range(3)] == [False] * 3
@@ -129,16 +81,6 @@ def test_audio_after_close_is_rejected_and_counted(emu):
 
 
 # -- GoogleSTTService: formats through a real pipeline ----------------------------------------------
-
-
-def frames_of(pcm: bytes, *, rate: int = 8000, channels: int = 1, ms: int = 20, sleep_every: int = 20):
-    size = rate * 2 * channels * ms // 1000
-    out = []
-    for n, i in enumerate(range(0, len(pcm), size)):
-        out.append(InputAudioRawFrame(audio=pcm[i : i + size], sample_rate=rate, num_channels=channels))
-        if sleep_every and n % sleep_every == sleep_every - 1:
-            out.append(SleepFrame(sleep=0.01))
-    return out
 
 
 def upsample_16k(pcm: bytes) -> bytes:
@@ -160,8 +102,8 @@ async def run_service(svc: GoogleSTTService, frames) -> list[str]:
 @pytest.mark.parametrize(
     "make_frames, kind",
     [
-        (lambda: frames_of(upsample_16k(HELLO.pcm16), rate=16000), "16 kHz into an 8 kHz service"),
-        (lambda: frames_of(stereo(HELLO.pcm16), channels=2), "stereo into a mono service"),
+        (lambda: audio_frames(upsample_16k(HELLO.pcm16), rate=16000, sleep_every=20), "16 kHz into an 8 kHz service"),
+        (lambda: audio_frames(stereo(HELLO.pcm16), channels=2, sleep_every=20), "stereo into a mono service"),
     ],
 )
 async def test_other_rates_and_channel_counts_are_converted_not_sent_raw(emu, make_frames, kind):
@@ -179,7 +121,7 @@ async def test_empty_and_malformed_frames_are_counted_and_the_call_goes_on(emu):
     svc = GoogleSTTService(sample_rate=8000, max_queue=1000, debounce_ms=None, final_timeout_ms=None)
     frames = []
     bad = empty = 0
-    for n, f in enumerate(frames_of(HELLO.pcm16)):
+    for n, f in enumerate(audio_frames(HELLO.pcm16, sleep_every=20)):
         if isinstance(f, InputAudioRawFrame) and n % 9 == 4:
             frames.append(InputAudioRawFrame(audio=b"", sample_rate=8000, num_channels=1))
             frames.append(InputAudioRawFrame(audio=b"\x07" * 159, sample_rate=8000, num_channels=1))
@@ -196,7 +138,7 @@ async def test_empty_and_malformed_frames_are_counted_and_the_call_goes_on(emu):
 
 async def test_audio_after_end_frame_is_counted_not_sent(emu):
     svc = GoogleSTTService(max_queue=1000)
-    await run_service(svc, frames_of(HELLO.pcm16[: 8000 * 2]))
+    await run_service(svc, audio_frames(HELLO.pcm16[: 8000 * 2], sleep_every=20))
     before = sum(r.audio_bytes for r in emu.streams)
     # The pipeline is over; a late frame reaching the service is counted, never sent.
     async for _ in svc.run_stt(HELLO.pcm16[:CHUNK]):
@@ -204,90 +146,6 @@ async def test_audio_after_end_frame_is_counted_not_sent(emu):
     assert svc.audio_rejected == 1
     assert sum(r.audio_bytes for r in emu.streams) == before
     assert stt_threads() == []
-
-
-# -- RxDrainProcessor: empty frames and frames after EndFrame ------------------------------------
-
-
-class Recorder(FrameProcessor):
-    def __init__(self, **kw):
-        super().__init__(enable_direct_mode=True, **kw)
-        self.seen: list = []
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, StartFrame) and direction is FrameDirection.DOWNSTREAM:
-            self.seen.append(frame)
-        await self.push_frame(frame, direction)
-
-
-class GateSink:
-    """An AudioSink that refuses until opened (holds the EndFrame flush open)."""
-
-    def __init__(self) -> None:
-        self.open = False
-
-    def can_accept_audio(self) -> bool:
-        return self.open
-
-
-def audio(k: int, n: int = 160) -> InputAudioRawFrame:
-    return InputAudioRawFrame(audio=k.to_bytes(2, "little") * n, sample_rate=8000, num_channels=1)
-
-
-async def test_rx_drops_empty_frames_and_audio_after_end_counted():
-    gate = GateSink()
-    proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=10.0), sink=gate)
-    src = Recorder(name="src")  # stands in for transport.input(), which keeps receiving after the end
-    dst = Recorder(name="dst")
-    worker = PipelineWorker(Pipeline([src, proc, dst]), params=PipelineParams(audio_in_sample_rate=8000),
-                            cancel_on_idle_timeout=False)
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_w, _f):
-        started.set()
-
-    async def drive():
-        await asyncio.wait_for(started.wait(), 10)
-        await worker.queue_frames([audio(1), InputAudioRawFrame(audio=b"", sample_rate=8000, num_channels=1), audio(2)])
-        await worker.queue_frame(EndFrame())
-        deadline = time.monotonic() + 5
-        while not proc._ended:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.005)
-        for k in (3, 4):  # the caller's audio, still arriving after the end
-            await src.push_frame(audio(k))
-        deadline = time.monotonic() + 5
-        while proc.audio_after_end < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.005)
-        gate.open = True
-
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.wait_for(asyncio.gather(runner.run(), drive()), 20)
-    ids = [int.from_bytes(f.audio[:2], "little") if isinstance(f, InputAudioRawFrame) else type(f).__name__
-           for f in dst.seen]
-    assert ids == [1, 2, "EndFrame"]
-    assert proc.empty_audio_dropped == 1 and proc.audio_after_end == 2
-    assert proc.stats.frames_in == 2 and proc.stats.drops == 0
-
-
-async def test_rx_counts_frames_that_do_not_match_the_interval_by_their_duration():
-    # RX counts audio time: 10 ms frames are half a 20 ms-frame equivalent each (no longer paced
-    # as one interval each, so there is nothing to warn about).
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
-    try:
-        proc = RxDrainProcessor()
-        frames = [audio(k, n=80) for k in range(5)]  # 10 ms frames with a 20 ms interval
-        await run_test(proc, frames_to_send=frames)
-    finally:
-        logger.remove(sink)
-    s = proc.stats
-    assert (s.frames_in, s.frames_out, s.audio_in, s.audio_out) == (5, 5, 2.5, 2.5)
-    assert not any("frame_interval_ms" in ln for ln in lines)
 
 
 # -- configuration: clear errors at construction ---------------------------------------------------
@@ -330,40 +188,9 @@ def test_service_config_errors_at_construction(monkeypatch, kw, needle):
 )
 def test_session_config_errors_at_construction(kw, needle):
     with pytest.raises(ValueError, match=needle):
-        StreamingSTTSession(spec(), lambda: None, **kw)
+        StreamingSTTSession(spec_for(), lambda: None, **kw)
     with pytest.raises(ValueError, match="channels"):
         StreamSpec(api="v1", sample_rate=8000, streaming_config=None, channels=0)
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(max_queue=0),
-        dict(high_watermark=10, low_watermark=10),
-        dict(high_watermark=300, max_queue=200),
-        dict(low_watermark=-1),
-        dict(frame_interval_ms=0),
-        dict(catchup_speed=0.5),
-        dict(flush_timeout_s=-1),
-    ],
-)
-def test_rx_config_errors_at_construction(kw):
-    with pytest.raises(ValueError):
-        RxDrainParams(**kw)
-
-
-@pytest.fixture
-def google_mode(monkeypatch):
-    """Not emulator mode, and Application Default Credentials never probe the network."""
-    from google.auth.exceptions import DefaultCredentialsError
-
-    monkeypatch.delenv(EMULATOR_ENV, raising=False)
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-
-    def no_adc(*a, **kw):
-        raise DefaultCredentialsError("no ADC in tests")
-
-    monkeypatch.setattr(service_module, "default", no_adc)
 
 
 def _real_default(*a, **kw):
@@ -375,7 +202,7 @@ def _real_default(*a, **kw):
 SECRET = "-----BEGIN PRIVATE KEY-----\nTOPSECRETMATERIAL\n-----END PRIVATE KEY-----\n"
 
 
-def test_bad_credentials_are_clear_errors_that_never_quote_the_secret(google_mode, tmp_path):
+def test_bad_credentials_are_clear_errors_that_never_quote_the_secret(no_adc, tmp_path):
     cases = {}
     missing = tmp_path / "missing.json"
     cases["missing file"] = dict(credentials_path=str(missing))
@@ -401,7 +228,7 @@ def test_bad_credentials_are_clear_errors_that_never_quote_the_secret(google_mod
     assert "missing fields" in messages["incomplete key"]
 
 
-def test_missing_or_broken_env_vars_fail_at_construction(google_mode, monkeypatch, tmp_path):
+def test_missing_or_broken_env_vars_fail_at_construction(no_adc, monkeypatch, tmp_path):
     # No credentials at all: exactly the stock message.
     with pytest.raises(ValueError, match=r"^No valid credentials provided\.$"):
         GoogleSTTService()
@@ -424,6 +251,6 @@ async def test_a_final_that_arrives_during_end_frame_close_is_delivered(emu):
     cut = int(3.30 * 16000) // CHUNK * CHUNK  # sentence 1 speech ends ~3.24 s: its segment is still open
     for k in range(5):
         svc = GoogleSTTService(sample_rate=8000, max_queue=1000, debounce_ms=None, final_timeout_ms=None)
-        texts = await run_service(svc, frames_of(HELLO.pcm16[:cut], sleep_every=0))
+        texts = await run_service(svc, audio_frames(HELLO.pcm16[:cut]))
         assert len(texts) == 1, (k, texts)
     assert stt_threads() == []

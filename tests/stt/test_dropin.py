@@ -15,53 +15,18 @@ import pathlib
 
 import pytest
 from pipecat.frames.frames import InterimTranscriptionFrame, TranscriptionFrame
-from pipecat.services.google import stt as stock_module
 from pipecat.services.google.stt import GoogleSTTService as Stock
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 
 import pipecat_rxdrain
 from pipecat_rxdrain.emulator import SpeechEmulator
-from pipecat_rxdrain.google_clients import EMULATOR_ENV, emulator_client
+from pipecat_rxdrain.google_clients import emulator_client
 from pipecat_rxdrain.samples import load_sample
-from pipecat_rxdrain.stt import service as our_module
 from pipecat_rxdrain.stt.service import GoogleSTTService as Ours
-from pipecat_rxdrain.testing import fake_service_account_info
-
-from tests.helpers.stt_session import stt_threads
-from tests.stt.test_service import audio_frames
+from tests.helpers.stt_session import audio_frames, stt_threads
 
 HELLO = load_sample("hello_en")
-
-
-@pytest.fixture(scope="module")
-def key_pem() -> str:
-    return fake_service_account_info()["private_key"]
-
-
-@pytest.fixture(scope="module")
-def sa_info(key_pem) -> dict:
-    return {
-        "type": "service_account",
-        "project_id": "rxdrain-proj",
-        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
-        "private_key": key_pem,
-        "client_email": "bot@rxdrain-proj.iam.gserviceaccount.com",
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-
-
-@pytest.fixture
-def no_adc(monkeypatch):
-    from google.auth.exceptions import DefaultCredentialsError
-
-    def no_default(*a, **kw):
-        raise DefaultCredentialsError("no ADC in tests")
-
-    monkeypatch.setattr(stock_module, "default", no_default)
-    monkeypatch.setattr(our_module, "default", no_default)
-    monkeypatch.delenv(EMULATOR_ENV, raising=False)
 
 
 def _public_names(cls) -> set[str]:
@@ -213,7 +178,7 @@ CRED_CASES = ["not_json", "missing_fields", "bad_pem", "garbage_pem", "key_not_a
 def _raised(fn):
     try:
         fn()
-    except Exception as e:  # noqa: BLE001 - the type is what we compare
+    except Exception as e:
         return e
     pytest.fail("no exception")
 

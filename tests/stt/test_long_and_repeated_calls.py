@@ -1,4 +1,4 @@
-"""Long calls and leaks: a 30-minute call time-compressed, and 20 sequential pipeline calls in one process.
+"""Long and repeated calls leave nothing behind: a 30-minute call time-compressed, and 20 sequential pipeline calls in one process.
 
 The long call drives ``StreamingSTTSession`` against the emulator as fast as the
 session accepts audio (the feeder waits on ``can_accept()``, as ``RxDrainProcessor``
@@ -18,14 +18,9 @@ import uuid
 
 import psutil
 import pytest
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, StartFrame, TranscriptionFrame
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TranscriptionFrame
 
 from pipecat_rxdrain import RxDrainParams, RxDrainProcessor
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.google_clients import EMULATOR_ENV, SESSION_METADATA_KEY, emulator_client
 from pipecat_rxdrain.samples import load_sample
@@ -33,14 +28,13 @@ from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
 from pipecat_rxdrain.stt.service import GoogleSTTService
 from pipecat_rxdrain.stt.session import StreamingSTTSession
+from pipecat_rxdrain.testing import FakeClock
+from tests.helpers.pipeline import run_pipeline
+from tests.helpers.stt_session import stt_threads
 
 CALL = load_sample("call_en")
 HELLO = load_sample("hello_en")
 PROC = psutil.Process()
-
-
-def stt_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("rxdrain-stt")]
 
 
 def settle(pred, timeout: float = 5.0) -> bool:
@@ -133,33 +127,12 @@ def test_thirty_minute_call_rotates_many_times_loses_nothing_and_stays_flat():
 # -- many sequential calls through a real Pipecat pipeline -----------------------------------------
 
 
-class Collector(FrameProcessor):
-    def __init__(self, **kw):
-        super().__init__(enable_direct_mode=True, **kw)
-        self.finals: list[str] = []
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TranscriptionFrame):
-            self.finals.append(frame.text)
-        await self.push_frame(frame, direction)
-
-
 async def one_call(pcm: bytes) -> list[str]:
     stt = GoogleSTTService(sample_rate=8000, max_queue=200, debounce_ms=None, final_timeout_ms=None,
                            telemetry_interval_s=None)
     rx = RxDrainProcessor(params=RxDrainParams(telemetry_interval_s=60.0), sink=stt)
-    out = Collector()
-    worker = PipelineWorker(Pipeline([rx, stt, out]), params=PipelineParams(audio_in_sample_rate=8000),
-                            cancel_on_idle_timeout=False)
-    started = asyncio.Event()
 
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_w, _f):
-        started.set()
-
-    async def caller():
-        await asyncio.wait_for(started.wait(), 10)
+    async def caller(worker, src, dst):
         for n, i in enumerate(range(0, len(pcm), 320)):
             await worker.queue_frame(InputAudioRawFrame(audio=pcm[i : i + 320], sample_rate=8000, num_channels=1))
             if n % 25 == 24:
@@ -167,12 +140,10 @@ async def one_call(pcm: bytes) -> list[str]:
         await asyncio.sleep(0.3)
         await worker.queue_frame(EndFrame())
 
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.wait_for(asyncio.gather(runner.run(), caller()), 30)
+    _, dst = await run_pipeline([rx, stt], caller)
     assert stt.final_stats is not None and stt.final_stats.drops == 0
     one_call.last = (stt.final_stats, rx.stats, stt.audio_rejected)
-    return out.finals
+    return [f.text for f in dst.down(TranscriptionFrame)]
 
 
 async def test_twenty_sequential_calls_leave_nothing_behind():

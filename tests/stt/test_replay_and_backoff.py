@@ -6,7 +6,6 @@ from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.recognition_config import MAX_REQUEST_BYTES
 from pipecat_rxdrain.stt.replay import ReplayBuffer
 from pipecat_rxdrain.stt.session import StreamingSTTSession
-
 from tests.helpers.stt_session import spec_for
 
 

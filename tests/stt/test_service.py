@@ -17,58 +17,19 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.google import stt as stock_module
 from pipecat.services.google.stt import GoogleSTTService as StockGoogleSTTService
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
-from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.google_clients import EMULATOR_ENV
 from pipecat_rxdrain.rx.sink import AudioSink
 from pipecat_rxdrain.samples import load_sample
-from pipecat_rxdrain.stt import service as our_module
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.service import GoogleSTTService
-from pipecat_rxdrain.testing import fake_service_account_json
-
-from tests.helpers.stt_session import CHUNK, stt_threads
+from tests.helpers.stt_session import CHUNK, audio_frames, stt_threads
 
 HELLO = load_sample("hello_en")
-
-
-@pytest.fixture(scope="module")
-def sa_json() -> str:
-    return fake_service_account_json("rxdrain-proj")
-
-
-@pytest.fixture
-def no_adc(monkeypatch):
-    """No Application Default Credentials, and never probe the GCE metadata server (no network)."""
-    from google.auth.exceptions import DefaultCredentialsError
-
-    def no_default(*a, **kw):
-        raise DefaultCredentialsError("no ADC in tests")
-
-    monkeypatch.setattr(stock_module, "default", no_default)
-    monkeypatch.setattr(our_module, "default", no_default)
-    monkeypatch.delenv(EMULATOR_ENV, raising=False)
-
-
-@pytest.fixture
-def emu(monkeypatch):
-    with SpeechEmulator(script=list(HELLO.segments)) as e:
-        monkeypatch.setenv(EMULATOR_ENV, e.address)
-        yield e
-
-
-def audio_frames(pcm: bytes, sleep_every: int = 0):
-    frames = []
-    for n, i in enumerate(range(0, len(pcm), CHUNK)):
-        frames.append(InputAudioRawFrame(audio=pcm[i : i + CHUNK], sample_rate=8000, num_channels=1))
-        if sleep_every and n % sleep_every == sleep_every - 1:
-            frames.append(SleepFrame(sleep=0.01))
-    return frames
 
 
 def test_constructor_signature_is_a_superset_of_stock():

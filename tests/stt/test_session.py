@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import time
 from collections import deque
 
@@ -14,8 +13,8 @@ from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.telemetry import STT_LINE_RE
-
-from tests.helpers.stt_session import CHUNK, drain_results, feed, final_texts, make_session, spec_for, stt_threads, wait_until
+from tests.helpers.stt_session import CHUNK, drain_results, feed, final_texts, make_session, spec_for, stt_threads
+from tests.helpers.waiting import wait_until_blocking
 
 HELLO = load_sample("hello_en")
 CALL = load_sample("call_en")
@@ -56,7 +55,7 @@ def test_no_stream_before_audio(hello_emu):
     time.sleep(0.4)
     assert hello_emu.streams == []
     s.push_audio(b"\0" * CHUNK)
-    assert wait_until(lambda: len(hello_emu.streams) == 1, 5)
+    assert wait_until_blocking(lambda: len(hello_emu.streams) == 1, 5)
     assert s.close(3)
 
 
@@ -126,7 +125,7 @@ def test_non_retriable_error_surfaces_once_without_retry_storm(hello_emu):
     hello_emu.faults.refuse(20, code="PERMISSION_DENIED", details="caller lacks speech.recognizers.recognize")
     s = make_session(hello_emu, on_error=errors.append)
     feed(s, HELLO.pcm16[: 8000 * 2], speed=10)
-    assert wait_until(lambda: errors, 5)
+    assert wait_until_blocking(lambda: errors, 5)
     n_streams = len(hello_emu.streams)
     time.sleep(0.3)
     assert len(errors) == 1
@@ -166,7 +165,7 @@ def test_retries_are_capped(hello_emu):
     s = make_session(hello_emu, on_error=errors.append, max_consecutive_failures=4,
                      backoff=Backoff(initial_s=0.01, max_s=0.02))
     feed(s, HELLO.pcm16[: 8000 * 2 * 2], speed=2)  # audio keeps flowing, as on a call
-    assert wait_until(lambda: errors, 5)
+    assert wait_until_blocking(lambda: errors, 5)
     n = len(hello_emu.streams)
     time.sleep(0.3)
     # 4 attempts, each possibly followed by one sync probe (see _masked_by_grpc_aio); then nothing more.
@@ -203,7 +202,7 @@ def test_inactivity_abort_reopens_on_next_audio():
     with SpeechEmulator(script=list(HELLO.segments), limits=EmulatorLimits(inactivity_timeout_s=0.4)) as emu:
         s = make_session(emu, max_queue=1000)
         feed(s, HELLO.pcm16[: 8000 * 2 * 3], speed=10)
-        assert wait_until(lambda: emu.streams and emu.streams[0].ended, 5)
+        assert wait_until_blocking(lambda: emu.streams and emu.streams[0].ended, 5)
         time.sleep(0.3)
         assert len(emu.streams) == 1  # no reconnect storm while idle
         feed(s, HELLO.pcm16[8000 * 2 * 3 :], speed=10)
@@ -255,7 +254,7 @@ def test_an_exception_in_the_request_writer_fails_the_session_loudly(hello_emu):
     with s._lock:
         s._q = _BrokenDeque(s._q)
     s.push_audio(b"\0" * CHUNK)
-    assert wait_until(lambda: errors, 5)
+    assert wait_until_blocking(lambda: errors, 5)
     time.sleep(0.3)
     assert len(errors) == 1 and not errors[0].retriable
     assert "RuntimeError" in str(errors[0]) and "writer bug (test)" in str(errors[0])

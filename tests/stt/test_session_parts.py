@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.stt.audio_queue import AudioQueue, Pushed
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.lead import StreamLead
 from pipecat_rxdrain.stt.params import SttSessionParams
 from pipecat_rxdrain.stt.reconnect import ReconnectPolicy, Verdict
 from pipecat_rxdrain.stt.replay import ReplayBuffer
+from pipecat_rxdrain.testing import FakeClock
 
 BPM = 16.0  # 8 kHz PCM16: bytes per ms
 F20 = 320  # 20 ms

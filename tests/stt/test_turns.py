@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipecat_rxdrain.testing import FakeClock
 from pipecat_rxdrain.stt.turns import TurnTimer
+from pipecat_rxdrain.testing import FakeClock
 
 
 def texts(emits):

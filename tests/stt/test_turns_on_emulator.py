@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -37,7 +36,6 @@ from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.emulator.segmenter import EnergySegmenter
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.service import GoogleSTTService
-
 from tests.helpers.stt_session import CHUNK, stt_threads
 
 STOP_SECS = 0.2  # Pipecat's VAD_STOP_SECS: the VAD reports the stop this long after speech ends

@@ -13,8 +13,8 @@ from pipecat_rxdrain.emulator.stream import TOO_FAST
 from pipecat_rxdrain.google_clients import emulator_client
 from pipecat_rxdrain.samples import load_sample
 from pipecat_rxdrain.stt.io_thread import IoThreadMode
-
-from tests.helpers.stt_session import CHUNK, drain_results, feed, final_texts, make_session, spec_for, stt_threads, wait_until
+from tests.helpers.stt_session import CHUNK, drain_results, feed, final_texts, make_session, spec_for, stt_threads
+from tests.helpers.waiting import wait_until_blocking
 
 HELLO = load_sample("hello_en")  # speech 0.52-2.78 s and 4.00-5.90 s
 
@@ -121,7 +121,7 @@ def test_io_thread_model_and_every_thread_stops(mode, expected_threads):
         sessions = [make_session(emu, max_queue=1000, io_thread=mode) for _ in range(3)]
         for s in sessions:
             s.push_audio(HELLO.pcm16[:CHUNK])
-        assert wait_until(lambda: emu.stream_count == 3, 5)
+        assert wait_until_blocking(lambda: emu.stream_count == 3, 5)
         names = {t.name for t in threading.enumerate() if t.name.startswith("rxdrain-stt")}
         assert len(names) == expected_threads, names
         for s in sessions:

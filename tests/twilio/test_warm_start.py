@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from tests.helpers.bot_harness import STATS_TOKEN, BotProcess, clean_env, get_json, make_config, wait_until
+from tests.helpers.bot_harness import STATS_TOKEN, BotProcess, clean_env, get_json, make_config
+from tests.helpers.waiting import wait_until
 
 from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
