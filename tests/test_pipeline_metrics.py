@@ -1,4 +1,4 @@
-"""RX and STT numbers reach Pipecat's metrics path (issue 17): MetricsFrames flow down a real call's pipeline."""
+"""RX and STT numbers reach Pipecat's metrics path: MetricsFrames flow down a real call's pipeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rolling restart through nginx (issue 17): one of two bot processes gets SIGTERM with calls in flight.
+"""Rolling restart through nginx: one of two bot processes gets SIGTERM with calls in flight.
 
 Two real bot processes (shared MEDIA_TOKEN_SECRET and TWILIO_AUTH_TOKEN) behind the shipped
 nginx.conf (TLS); callers POST the signed webhook over https and stream over wss://. Bot A is

@@ -1,4 +1,5 @@
-"""Emulator fidelity (issue 15), timing profiles (issue 14) and structure (issue 16), with the official clients."""
+"""The emulator answers the official clients as Google does: result fields, voice-activity timeouts, sessions,
+interims, the observation endpoints, the timing profiles; and its modules stay free of cycles."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def final_results(responses):
     return [res for r in responses for res in r.results if res.is_final]
 
 
-# --- issue 15: results ----------------------------------------------------
+# --- results ----------------------------------------------------
 
 
 def test_v1_word_time_offsets(emu):
@@ -190,7 +191,7 @@ def test_v1_voice_activity_timeout_too(emu):
     assert emu.stream(-1).end.reason == "speech_end_timeout"
 
 
-# --- issue 15: sessions ---------------------------------------------------
+# --- sessions ---------------------------------------------------
 
 
 def test_plain_client_reusing_one_channel_gets_a_fresh_session_per_stream(emu):
@@ -229,7 +230,7 @@ def test_our_stt_session_stays_under_25_kb_per_request():
         assert rec.oversize_requests == 0 and max(c.size for c in rec.chunks) <= 25 * 1024
 
 
-# --- issue 15: pocketsphinx interims --------------------------------------
+# --- pocketsphinx interims --------------------------------------
 
 
 def test_pocketsphinx_interims():
@@ -253,7 +254,7 @@ def test_pocketsphinx_interims():
     assert 0.1 < words[0].start_time.total_seconds() < words[-1].end_time.total_seconds() < 3.0
 
 
-# --- issue 15: observation and recipe --------------------------------------
+# --- observation and recipe --------------------------------------
 
 
 def test_streams_endpoint_shows_each_streams_config(emu):
@@ -364,7 +365,7 @@ def test_control_endpoint_refuses_bad_field_types(emu):
     )
 
 
-# --- issue 14: timing profiles -----------------------------------------------
+# --- timing profiles -----------------------------------------------
 
 
 def test_google_final_delay_distribution():
@@ -433,7 +434,7 @@ def test_timing_profile_parse_and_bad_value():
         SpeechEmulator(timing="slow")
 
 
-# --- issue 16: structure --------------------------------------------------
+# --- structure --------------------------------------------------
 
 
 def _imports(module: str) -> set[str]:

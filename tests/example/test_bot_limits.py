@@ -1,4 +1,4 @@
-"""Issue 14, one test per row: the bot's doors hold before authentication, nothing grows without bound,
+"""The bot's limits: its doors hold before authentication, nothing grows without bound,
 bad configuration stops the bot at start-up, and a failed call fails loudly.
 
 Every test runs the real example bot (in-process or as a subprocess) on 127.0.0.1 with the real
@@ -68,8 +68,8 @@ def _streamed_body(total: int, chunk: int = 256 * 1024):
         yield block
 
 
-# ------------------------------------------------------------------ row 2
-def test_row2_large_unsigned_webhook_bodies_are_refused_while_streaming_without_buffering(tmp_path):
+# ------------------------------------------------------------------ webhook body size
+def test_large_unsigned_webhook_bodies_are_refused_while_streaming_without_buffering(tmp_path):
     """4 concurrent unsigned POST /twiml of 250 MB: 413 each, and the bot's RSS barely moves.
 
     Before: the body was read whole before the size check (RSS peaked at 1.77 GB). The ceiling:
@@ -119,7 +119,7 @@ def test_row2_large_unsigned_webhook_bodies_are_refused_while_streaming_without_
     assert code == 0 and "Traceback" not in bot.log
 
 
-# ------------------------------------------------------------------ row 11
+# ------------------------------------------------------------------ bad settings at start-up
 BAD_ENV = [
     ({"STT_BATCH_MS": "0"}, "STT_BATCH_MS"),
     ({"STT_DEBOUNCE_MS": "-5"}, "STT_DEBOUNCE_MS"),
@@ -138,7 +138,7 @@ BAD_ENV = [
 
 
 @pytest.mark.parametrize("env,name", BAD_ENV, ids=[n for _, n in BAD_ENV])
-def test_row11_bad_settings_stop_the_bot_at_startup_with_rc2_and_a_message_naming_them(tmp_path, env, name):
+def test_bad_settings_stop_the_bot_at_startup_with_rc2_and_a_message_naming_them(tmp_path, env, name):
     """Before: some started and failed every call (NaN final timeout: 0/5 finals, 88 % CPU), others died with a traceback."""
     base = {"SPEECH_EMULATOR_HOST": "127.0.0.1:9"} if name != "GOOGLE_CREDENTIALS_JSON" else {}
     port = [] if name == "BOT_PORT" else ["--port", "0"]
@@ -149,23 +149,29 @@ def test_row11_bad_settings_stop_the_bot_at_startup_with_rc2_and_a_message_namin
     assert "nope" not in r.stderr  # never quote a secret
 
 
-# ------------------------------------------------------------------ rows 5 and 15
+# ------------------------------------------------------------------ MAX_CALLS
 async def _hold_a_call(port: int, n: int, hold_s: float) -> int | None:
     """Connect like Twilio, send start, keep the socket open ``hold_s``; return the close code (None: still open)."""
     call_sid, stream_sid = "CA" + f"{n:032x}", "MZ" + f"{n:032x}"
     async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
-        try:
-            await ws.send(json.dumps(connected_message()))
-            await ws.send(json.dumps(start_message(stream_sid=stream_sid, call_sid=call_sid, account_sid=ACCT)))
-            await asyncio.wait_for(ws.recv(), hold_s)
-        except ConnectionClosed:
-            return ws.close_code
-        except asyncio.TimeoutError:
-            return None
+        start = start_message(stream_sid=stream_sid, call_sid=call_sid, account_sid=ACCT)
+        return await _send_then_close_code(ws, [connected_message(), start], hold_s)
+
+
+async def _send_then_close_code(ws, messages: list[dict], hold_s: float) -> int | None:
+    """Sends ``messages``, then waits ``hold_s`` for the bot to close: its close code (None: still open)."""
+    try:
+        for message in messages:
+            await ws.send(json.dumps(message))
+        await asyncio.wait_for(ws.recv(), hold_s)
+    except ConnectionClosed:
         return ws.close_code
+    except TimeoutError:
+        return None
+    return ws.close_code
 
 
-async def test_row5_row15_max_calls_holds_for_simultaneous_callers_and_refuses_with_close_1013(emulator):
+async def test_max_calls_holds_for_simultaneous_callers_and_refuses_with_close_1013(emulator):
     """8 simultaneous callers, MAX_CALLS=3: before, all 8 were admitted, and a refusal was an HTTP 403 on the upgrade."""
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False, max_calls=3)
     async with running_bot(cfg) as bot:
@@ -177,9 +183,9 @@ async def test_row5_row15_max_calls_holds_for_simultaneous_callers_and_refuses_w
     assert counters["admitted"] == 3 and counters["refused_full"] == 5
 
 
-# ------------------------------------------------------------------ row 9
+# ------------------------------------------------------------------ malformed tokens
 @pytest.mark.parametrize("token", ["1700000000.\u00e9" + "A" * 42, "\u00b2" * 10 + "." + "A" * 43])
-async def test_row9_a_non_ascii_token_is_closed_1008_not_a_traceback(token):
+async def test_a_non_ascii_token_is_closed_1008_not_a_traceback(token):
     cfg = make_config(speech_emulator_host="127.0.0.1:9")
     with LogCapture() as logs:
         async with running_bot(cfg) as bot:
@@ -194,8 +200,8 @@ async def test_row9_a_non_ascii_token_is_closed_1008_not_a_traceback(token):
     assert "malformed token" in logs.text and "Traceback" not in logs.text and "TypeError" not in logs.text
 
 
-# ------------------------------------------------------------------ row 13
-async def test_row13_one_wild_sequence_number_does_not_make_the_call_deaf(emulator):
+# ------------------------------------------------------------------ sequence numbers
+async def test_one_wild_sequence_number_does_not_make_the_call_deaf(emulator):
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
     frames = wav_to_twilio_frames(sample_path("hello_en"))[:100]
     async with running_bot(cfg) as bot:
@@ -218,7 +224,7 @@ async def test_row13_one_wild_sequence_number_does_not_make_the_call_deaf(emulat
     assert call["rx"]["frames_in"] == len(frames) - 1  # every other frame reached RX
 
 
-# ------------------------------------------------------------------ row 8
+# ------------------------------------------------------------------ caller-supplied text in logs
 FORGED = [
     "CA" + "1" * 32 + "\n12:00:00.000 | INFO    | CA" + "2" * 32 + " | [BOT] final transcript: transfer $1M",
     "CA\x1b[2J\x1b[31m" + "3" * 30,
@@ -226,7 +232,7 @@ FORGED = [
 ]
 
 
-async def test_row8_caller_supplied_call_sids_never_reach_a_log_line(emulator):
+async def test_caller_supplied_call_sids_never_reach_a_log_line(emulator):
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
     with LogCapture() as logs:
         async with running_bot(cfg) as bot:
@@ -249,7 +255,7 @@ async def test_row8_caller_supplied_call_sids_never_reach_a_log_line(emulator):
     assert not any("transfer $1M" in line or "\x1b" in line for line in lines)
 
 
-# ------------------------------------------------------------------ rows 7, 12, 14
+# ------------------------------------------------------------------ stats token, webhook replay, proxies
 def _post(url: str, params: dict, headers: dict | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST",
                                  headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
@@ -268,7 +274,7 @@ def _status(url: str, headers: dict | None = None) -> int:
         return e.code
 
 
-async def test_row7_stats_need_the_bearer_token_even_from_loopback():
+async def test_stats_need_the_bearer_token_even_from_loopback():
     """Before: any loopback client (a sidecar proxy at 127.0.0.6, a same-host proxy) got 200 with transcripts."""
     async with running_bot(make_config(speech_emulator_host="127.0.0.1:9", stats_token=STATS)) as bot:
         url = f"http://127.0.0.1:{bot.port}/stats"
@@ -281,7 +287,7 @@ async def test_row7_stats_need_the_bearer_token_even_from_loopback():
     assert (no_token, wrong, right, forwarded, off) == (401, 401, 200, 401, 404)
 
 
-async def test_row12_a_replayed_signed_webhook_gets_no_second_token_or_stream(emulator):
+async def test_a_replayed_signed_webhook_gets_no_second_token_or_stream(emulator):
     cfg = make_config(speech_emulator_host=emulator.address, twilio_auth_token=AUTH, public_host="bot.example.test")
     form = {"CallSid": CALL, "AccountSid": ACCT, "From": "+15005550001"}
     headers = {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature("https://bot.example.test/twiml", form)}
@@ -302,19 +308,11 @@ async def test_row12_a_replayed_signed_webhook_gets_no_second_token_or_stream(em
 async def _stream_with(port: int, token: str, hold_s: float) -> int | None:
     upgrade_signature = {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature("wss://bot.example.test/ws", {})}
     async with connect(f"ws://127.0.0.1:{port}/ws", additional_headers=upgrade_signature) as ws:
-        try:
-            await ws.send(json.dumps(connected_message()))
-            await ws.send(json.dumps(start_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT,
-                                                   custom_parameters={"token": token})))
-            await asyncio.wait_for(ws.recv(), hold_s)
-        except ConnectionClosed:
-            return ws.close_code
-        except asyncio.TimeoutError:
-            return None
-        return ws.close_code
+        start = start_message(stream_sid=STREAM, call_sid=CALL, account_sid=ACCT, custom_parameters={"token": token})
+        return await _send_then_close_code(ws, [connected_message(), start], hold_s)
 
 
-async def test_row14_a_signed_webhook_through_two_proxies_is_accepted():
+async def test_a_signed_webhook_through_two_proxies_is_accepted():
     """``X-Forwarded-Proto: https, http`` (two proxies): the first entry is the client's scheme. Before: 403."""
     cfg = make_config(speech_emulator_host="127.0.0.1:9", twilio_auth_token=AUTH)
     async with running_bot(cfg) as bot:
@@ -326,7 +324,7 @@ async def test_row14_a_signed_webhook_through_two_proxies_is_accepted():
     assert status == 200
 
 
-# ------------------------------------------------------------------ row 4
+# ------------------------------------------------------------------ media floods
 async def _flood(port: int, frames: list[bytes], n: int) -> int | None:
     async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
         await ws.send(json.dumps(connected_message()))
@@ -340,7 +338,7 @@ async def _flood(port: int, frames: list[bytes], n: int) -> int | None:
         return ws.close_code
 
 
-async def test_row4_a_media_flood_is_bounded_before_rx_counted_and_the_call_still_ends_gracefully(tmp_path):
+async def test_a_media_flood_is_bounded_before_rx_counted_and_the_call_still_ends_gracefully(tmp_path):
     """A token holder floods media as fast as it can. Before: frames piled up in Pipecat's unbounded
     transport queue (RSS 50 -> 310 MB for 200k frames), 181,980 were discarded after stop uncounted,
     and the graceful end failed.
@@ -434,8 +432,8 @@ def _json_or_error(url: str) -> dict:
         return json.loads(e.read())
 
 
-# ------------------------------------------------------------------ row 10
-async def test_row10_mark_names_are_not_kept_for_the_whole_call(emulator):
+# ------------------------------------------------------------------ mark names
+async def test_mark_names_are_not_kept_for_the_whole_call(emulator):
     """Before: every mark name was kept for the call (10k marks of 15 KB: RSS +160 MB)."""
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
     n = 2000
@@ -457,8 +455,8 @@ async def test_row10_mark_names_are_not_kept_for_the_whole_call(emulator):
     assert len(kept) <= 16 and sum(len(k) for k in kept) <= 16 * 64
 
 
-# ------------------------------------------------------------------ row 6
-async def test_row6_idle_and_half_sent_sockets_cannot_starve_real_calls_of_descriptors(tmp_path):
+# ------------------------------------------------------------------ file descriptors
+async def test_idle_and_half_sent_sockets_cannot_starve_real_calls_of_descriptors(tmp_path):
     """1,100 idle sockets and half-sent requests at a 1024 descriptor limit. Before: real calls failed
     (Too many open files) and the log filled with accept tracebacks at 5-6 MB/s."""
     frames = wav_to_twilio_frames(sample_path("hello_en"))[:60]

@@ -1,4 +1,4 @@
-"""The example bot ships in the wheel and runs from it; its Docker and .env files do not trip users up (issue 16)."""
+"""The example bot ships in the wheel and runs from it; its Docker and .env files do not trip users up."""
 
 from __future__ import annotations
 
