@@ -51,6 +51,16 @@ async def _wait_no_leaks(threads_before):
     assert not leaked, leaked
 
 
+async def _run_alone(scenario: Scenario, pipeline: str):
+    """One run of ``scenario`` through ``pipeline`` on a BenchServer of its own, stopped after."""
+    server = BenchServer()
+    url = await server.start()
+    try:
+        return await run_scenario(server, url, scenario, pipeline)
+    finally:
+        await server.stop()
+
+
 async def test_tiny_scenarios_through_all_three_pipelines(tmp_path):
     threads_before = {t.ident for t in threading.enumerate()}
     scenario = Scenario("smoke", "Smoke: 1.5 s call", audio_s=1.5, plot=True)
@@ -113,12 +123,7 @@ async def test_tiny_scenarios_through_all_three_pipelines(tmp_path):
 
 async def test_16khz_pipeline_maps_merged_frames_back_to_the_caller():
     scenario = Scenario("steady_16k", "16 kHz", audio_s=2.0, pipeline_rate=16000)
-    server = BenchServer()
-    url = await server.start()
-    try:
-        run = await run_scenario(server, url, scenario, "ours")
-    finally:
-        await server.stop()
+    run = await _run_alone(scenario, "ours")
     r = summarize(run, expected_utterances(scenario.audio_s))
     assert r["pipeline_rate"] == 16000
     assert r["media_in"] == int(round(3.0 / 0.02))  # every caller frame was deserialized
@@ -137,9 +142,9 @@ async def test_16khz_pipeline_maps_merged_frames_back_to_the_caller():
 def test_probe_ledger_follows_a_chunk_split_across_requests():
     """AudioQueue.take() splits a chunk bigger than the request; the ledger keeps every byte, and the
     frame is credited to the piece holding its last byte."""
-    from benchmarks.pipelines import CallProbe, _RecordingDeque
     from pipecat.frames.frames import InputAudioRawFrame
 
+    from benchmarks.pipelines import CallProbe, _RecordingDeque
     from pipecat_rxdrain.stt.audio_queue import AudioQueue
 
     probe = CallProbe(call_id="c", pipeline="ours")
@@ -256,12 +261,7 @@ async def test_reply_scenario_measures_end_of_speech_to_first_reply_audio():
 
     sc = reply(audio_s=4.0)
     assert sc.pipelines == ("stock", "ours")
-    server = BenchServer()
-    url = await server.start()
-    try:
-        run = await run_scenario(server, url, sc, "ours")
-    finally:
-        await server.stop()
+    run = await _run_alone(sc, "ours")
     r = summarize(run, expected_utterances(sc.audio_s))
     assert r["replies"] == "1/1", r["replies"]
     # The reply follows the end of speech, and (rule LLM, local TTS) not by seconds more than Google's final. It may

@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import pytest
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers.bot_harness import LogCapture, get_json, load_bot_module, make_config, running_bot
-from pipecat_rxdrain.twilio.config import ConfigError, is_loopback
 from pipecat_rxdrain.twilio.caller import parse_twiml
+from pipecat_rxdrain.twilio.config import ConfigError, is_loopback
 from pipecat_rxdrain.twilio.messages import connected_message, start_message
+from tests.helpers.bot_harness import LogCapture, get_json, load_bot_module, make_config, running_bot
+from tests.helpers.http import post_form_async
 
 AUTH = "test-auth-token-d00r5-0123456789abcdef"
 SECRET = "media-token-secret-d00r5-0123456789"
 PUBLIC = "bot.example.test"
 FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32, "From": "+15005550001", "To": "+15005550002"}
-
-
-def _post(url: str, params: dict, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(
-        url, data=urllib.parse.urlencode(params).encode(), method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-
-
-async def post(url, params, headers=None):
-    return await asyncio.to_thread(_post, url, params, headers)
 
 
 def signed(url: str, params: dict, token: str = AUTH) -> dict:
@@ -62,15 +44,15 @@ async def test_webhook_signature_rejects_forged_unsigned_and_other_url_and_accep
         async with running_bot(doors_config) as bot:
             url = f"http://127.0.0.1:{bot.port}/twiml"
             public_url = f"https://{PUBLIC}/twiml"
-            assert (await post(url, FORM))[0] == 403  # unsigned
-            assert (await post(url, FORM, {"X-Twilio-Signature": "Zm9yZ2VkIHNpZ25hdHVyZQ=="}))[0] == 403  # forged
-            assert (await post(url, FORM, signed(public_url, FORM, "wrong-token-0123456789")))[0] == 403
+            assert (await post_form_async(url, FORM))[0] == 403  # unsigned
+            assert (await post_form_async(url, FORM, {"X-Twilio-Signature": "Zm9yZ2VkIHNpZ25hdHVyZQ=="}))[0] == 403  # forged
+            assert (await post_form_async(url, FORM, signed(public_url, FORM, "wrong-token-0123456789")))[0] == 403
             # a genuine signature for another URL, replayed here
-            assert (await post(url, FORM, signed("https://other.example.test/twiml", FORM)))[0] == 403
-            assert (await post(url, FORM, signed(url, FORM)))[0] == 403  # signed for the private URL, not the public one
+            assert (await post_form_async(url, FORM, signed("https://other.example.test/twiml", FORM)))[0] == 403
+            assert (await post_form_async(url, FORM, signed(url, FORM)))[0] == 403  # signed for the private URL, not the public one
             tampered = {**FORM, "From": "+19999999999"}
-            assert (await post(url, tampered, signed(public_url, FORM)))[0] == 403
-            status, body = await post(url, FORM, signed(public_url, FORM))
+            assert (await post_form_async(url, tampered, signed(public_url, FORM)))[0] == 403
+            status, body = await post_form_async(url, FORM, signed(public_url, FORM))
             assert status == 200
     stream_url, params = parse_twiml(body)
     assert stream_url == f"wss://{PUBLIC}/ws"  # always wss://, public host, no query string
@@ -86,9 +68,9 @@ async def test_without_public_host_the_stream_url_uses_the_host_header_and_no_si
     cfg = make_config(speech_emulator_host="127.0.0.1:9")
     async with running_bot(cfg) as bot:
         port = bot.port
-        status, body = await post(f"http://127.0.0.1:{port}/twiml", FORM)
-        missing_sid = await post(f"http://127.0.0.1:{port}/twiml", {"From": "+1"})
-        replayed = await post(f"http://127.0.0.1:{port}/twiml", FORM)
+        status, body = await post_form_async(f"http://127.0.0.1:{port}/twiml", FORM)
+        missing_sid = await post_form_async(f"http://127.0.0.1:{port}/twiml", {"From": "+1"})
+        replayed = await post_form_async(f"http://127.0.0.1:{port}/twiml", FORM)
     assert status == 200
     assert parse_twiml(body)[0] == f"wss://127.0.0.1:{port}/ws"
     assert missing_sid[0] == 400
@@ -113,7 +95,7 @@ async def test_media_websocket_requires_the_per_call_token(doors_config):
     with LogCapture() as logs:
         async with running_bot(doors_config) as bot:
             port = bot.port
-            _, body = await post(f"http://127.0.0.1:{port}/twiml", FORM, signed(f"https://{PUBLIC}/twiml", FORM))
+            _, body = await post_form_async(f"http://127.0.0.1:{port}/twiml", FORM, signed(f"https://{PUBLIC}/twiml", FORM))
             token = parse_twiml(body)[1]["token"]
             assert await _ws_attempt(port, None) == 1008  # no token
             assert await _ws_attempt(port, {"token": "123.abc"}) == 1008  # guessed, malformed

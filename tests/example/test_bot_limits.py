@@ -37,6 +37,7 @@ from tests.helpers.bot_harness import (
     make_config,
     running_bot,
 )
+from tests.helpers.http import get_status, post_form_async
 from tests.helpers.waiting import wait_until
 
 AUTH = "hardening-auth-token-0123456789abcdef"
@@ -256,34 +257,16 @@ async def test_caller_supplied_call_sids_never_reach_a_log_line(emulator):
 
 
 # ------------------------------------------------------------------ stats token, webhook replay, proxies
-def _post(url: str, params: dict, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-
-
-def _status(url: str, headers: dict | None = None) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 async def test_stats_need_the_bearer_token_even_from_loopback():
     """Before: any loopback client (a sidecar proxy at 127.0.0.6, a same-host proxy) got 200 with transcripts."""
     async with running_bot(make_config(speech_emulator_host="127.0.0.1:9", stats_token=STATS)) as bot:
         url = f"http://127.0.0.1:{bot.port}/stats"
-        no_token = await asyncio.to_thread(_status, url)
-        wrong = await asyncio.to_thread(_status, url, {"Authorization": "Bearer " + "x" * 32})
-        right = await asyncio.to_thread(_status, url, {"Authorization": f"Bearer {STATS}"})
-        forwarded = await asyncio.to_thread(_status, url, {"X-Forwarded-For": "127.0.0.1"})
+        no_token = await asyncio.to_thread(get_status, url)
+        wrong = await asyncio.to_thread(get_status, url, {"Authorization": "Bearer " + "x" * 32})
+        right = await asyncio.to_thread(get_status, url, {"Authorization": f"Bearer {STATS}"})
+        forwarded = await asyncio.to_thread(get_status, url, {"X-Forwarded-For": "127.0.0.1"})
     async with running_bot(make_config(speech_emulator_host="127.0.0.1:9", stats_token=None)) as bot:
-        off = await asyncio.to_thread(_status, f"http://127.0.0.1:{bot.port}/stats")
+        off = await asyncio.to_thread(get_status, f"http://127.0.0.1:{bot.port}/stats")
     assert (no_token, wrong, right, forwarded, off) == (401, 401, 200, 401, 404)
 
 
@@ -293,9 +276,9 @@ async def test_a_replayed_signed_webhook_gets_no_second_token_or_stream(emulator
     headers = {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature("https://bot.example.test/twiml", form)}
     async with running_bot(cfg) as bot:
         url = f"http://127.0.0.1:{bot.port}/twiml"
-        status, body = await asyncio.to_thread(_post, url, form, headers)
+        status, body = await post_form_async(url, form, headers)
         await asyncio.sleep(1.0)
-        replay_status, _ = await asyncio.to_thread(_post, url, form, headers)
+        replay_status, _ = await post_form_async(url, form, headers)
         token = parse_twiml(body)[1]["token"]
         first = asyncio.create_task(_stream_with(bot.port, token, hold_s=3.0))
         await wait_until(lambda: bot.app.state.calls.active, timeout=10)
@@ -319,8 +302,8 @@ async def test_a_signed_webhook_through_two_proxies_is_accepted():
         host = f"127.0.0.1:{bot.port}"
         form = {"CallSid": CALL, "AccountSid": ACCT}
         sig = RequestValidator(AUTH).compute_signature(f"https://{host}/twiml", form)
-        status, _ = await asyncio.to_thread(_post, f"http://{host}/twiml", form,
-                                            {"X-Twilio-Signature": sig, "X-Forwarded-Proto": "https, http"})
+        status, _ = await post_form_async(f"http://{host}/twiml", form,
+                                          {"X-Twilio-Signature": sig, "X-Forwarded-Proto": "https, http"})
     assert status == 200
 
 
@@ -404,7 +387,7 @@ async def test_a_fatal_stt_error_hangs_up_counts_the_call_and_healthz_reports_de
     with LogCapture(level="INFO") as logs:
         async with running_bot(cfg) as bot:
             port = bot.port
-            health_before = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/healthz")
+            health_before = await asyncio.to_thread(get_status, f"http://127.0.0.1:{port}/healthz")
             summaries = []
             for i in range(3):
                 started = time.monotonic()
@@ -414,7 +397,7 @@ async def test_a_fatal_stt_error_hangs_up_counts_the_call_and_healthz_reports_de
                 summaries[-1].duration_s = time.monotonic() - started
             await wait_until(lambda: len(bot.app.state.calls.completed) == 3, timeout=10)
             records = [r.as_dict() for r in bot.app.state.calls.completed]
-            health_after = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/healthz")
+            health_after = await asyncio.to_thread(get_status, f"http://127.0.0.1:{port}/healthz")
             health = await asyncio.to_thread(_json_or_error, f"http://127.0.0.1:{port}/healthz")
     assert health_before == 200 and health_after == 503 and health["status"] == "degraded" and health["failed_calls"] == 3
     for s, r in zip(summaries, records):
