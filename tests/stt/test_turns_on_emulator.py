@@ -9,7 +9,7 @@ exactly once.
 Run as a script to print words lost and end-of-speech -> complete-transcript
 latency per latency fault (the numbers in the README's "Turn timing")::
 
-    .venv/bin/python -m tests.stt.test_turn_completeness [sample] [latency ...]
+    .venv/bin/python -m tests.stt.test_turns_on_emulator [sample] [latency ...]
 """
 
 from __future__ import annotations
