@@ -15,6 +15,16 @@ def make(**kw):
     return clock, TurnTimer(clock=clock, **kw)
 
 
+def early_finalized(interim: str):
+    """A TurnTimer that heard ``interim`` then the end of speech, and 1 s later shipped it as an early final."""
+    clock, t = make(debounce_ms=None)
+    t.interim(interim)
+    t.vad_stopped()
+    clock.advance(1)
+    t.poll()
+    return clock, t
+
+
 def test_interims_coalesced_to_one_per_window_newest_wins():
     clock, t = make(debounce_ms=110)
     assert texts(t.interim("a")) == [("a", False, False)]  # first goes out at once
@@ -151,11 +161,7 @@ def test_late_final_after_new_segment_is_trimmed_to_new_words():
 
 
 def test_late_final_repeating_early_text_after_new_segment_is_suppressed():
-    clock, t = make(debounce_ms=None)
-    t.interim("call me")
-    t.vad_stopped()
-    clock.advance(1)
-    t.poll()
+    clock, t = early_finalized("call me")
     t.vad_started()
     assert t.final("Call me.") == []
     assert texts(t.final("Tomorrow.")) == [("Tomorrow.", True, False)]
@@ -182,40 +188,24 @@ def test_late_final_delivers_the_words_the_early_final_missed():
 
 def test_catch_up_after_google_revised_the_interim():
     # The early text is not a prefix of the real final: "to" became "two", "for" was added.
-    clock, t = make(debounce_ms=None)
-    t.interim("book a table to")
-    t.vad_stopped()
-    clock.advance(1)
-    t.poll()
+    clock, t = early_finalized("book a table to")
     assert texts(t.final("Book a table for two people.")) == [("for two people.", True, False)]
 
 
 def test_catch_up_after_a_revised_first_word():
-    clock, t = make(debounce_ms=None)
-    t.interim("hullo I would like")
-    t.vad_stopped()
-    clock.advance(1)
-    t.poll()
+    clock, t = early_finalized("hullo I would like")
     assert [e.text for e in t.final("Hello, I would like to book.")] == ["to book."]
 
 
 def test_unrelated_late_final_is_delivered_whole_never_trimmed():
     # Alignment on a stray common word must not eat words: deliver whole when it does not anchor.
-    clock, t = make(debounce_ms=None)
-    t.interim("yes")
-    t.vad_stopped()
-    clock.advance(1)
-    t.poll()
+    clock, t = early_finalized("yes")
     t.vad_started()
     assert [e.text for e in t.final("Can you say yes please")] == ["Can you say yes please"]
 
 
 def test_google_splitting_the_segment_in_two_finals():
-    clock, t = make(debounce_ms=None)
-    t.interim("book a table for two")
-    t.vad_stopped()
-    clock.advance(1)
-    t.poll()
+    clock, t = early_finalized("book a table for two")
     assert t.final("Book a table") == []
     assert [e.text for e in t.final("for two please.")] == ["please."]
     assert [e.text for e in t.final("Thanks.")] == ["Thanks."]
