@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from bot_harness import STATS_TOKEN, BotProcess, clean_env  # noqa: E402
-from nginx_proxy import NginxProxy  # noqa: E402
+from tests.helpers.bot_harness import STATS_TOKEN, BotProcess, clean_env  # noqa: E402
+from tests.helpers.nginx_proxy import NginxProxy  # noqa: E402
 
 from pipecat_rxdrain.emulator import SpeechEmulator  # noqa: E402
 from pipecat_rxdrain.twilio.caller import CallerOptions, send_schedule, simulate_call  # noqa: E402

@@ -1,8 +1,12 @@
-"""The shared client builder: emulator vs Google routing and the loopback-only guard."""
+"""The shared client builder: emulator vs Google routing, the loopback-only guard, and our channel options
+(reconnect timing is ours, on Google's channels too)."""
+
+import asyncio
 
 import pytest
 
 from pipecat_rxdrain.google_clients import (
+    CHANNEL_OPTIONS,
     EMULATOR_ENV,
     ClientTarget,
     build_speech_client,
@@ -98,3 +102,38 @@ def test_insecure_channel_recipe_names_the_address():
     text = insecure_channel_recipe("127.0.0.1:9999")
     assert 'HOST = "127.0.0.1:9999"' in text and "50051" not in text
     compile(text, "<recipe>", "exec")  # it is valid Python
+
+
+def test_channel_options_own_the_reconnect_timing():
+    opts = dict(CHANNEL_OPTIONS)
+    # gRPC's defaults (1 s initial, up to 120 s) stacked on the session's backoff: ~6 s deaf for a 2 s outage.
+    assert opts["grpc.initial_reconnect_backoff_ms"] <= 250 and opts["grpc.max_reconnect_backoff_ms"] <= 1000
+    assert opts["grpc.keepalive_time_ms"] <= 10_000
+    # a keep-alive ping is given up on after ping_timeout_ms (gRPC default 60 s), so that bounds detection too
+    assert opts["grpc.http2.ping_timeout_ms"] <= opts["grpc.keepalive_timeout_ms"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_google_clients_are_built_on_our_channel_without_connecting(monkeypatch, asynchronous):
+    """Building connects nowhere (gRPC channels connect lazily), so this needs no network."""
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.delenv("SPEECH_EMULATOR_HOST", raising=False)
+
+    def build():
+        return build_speech_client(api="v2", asynchronous=asynchronous, credentials=AnonymousCredentials(),
+                                   location="us-central1")
+
+    if asynchronous:
+        async def main():
+            client = build()
+            assert type(client).__name__ == "SpeechAsyncClient"
+            assert client.transport._host == "us-central1-speech.googleapis.com:443"
+            await client.transport.grpc_channel.close()
+
+        asyncio.run(main())
+    else:
+        client = build()
+        assert type(client).__name__ == "SpeechClient"
+        assert client.transport._host == "us-central1-speech.googleapis.com:443"
+        client.transport.grpc_channel.close()

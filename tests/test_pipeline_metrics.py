@@ -1,19 +1,18 @@
-"""RX and STT numbers reach Pipecat's metrics path (issue 17): MetricsFrames flow down a real call's pipeline."""
+"""RX and STT numbers reach Pipecat's metrics path: MetricsFrames flow down a real call's pipeline."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-from bot_harness import load_bot_module, make_config, wait_until
 from pipecat.frames.frames import MetricsFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipecat_rxdrain.emulator import SpeechEmulator
 from pipecat_rxdrain.metrics import RxdrainMetrics
 from pipecat_rxdrain.pipeline_metrics import RxMetricsData, SttMetricsData, metrics_frame
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from pipecat_rxdrain.twilio.server import BotServer, create_app
+from tests.helpers.bot_harness import load_bot_module, make_config
+from tests.helpers.waiting import wait_until
 
 
 class MetricsTap(FrameProcessor):
@@ -28,13 +27,6 @@ class MetricsTap(FrameProcessor):
         if isinstance(frame, MetricsFrame):
             self.seen.append(frame)
         await self.push_frame(frame, direction)
-
-
-@pytest.fixture
-def emulator():
-    emu = SpeechEmulator(script="hello_en").start()
-    yield emu
-    emu.stop()
 
 
 async def run_call(cfg, tap: MetricsTap):

@@ -1,4 +1,4 @@
-"""The shared telemetry helpers and clocks (pipecat_rxdrain.telemetry / .clock)."""
+"""The shared telemetry helpers and the real clock (pipecat_rxdrain.telemetry / .clock); FakeClock: test_testing.py."""
 
 from __future__ import annotations
 
@@ -111,18 +111,6 @@ def test_window_is_thread_safe():
     sample = w.roll(1.0)
     assert sample.events_per_s == n_threads * per_thread
     assert sample.write_count == n_threads * per_thread
-
-
-def test_fake_clock_moves_only_forward():
-    clock = FakeClock(5.0)
-    assert clock() == clock.now == 5.0
-    assert clock.advance(0.25) == 5.25
-    assert clock.set(7.0) == 7.0
-    with pytest.raises(ValueError):
-        clock.advance(-0.1)
-    with pytest.raises(ValueError):
-        clock.set(6.0)
-    assert clock() == 7.0
 
 
 def test_monotonic_clock_is_monotonic():

@@ -1,0 +1,161 @@
+"""The writer, the write-stall watchdog, the lead bound and the I/O thread model, against the emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from pipecat_rxdrain.emulator import EmulatorLimits, SpeechEmulator
+from pipecat_rxdrain.emulator.stream import TOO_FAST
+from pipecat_rxdrain.google_clients import emulator_client
+from pipecat_rxdrain.samples import load_sample
+from pipecat_rxdrain.stt.io_thread import IoThreadMode
+from tests.helpers.stt_session import CHUNK, drain_results, feed, final_texts, make_session, spec_for, stt_threads
+from tests.helpers.waiting import wait_until_blocking
+
+HELLO = load_sample("hello_en")  # speech 0.52-2.78 s and 4.00-5.90 s
+
+
+def test_idle_writer_sends_each_chunk_at_once_and_coalesces_only_while_busy():
+    with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+        # 0.3 s into the stream the server stops reading for 0.3 s: the writer blocks on HTTP/2.
+        emu.faults.stall(0.3, after_s=0.3)
+        s = make_session(emu, max_queue=1000)
+        feed(s, HELLO.pcm16[: 8000 * 2 * 3], speed=2)  # a chunk every 10 ms for 1.5 s
+        assert s.close(5)
+        sizes = [c.size for c in emu.streams[0].chunks]
+    assert max(sizes) <= 960  # never more than batch_ms (60 ms) per request
+    # Idle: no fill wait, each 20 ms chunk goes in its own request as soon as it is pushed.
+    assert sizes[1:21] == [CHUNK] * 20  # (the first may carry what arrived while the stream opened)
+    # Busy (blocked by the stall): what piled up went together, in full 60 ms requests ...
+    assert sizes.count(960) >= 5
+    # ... and once caught up the writer is back to one chunk per request.
+    assert sizes[-20:].count(CHUNK) >= 18
+    assert sum(sizes) == 8000 * 2 * 3
+
+
+def test_watchdog_cancels_a_stalled_stream_and_replays_only_young_audio_each_word_once():
+    bound, speed = 0.4, 2.0
+    with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+        # The server stops reading 3.7 s into the audio (after the first final, in the pause)
+        # and would stay stalled longer than the whole call.
+        emu.faults.stall(30.0, after_s=3.7 / speed)
+        s = make_session(emu, max_queue=1000, write_stall_s=bound)
+        t0 = time.monotonic()
+        feed(s, HELLO.pcm16, speed=speed)
+        assert s.close(5)
+        st = s.stats
+        streams = emu.streams
+    results = drain_results(s)
+    assert final_texts(results) == list(HELLO.segments)  # every word once, in order
+    assert st.duplicate_finals_suppressed == 0
+    assert st.write_stalls == 1 and len(streams) == 2 and streams[0].end.reason == "client_cancelled"
+    assert st.stale_dropped_ms > 0  # what HTTP/2 swallowed for the stalled stream was too old to replay
+    # No audio older than the bound reached the server: stream 1 until it stalled, then stream 2,
+    # which starts at the young end of the replay buffer (everything after it went to stream 2).
+    period = CHUNK / 16000.0 / speed
+    origin2 = len(HELLO.pcm16) - streams[1].audio_bytes
+    ages = [c.received_at - (t0 + (c.offset // CHUNK) * period) for c in streams[0].chunks]
+    ages += [c.received_at - (t0 + ((origin2 + c.offset) // CHUNK) * period) for c in streams[1].chunks]
+    assert max(ages) < bound + 0.25, max(ages)
+
+
+def _feed_realtime_with_abort(emu, **kw):
+    # Abort 2.5 s in, mid-utterance: the new stream must re-hear ~2.5 s of unfinalized audio.
+    emu.faults.abort(after_s=2.5, code="UNAVAILABLE")
+    s = make_session(emu, max_queue=1000, **kw)
+    feed(s, HELLO.pcm16[: 8000 * 2 * 4], speed=1.0)
+    assert s.close(5)
+    return s
+
+
+def test_replay_respects_the_lead_bound_so_google_never_says_too_fast():
+    with SpeechEmulator(script=list(HELLO.segments), limits=EmulatorLimits(max_lead_s=1.0)) as emu:
+        s = _feed_realtime_with_abort(emu, max_lead_ms=800)
+        reasons = [r.end.reason for r in emu.streams]
+    st = s.stats
+    assert "too_fast" not in reasons, reasons
+    assert st.replayed_ms >= 2000 and st.reconnects == 1
+    assert 700 <= st.max_lead_ms <= 800 + 1  # paced at the bound, never past it
+    assert final_texts(drain_results(s)) == [HELLO.segments[0]]
+
+
+def test_an_unpaced_replay_is_refused_by_the_emulator_lead_limit():
+    """The control for the test above: the same call without a lead bound trips the limit."""
+    with SpeechEmulator(script=list(HELLO.segments), limits=EmulatorLimits(max_lead_s=1.0)) as emu:
+        s = _feed_realtime_with_abort(emu, max_lead_ms=None)
+        ends = [r.end for r in emu.streams]
+    assert any(e.reason == "too_fast" for e in ends)
+    assert s.stats.max_lead_ms > 1000
+
+
+def test_emulator_lead_limit_answers_with_googles_text():
+    from google.cloud.speech_v2.types import cloud_speech
+
+    spec = spec_for("v2")
+    with SpeechEmulator(limits=EmulatorLimits(max_lead_s=0.5)) as emu:
+        client = emulator_client(emu.address, api="v2")
+        one_s = b"\0" * 16000
+
+        def requests():
+            yield spec.config_request()
+            for _ in range(2):  # 2 s of audio at once
+                yield cloud_speech.StreamingRecognizeRequest(audio=one_s)
+
+        with pytest.raises(Exception) as info:
+            for _ in client.streaming_recognize(requests=requests()):
+                pass
+        client.transport.close()
+    err = info.value
+    assert getattr(err, "grpc_status_code", None) == grpc.StatusCode.OUT_OF_RANGE
+    assert TOO_FAST in str(err)
+    assert TOO_FAST == "Audio data is being streamed too fast. Please stream audio data approximately at real time."
+
+
+@pytest.mark.parametrize("mode, expected_threads", [(IoThreadMode.SHARED, 1), (IoThreadMode.PER_SESSION, 3)])
+def test_io_thread_model_and_every_thread_stops(mode, expected_threads):
+    with SpeechEmulator(script=list(HELLO.segments)) as emu:
+        sessions = [make_session(emu, max_queue=1000, io_thread=mode) for _ in range(3)]
+        for s in sessions:
+            s.push_audio(HELLO.pcm16[:CHUNK])
+        assert wait_until_blocking(lambda: emu.stream_count == 3, 5)
+        names = {t.name for t in threading.enumerate() if t.name.startswith("rxdrain-stt")}
+        assert len(names) == expected_threads, names
+        for s in sessions:
+            assert s.close(3)
+    assert stt_threads() == []
+
+
+def test_a_drop_storm_logs_a_rate_limited_warning():
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING",
+                      filter=lambda r: "dropped" in r["message"])
+    try:
+        with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+            emu.faults.stall(5.0, after_chunks=2)
+            s = make_session(emu, max_queue=10, telemetry_interval_s=0.1, drop_warning_interval_s=0.5,
+                             write_stall_s=30.0)
+            feed(s, HELLO.pcm16[: 8000 * 2 * 2], speed=1.0)  # 2 s of audio into a 0.2 s queue
+            drops = s.stats.drops
+            assert s.close(0.5)
+    finally:
+        logger.remove(sink)
+    assert drops > 50
+    storm = [m for m in lines if "queued audio chunk" in m]
+    assert 2 <= len(storm) <= 5, storm  # once per 0.5 s at most, not once per drop
+
+
+def test_audio_still_queued_when_close_gives_up_is_counted_in_drops():
+    with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
+        emu.faults.stall(30.0, after_chunks=2)
+        s = make_session(emu, max_queue=1000, close_timeout_s=0.3, drain_timeout_s=0.2)
+        durations = feed(s, HELLO.pcm16[: 8000 * 2 * 3], speed=4)
+        assert s.close()
+        st = s.stats
+    assert st.discarded_on_close > 0 and st.drops >= st.discarded_on_close
+    assert st.audio_sent_ms * 16 / CHUNK + st.drops == len(durations) == st.pushed_chunks  # nothing silent
