@@ -14,7 +14,6 @@ its limits); an application subclasses it to add its pipeline's settings (see
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -22,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+
+from ..google_clients import is_loopback_host
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -52,13 +53,6 @@ def setting(
         "secret": secret,
     }
     return field(default=default, repr=not secret, metadata=meta)
-
-
-def is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _parse(raw: str, kind: type, var: str) -> Any:
@@ -214,7 +208,7 @@ def check_google_credentials(
     """
     if emulator_host:
         host, _, port = emulator_host.rpartition(":")
-        if not port.isdigit() or not is_loopback(host.strip("[]")):
+        if not port.isdigit() or not is_loopback_host(host):
             return (
                 f"SPEECH_EMULATOR_HOST must be a loopback host:port like 127.0.0.1:50051 "
                 f"(the emulator channel has no TLS and no credentials), got {emulator_host!r}"

@@ -498,14 +498,14 @@ def serve_forever(config: ServerConfig, app: FastAPI) -> int:
     """Run ``app`` until SIGTERM/SIGINT; prints ``BOT_LISTENING=http://HOST:PORT`` once bound. Returns the exit code."""
     import sys
 
-    from .config import is_loopback
+    from ..google_clients import is_loopback_host
 
     try:
         check_fd_budget(config)
     except ConfigError as e:
         print(f"bot: configuration error: {e}", file=sys.stderr)
         return 2
-    if not is_loopback(config.host):
+    if not is_loopback_host(config.host):
         logger.warning(f"[BOT] listening on {config.host}: make sure a TLS proxy fronts it (Twilio needs wss://)")
     from . import workers
 

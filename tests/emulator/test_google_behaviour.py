@@ -217,7 +217,7 @@ def test_session_key_keeps_counting_across_streams(emu):
 
 def test_our_stt_session_stays_under_25_kb_per_request():
     # our client cuts any backlog to <= 25 KB requests even though the emulator would accept more
-    from stt.helpers import make_session  # tests/stt/helpers.py
+    from tests.helpers.stt_session import make_session
 
     with SpeechEmulator(script="hello_en") as emu:
         session = make_session(emu, api="v2", max_queue=1000)

@@ -11,7 +11,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pipecat_rxdrain.twilio.caller import parse_twiml
-from pipecat_rxdrain.twilio.config import ConfigError, is_loopback
+from pipecat_rxdrain.google_clients import is_loopback_host as is_loopback
+from pipecat_rxdrain.twilio.config import ConfigError
 from pipecat_rxdrain.twilio.messages import connected_message, start_message
 from tests.helpers.bot_harness import LogCapture, get_json, load_bot_module, make_config, running_bot
 from tests.helpers.http import post_form_async
