@@ -20,7 +20,7 @@ import grpc
 from ..event_loops import finish_event_loop
 from ..google_clients import SESSION_METADATA_KEY, is_loopback_host
 from .apis import APIS
-from .faults import Faults
+from .faults import Faults, check_seconds
 from .recognizers import make_recognizer
 from .records import StreamLog, StreamRecord, redact_metadata
 from .segmenter import SegmenterSettings
@@ -171,9 +171,10 @@ class SpeechEmulator:
 
         Streams in flight end with UNAVAILABLE. With ``wait`` this returns once the port is closed.
         """
+        seconds = check_seconds("down seconds", seconds)
         if self._loop is None or not self._loop.is_running():
             raise RuntimeError("emulator not running")
-        fut = asyncio.run_coroutine_threadsafe(self._go_down(float(seconds)), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self._go_down(seconds), self._loop)
         if wait:
             fut.result(timeout)
 
