@@ -11,6 +11,7 @@ compared with ``time.monotonic()`` stamps taken by a client in the same process
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -172,13 +173,20 @@ class StreamLog:
 
         Raises ``TimeoutError`` after ``timeout`` seconds.
         """
-        import time
-
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(subject)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
+        while (value := condition_met(predicate, subject, deadline, timeout)) is None:
             time.sleep(self.POLL_S)
+        return value
+
+
+def condition_met(predicate, subject: Any, deadline: float, timeout: float) -> Any:
+    """One poll of a wait: ``predicate(subject)`` if truthy, else ``None``; ``TimeoutError`` once
+    ``time.monotonic()`` has reached ``deadline`` (``timeout`` is only for the message)."""
+    import time
+
+    value = predicate(subject)
+    if value:
+        return value
+    if time.monotonic() >= deadline:
+        raise TimeoutError(f"condition not met within {timeout} s")
+    return None

@@ -22,7 +22,7 @@ from ..google_clients import SESSION_METADATA_KEY, is_loopback_host
 from .apis import APIS
 from .faults import Faults, check_seconds
 from .recognizers import make_recognizer
-from .records import StreamLog, StreamRecord, redact_metadata
+from .records import StreamLog, StreamRecord, condition_met, redact_metadata
 from .segmenter import SegmenterSettings
 from .stream import EmulatorLimits, StreamRun, StreamShared
 from .timing import TimingModel, TimingProfile
@@ -212,13 +212,9 @@ class SpeechEmulator:
     async def wait_for_async(self, predicate: Callable[[SpeechEmulator], Any], timeout: float = 5.0) -> Any:
         """``wait_for`` for async code (polls every 20 ms without blocking the loop)."""
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(self)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
+        while (value := condition_met(predicate, self, deadline, timeout)) is None:
             await asyncio.sleep(0.02)
+        return value
 
     def reset(self) -> None:
         """Forget stream records, recognition sessions and faults."""
