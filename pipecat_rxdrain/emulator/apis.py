@@ -28,6 +28,8 @@ import grpc
 from google.cloud.speech_v1.types import cloud_speech as v1
 from google.cloud.speech_v2.types import cloud_speech as v2
 
+from .records import ResultKind
+
 MALORDERED = "Malordered Data Received. Send exactly one config, followed by audio data."
 MIN_RATE, MAX_RATE = 8000, 48000
 MAX_CHANNELS = 8
@@ -218,13 +220,13 @@ class _Api:
         raise NotImplementedError
 
     @classmethod
-    def event(cls, kind: str, offset_s: float):
+    def event(cls, kind: ResultKind, offset_s: float):
         R = cls.types.StreamingRecognizeResponse
         T = R.SpeechEventType
         etype = {
-            "speech_begin": T.SPEECH_ACTIVITY_BEGIN,
-            "speech_end": T.SPEECH_ACTIVITY_END,
-            "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE,
+            ResultKind.SPEECH_BEGIN: T.SPEECH_ACTIVITY_BEGIN,
+            ResultKind.SPEECH_END: T.SPEECH_ACTIVITY_END,
+            ResultKind.END_OF_SINGLE_UTTERANCE: T.END_OF_SINGLE_UTTERANCE,
         }[kind]
         return R(speech_event_type=etype, **{cls.event_time_field: timedelta(seconds=offset_s)})
 

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import grpc
 
@@ -66,6 +67,18 @@ def status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
         raise ValueError(f"unknown or unsupported status code {code!r}; use one of {sorted(FAULT_CODES)}") from None
 
 
+class FaultKind(StrEnum):
+    """The kinds of fault (see the module docstring); ``CLEAR`` disarms them all."""
+
+    LATENCY = "latency"
+    STALL = "stall"
+    ABORT = "abort"
+    CLOSE = "close"
+    REFUSE = "refuse"
+    DOWN = "down"
+    CLEAR = "clear"
+
+
 def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
     """``value`` as a float; ``ValueError`` naming ``name`` if it is NaN, infinite, negative (or zero with
     ``positive``)."""
@@ -78,7 +91,7 @@ def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
 @dataclass
 class FaultRule:
     id: int
-    kind: str  # "stall" | "abort" | "close"
+    kind: FaultKind  # STALL | ABORT | CLOSE (the triggered kinds)
     after_s: float | None
     after_chunks: int | None
     times: int | None  # remaining firings; None = persistent
@@ -91,7 +104,7 @@ class FaultRule:
     def describe(self) -> dict:
         return {
             "id": self.id,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "after_s": self.after_s,
             "after_chunks": self.after_chunks,
             "times": self.times,
@@ -104,7 +117,7 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class FaultAction:
-    kind: str  # "stall" | "abort" | "close"
+    kind: FaultKind  # STALL | ABORT | CLOSE
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
     seconds: float = 0.0
@@ -144,7 +157,7 @@ class Faults:
     def stall(self, seconds: float, *, after_s=None, after_chunks=None, times: int | None = 1, session=None) -> int:
         """Stop reading requests for ``seconds`` when triggered. Returns the fault id."""
         seconds = check_seconds("stall seconds", seconds, positive=True)
-        return self._arm("stall", after_s, after_chunks, times, session, seconds=seconds)
+        return self._arm(FaultKind.STALL, after_s, after_chunks, times, session, seconds=seconds)
 
     def abort(
         self,
@@ -161,11 +174,11 @@ class Faults:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort needs a non-OK code; use close() for a clean end")
         details = details or f"emulator fault: stream aborted with {code.name}"
-        return self._arm("abort", after_s, after_chunks, times, session, code=code, details=details)
+        return self._arm(FaultKind.ABORT, after_s, after_chunks, times, session, code=code, details=details)
 
     def close(self, *, after_s=None, after_chunks=None, times: int | None = 1, session=None) -> int:
         """End the stream cleanly (status OK) when triggered. Returns the fault id."""
-        return self._arm("close", after_s, after_chunks, times, session)
+        return self._arm(FaultKind.CLOSE, after_s, after_chunks, times, session)
 
     def refuse(
         self, count: int = 1, *, code: grpc.StatusCode | str = grpc.StatusCode.UNAVAILABLE, details=None
@@ -244,7 +257,7 @@ class Faults:
                 actions.append(FaultAction(rule.kind, rule.code, rule.details, rule.seconds, rule.id))
         return actions
 
-    def _arm(self, kind, after_s, after_chunks, times, session, **extra) -> int:
+    def _arm(self, kind: FaultKind, after_s, after_chunks, times, session, **extra) -> int:
         if after_s is not None:
             after_s = check_seconds("after_s", after_s)
         if after_chunks is not None and after_chunks < 0:

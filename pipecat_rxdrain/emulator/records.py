@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import grpc
@@ -41,17 +42,26 @@ class ChunkRecord:
     offset: int  # byte offset of this chunk's first byte in the stream's audio
 
 
+class ResultKind(StrEnum):
+    """What one response to the client carried: a result or a speech event."""
+
+    INTERIM = "interim"
+    FINAL = "final"
+    SPEECH_BEGIN = "speech_begin"
+    SPEECH_END = "speech_end"
+    END_OF_SINGLE_UTTERANCE = "end_of_single_utterance"
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     """One response written to the client.
 
-    ``kind`` is ``"interim"``, ``"final"``, ``"speech_begin"``, ``"speech_end"``
-    or ``"end_of_single_utterance"``. ``end_offset_s`` is ``result_end_time``
+    ``kind`` is a :class:`ResultKind` (equal to its string value, ``"final"`` etc.). ``end_offset_s`` is ``result_end_time``
     (v1) / ``result_end_offset`` (v2), or the event offset for events.
     ``segment`` is the 0-based segment index within the stream.
     """
 
-    kind: str
+    kind: ResultKind
     sent_at: float  # server time.monotonic() when written
     produced_at: float = 0.0  # when the emulator produced it (sent_at - produced_at = latency fault)
     transcript: str = ""
@@ -104,16 +114,16 @@ class StreamRecord:
 
     @property
     def finals(self) -> list[ResultRecord]:
-        return [r for r in self.results if r.kind == "final"]
+        return [r for r in self.results if r.kind is ResultKind.FINAL]
 
     @property
     def interims(self) -> list[ResultRecord]:
-        return [r for r in self.results if r.kind == "interim"]
+        return [r for r in self.results if r.kind is ResultKind.INTERIM]
 
     @property
     def transcripts(self) -> list[str]:
         """The final transcripts, in order."""
-        return [r.transcript for r in self.results if r.kind == "final"]
+        return [r.transcript for r in self.results if r.kind is ResultKind.FINAL]
 
     def snapshot(self) -> StreamRecord:
         return replace(

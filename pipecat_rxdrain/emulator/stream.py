@@ -40,9 +40,9 @@ from typing import Any
 import grpc
 
 from .apis import MALORDERED, StreamConfig, StreamError, Word, check_rate_channels, invalid, parse_wav_header
-from .faults import Faults, StreamFaultState
-from .records import ChunkRecord, ResultRecord, StreamEnd, StreamLog, StreamRecord
-from .segmenter import AudioDecoder, EnergySegmenter, SegmenterSettings, SegmentEvent
+from .faults import FaultKind, Faults, StreamFaultState
+from .records import ChunkRecord, ResultKind, ResultRecord, StreamEnd, StreamLog, StreamRecord
+from .segmenter import AudioDecoder, EnergySegmenter, SegmenterSettings, SegmentEvent, SegmentEventKind
 from .timing import TimingModel
 
 _TICK_S = 0.05  # how often time-based faults are re-checked
@@ -256,11 +256,11 @@ class StreamRun:
 
     def _apply_faults(self, now: float) -> None:
         for action in self.shared.faults.check(self.fstate, now):
-            if action.kind == "abort":
+            if action.kind is FaultKind.ABORT:
                 raise StreamError(action.code, action.details, "abort_fault")
-            if action.kind == "close":
+            if action.kind is FaultKind.CLOSE:
                 raise StreamError(grpc.StatusCode.OK, "", "close_fault")
-            if action.kind == "stall":
+            if action.kind is FaultKind.STALL:
                 start, end = now, now + action.seconds
                 self.stall_until = max(self.stall_until, end)
                 self.shared.log.update(partial(self._stalls.append, (start, end)))
@@ -392,29 +392,29 @@ class StreamRun:
         assert cfg is not None  # segment events come from the segmenter, made from the config
         if self.single_done:
             return
-        if ev.kind == "begin":
+        if ev.kind is SegmentEventKind.BEGIN:
             self.segment += 1
             self.in_speech = True
             self.next_interim_s = self.shared.interim_every_s
             self.interims_in_segment = 0
             if cfg.voice_activity_events:
                 self._emit(
-                    self.api.event("speech_begin", ev.start_s),
-                    kind="speech_begin",
+                    self.api.event(ResultKind.SPEECH_BEGIN, ev.start_s),
+                    kind=ResultKind.SPEECH_BEGIN,
                     end_offset_s=ev.start_s,
                     segment=self.segment,
                 )
-        elif ev.kind == "speech":
+        elif ev.kind is SegmentEventKind.SPEECH:
             if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
                 self.next_interim_s += self.shared.interim_every_s
                 await self._interim(ev)
-        elif ev.kind == "end":
+        elif ev.kind is SegmentEventKind.END:
             self.in_speech = False
             self.last_speech_end_s = ev.end_s
             if cfg.voice_activity_events:
                 self._emit(
-                    self.api.event("speech_end", ev.end_s),
-                    kind="speech_end",
+                    self.api.event(ResultKind.SPEECH_END, ev.end_s),
+                    kind=ResultKind.SPEECH_END,
                     end_offset_s=ev.end_s,
                     segment=self.segment,
                 )
@@ -428,8 +428,8 @@ class StreamRun:
             )
             if cfg.single_utterance:
                 self._emit(
-                    self.api.event("end_of_single_utterance", ev.end_s),
-                    kind="end_of_single_utterance",
+                    self.api.event(ResultKind.END_OF_SINGLE_UTTERANCE, ev.end_s),
+                    kind=ResultKind.END_OF_SINGLE_UTTERANCE,
                     end_offset_s=ev.end_s,
                     segment=self.segment,
                 )
@@ -450,7 +450,7 @@ class StreamRun:
                     request_id=self.request_id,
                 ),
                 hold_s=hold,
-                kind="final",
+                kind=ResultKind.FINAL,
                 transcript=hyp.text,
                 is_final=True,
                 end_offset_s=ev.end_s,
@@ -482,7 +482,7 @@ class StreamRun:
                 billed_s=self._billed_s(),
                 request_id=self.request_id,
             ),
-            kind="interim",
+            kind=ResultKind.INTERIM,
             transcript=text,
             stability=stability,
             end_offset_s=ev.offset_s,
