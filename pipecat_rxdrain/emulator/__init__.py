@@ -80,7 +80,7 @@ from pipecat_rxdrain.google_clients import (
 
 from .faults import FaultKind, Faults, status_code
 from .recognizers import load_script
-from .records import ChunkRecord, ResultKind, ResultRecord, StreamEnd, StreamRecord
+from .records import ChunkRecord, EndReason, ResultKind, ResultRecord, StreamEnd, StreamRecord
 from .segmenter import SegmenterSettings
 from .server import SMALL_WINDOW_OPTIONS, SpeechEmulator
 from .stream import EmulatorLimits
@@ -93,6 +93,7 @@ __all__ = [
     "SMALL_WINDOW_OPTIONS",
     "ChunkRecord",
     "EmulatorLimits",
+    "EndReason",
     "FaultKind",
     "Faults",
     "ResultKind",

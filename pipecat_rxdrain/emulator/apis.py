@@ -28,7 +28,7 @@ import grpc
 from google.cloud.speech_v1.types import cloud_speech as v1
 from google.cloud.speech_v2.types import cloud_speech as v2
 
-from .records import ResultKind
+from .records import EndReason, ResultKind
 
 MALORDERED = "Malordered Data Received. Send exactly one config, followed by audio data."
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -39,7 +39,7 @@ _RECOGNIZER_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/recognizers/[^/]+$
 class StreamError(Exception):
     """Ends the stream with ``code``/``details`` (recorded with ``reason``)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, reason: str = "invalid_argument") -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason = EndReason.INVALID_ARGUMENT) -> None:
         super().__init__(details)
         self.code = code
         self.details = details

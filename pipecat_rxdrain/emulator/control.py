@@ -155,7 +155,7 @@ def stream_summary(record) -> dict[str, Any]:
         "chunks": len(record.chunks),
         "audio_bytes": record.audio_bytes,
         "finals": record.transcripts,
-        "ended": None if end is None else {"code": end.code.name, "details": end.details, "reason": end.reason},
+        "ended": None if end is None else {"code": end.code.name, "details": end.details, "reason": end.reason.value},
     }
 
 

@@ -52,6 +52,25 @@ class ResultKind(StrEnum):
     END_OF_SINGLE_UTTERANCE = "end_of_single_utterance"
 
 
+class EndReason(StrEnum):
+    """Why a stream ended (recorded in :class:`StreamEnd`, shown by ``/streams``)."""
+
+    HALF_CLOSE = "half_close"  # the client finished sending; all results written
+    ABORT_FAULT = "abort_fault"
+    CLOSE_FAULT = "close_fault"
+    REFUSED = "refused"  # a refuse fault
+    INVALID_ARGUMENT = "invalid_argument"  # a bad config or request, as Google rejects it
+    MAX_DURATION = "max_duration"  # the 305 s stream limit
+    INACTIVITY = "inactivity"  # no request for the inactivity timeout
+    TOO_FAST = "too_fast"  # audio sent faster than real time beyond EmulatorLimits.max_lead_s
+    SPEECH_START_TIMEOUT = "speech_start_timeout"  # voice_activity_timeout
+    SPEECH_END_TIMEOUT = "speech_end_timeout"  # voice_activity_timeout
+    CLIENT_CANCELLED = "client_cancelled"
+    SERVER_STOPPED = "server_stopped"
+    SERVER_DOWN = "server_down"  # a down fault
+    ERROR = "error"  # the request stream broke
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     """One response written to the client.
@@ -80,9 +99,7 @@ class StreamEnd:
     code: grpc.StatusCode
     details: str
     at: float  # server time.monotonic()
-    reason: str  # "half_close", "abort_fault", "close_fault", "refused", "invalid_argument",
-    #              "max_duration", "inactivity", "client_cancelled", "server_stopped", "error",
-    #              "speech_start_timeout", "speech_end_timeout" (voice_activity_timeout)
+    reason: EndReason
 
 
 @dataclass

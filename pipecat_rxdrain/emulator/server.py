@@ -22,7 +22,7 @@ from ..google_clients import SESSION_METADATA_KEY, is_loopback_host
 from .apis import APIS
 from .faults import Faults, check_seconds
 from .recognizers import make_recognizer
-from .records import StreamLog, StreamRecord, condition_met, redact_metadata
+from .records import EndReason, StreamLog, StreamRecord, condition_met, redact_metadata
 from .segmenter import SegmenterSettings
 from .stream import EmulatorLimits, StreamRun, StreamShared
 from .timing import TimingModel, TimingProfile
@@ -265,11 +265,11 @@ class SpeechEmulator:
         self._server = server
         self._up.set()
 
-    async def _close_server(self, reason: str, grace: float = 1.0) -> None:
+    async def _close_server(self, reason: EndReason, grace: float = 1.0) -> None:
         self._up.clear()
         server, self._server = self._server, None
         for run in list(self._shared.runs):
-            run.kill(grpc.StatusCode.UNAVAILABLE, f"The service is currently unavailable ({reason}).", reason)
+            run.kill(grpc.StatusCode.UNAVAILABLE, f"The service is currently unavailable ({reason.value}).", reason)
         if server is not None:
             await server.stop(grace)
 
@@ -279,13 +279,13 @@ class SpeechEmulator:
             self._down_task.cancel()
         if self._control is not None:
             await self._control.close()
-        await self._close_server("server_stopped")
+        await self._close_server(EndReason.SERVER_STOPPED)
         asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
 
     async def _go_down(self, seconds: float) -> None:
         if self._down_task is not None:  # already down: just move the comeback time
             self._down_task.cancel()
-        await self._close_server("server_down")
+        await self._close_server(EndReason.SERVER_DOWN)
 
         async def come_back() -> None:
             await asyncio.sleep(seconds)
