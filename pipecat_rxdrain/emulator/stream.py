@@ -211,6 +211,10 @@ class StreamRun:
             sent = ResultRecord(sent_at=time.monotonic(), produced_at=produced, **result)
             self.shared.log.update(partial(self._results.append, sent))
 
+    def _emit_event(self, kind: ResultKind, offset_s: float) -> None:
+        """A speech event (begin, end, end of single utterance) at audio time ``offset_s``."""
+        self._emit(self.api.event(kind, offset_s), kind=kind, end_offset_s=offset_s, segment=self.segment)
+
     def _emit(self, response, hold_s: float = 0.0, **result: Any) -> None:
         """Queue ``response``; it is written ``hold_s`` (timing profile) + the latency fault from now."""
         now = time.monotonic()
@@ -398,12 +402,7 @@ class StreamRun:
             self.next_interim_s = self.shared.interim_every_s
             self.interims_in_segment = 0
             if cfg.voice_activity_events:
-                self._emit(
-                    self.api.event(ResultKind.SPEECH_BEGIN, ev.start_s),
-                    kind=ResultKind.SPEECH_BEGIN,
-                    end_offset_s=ev.start_s,
-                    segment=self.segment,
-                )
+                self._emit_event(ResultKind.SPEECH_BEGIN, ev.start_s)
         elif ev.kind is SegmentEventKind.SPEECH:
             if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
                 self.next_interim_s += self.shared.interim_every_s
@@ -412,12 +411,7 @@ class StreamRun:
             self.in_speech = False
             self.last_speech_end_s = ev.end_s
             if cfg.voice_activity_events:
-                self._emit(
-                    self.api.event(ResultKind.SPEECH_END, ev.end_s),
-                    kind=ResultKind.SPEECH_END,
-                    end_offset_s=ev.end_s,
-                    segment=self.segment,
-                )
+                self._emit_event(ResultKind.SPEECH_END, ev.end_s)
             hyp = await self._run_recognizer(
                 self.shared.recognizer.final,
                 self.record.session,
@@ -427,12 +421,7 @@ class StreamRun:
                 cfg.max_alternatives,
             )
             if cfg.single_utterance:
-                self._emit(
-                    self.api.event(ResultKind.END_OF_SINGLE_UTTERANCE, ev.end_s),
-                    kind=ResultKind.END_OF_SINGLE_UTTERANCE,
-                    end_offset_s=ev.end_s,
-                    segment=self.segment,
-                )
+                self._emit_event(ResultKind.END_OF_SINGLE_UTTERANCE, ev.end_s)
                 self.single_done = True
             words = self._words(hyp, ev) if cfg.word_time_offsets else ()
             delay = self.shared.timing.final_delay_s(f"{self.record.id}|{self.segment}")
