@@ -33,6 +33,11 @@ wheel-demo: dist
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/*.whl)[example]"
 	cd /tmp && $(CURDIR)/$(WHEEL_VENV)/bin/rxdrain --version && $(CURDIR)/$(WHEEL_VENV)/bin/rxdrain demo --quick --plot /tmp/rxdrain-wheel-demo.png
+	@# and `rxdrain emulator` from the wheel: it must print its address (it is listening by then) and stop with 0 on SIGINT
+	cd /tmp && out=$(CURDIR)/$(WHEEL_VENV)/emulator.out; \
+	  $(CURDIR)/$(WHEEL_VENV)/bin/rxdrain emulator --port 0 --sample hello_en > $$out & pid=$$!; \
+	  for i in $$(seq 150); do grep -q '^SPEECH_EMULATOR_HOST=' $$out && break; sleep 0.2; done; \
+	  kill -INT $$pid; wait $$pid; rc=$$?; grep '^SPEECH_EMULATOR_HOST=' $$out && grep -q '^emulator stopped' $$out && test $$rc -eq 0
 
 # mypy reads its settings (packages, strictness) from pyproject.toml [tool.mypy].
 lint: setup

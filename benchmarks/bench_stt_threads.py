@@ -62,6 +62,7 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
+    from pipecat_rxdrain.emulator import SESSION_METADATA_KEY  # public there in every release (--legacy too)
     from pipecat_rxdrain.google_clients import emulator_client
     from pipecat_rxdrain.samples import load_sample
     from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_path
@@ -73,7 +74,7 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
     sessions = []
     if mode != "null":
         for i in range(calls):
-            kw = dict(telemetry_interval_s=1.0, metadata=[("x-rxdrain-session", str(uuid.uuid4()))],
+            kw = dict(telemetry_interval_s=1.0, metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
                       on_result=lambda r: None, name=f"bench-{i}")
             if mode != "legacy":
                 kw["io_thread"] = mode

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,6 +164,23 @@ def _stall(seconds_wall: float) -> Callable[[SpeechEmulator], Any]:
     return lambda emu: emu.faults.stall(seconds_wall, after_chunks=10)
 
 
+def _stall_row(seconds: int, fault: str, equivalent: str) -> Scenario:
+    """A server stall of ``seconds`` (at 1x) on a small HTTP/2 window, run as a tenth of it at 10x with the
+    production queue of 200. Beyond the queue's 4 s, audio is dropped by design: words lost are reported only."""
+    lossless = seconds <= 4
+    return Scenario(
+        f"stall_{seconds}s",
+        fault,
+        speed=10.0,
+        max_queue=PRODUCTION_QUEUE,
+        emulator=dict(small_window=True),
+        arm=_stall(seconds / 10.0),
+        max_words_lost=0 if lossless else None,
+        max_duplicates=0 if lossless else None,
+        equivalent=equivalent,
+    )
+
+
 # Every status the session retries (all but OK and the non-retriable ones, see ReconnectPolicy).
 RETRIABLE = sorted(
     c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK and not ReconnectPolicy.is_fatal(c) and c.name in FAULT_CODES
@@ -203,36 +220,20 @@ SCENARIOS: list[Scenario] = [
         expect="error",
         max_words_lost=None,
     ),
-    Scenario(
-        "stall_1s",
+    _stall_row(
+        1,
         "server stops reading for 1 s (small HTTP/2 window: the writer blocks)",
-        speed=10.0,
-        max_queue=PRODUCTION_QUEUE,
-        emulator=dict(small_window=True),
-        arm=_stall(0.1),
-        equivalent="0.1 s stall at 10x with the production queue of 200 = a 1 s stall at 1x",
+        "0.1 s stall at 10x with the production queue of 200 = a 1 s stall at 1x",
     ),
-    Scenario(
-        "stall_5s",
+    _stall_row(
+        5,
         "server stops reading for 5 s (small window)",
-        speed=10.0,
-        max_queue=PRODUCTION_QUEUE,
-        emulator=dict(small_window=True),
-        arm=_stall(0.5),
-        max_words_lost=None,
-        max_duplicates=None,
-        equivalent="0.5 s stall at 10x, queue 200 = a 5 s stall at 1x: ~1 s beyond the 4 s queue",
+        "0.5 s stall at 10x, queue 200 = a 5 s stall at 1x: ~1 s beyond the 4 s queue",
     ),
-    Scenario(
-        "stall_30s",
+    _stall_row(
+        30,
         "server stops reading for 30 s (small window)",
-        speed=10.0,
-        max_queue=PRODUCTION_QUEUE,
-        emulator=dict(small_window=True),
-        arm=_stall(3.0),
-        max_words_lost=None,
-        max_duplicates=None,
-        equivalent="3 s stall at 10x, queue 200 = a 30 s stall at 1x: all but the newest 4 s dropped",
+        "3 s stall at 10x, queue 200 = a 30 s stall at 1x: all but the newest 4 s dropped",
     ),
     Scenario(
         "slow_responses",
@@ -339,6 +340,108 @@ def _stt_threads() -> int:
 
 def _words(texts: list[str]) -> list[str]:
     return " ".join(texts).lower().split()
+
+
+@dataclass
+class _Before:
+    """What one call is measured against: the process's threads and RSS, and the wall clock, before it."""
+
+    proc: psutil.Process
+    threads: int
+    rss: int
+    t_start: float
+
+    @classmethod
+    def now(cls) -> _Before:
+        proc = psutil.Process()
+        gc.collect()
+        return cls(proc, threading.active_count(), proc.memory_info().rss, time.monotonic())
+
+    def settle(self) -> None:
+        """Give the call's threads 3 s to end (gRPC's aio poller ends once the last aio object is collected)."""
+        deadline = time.monotonic() + 3.0
+        while threading.active_count() > self.threads and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.02)
+        gc.collect()
+
+
+def _session(sc: Scenario, client_factory, address: str, on_result, on_error) -> StreamingSTTSession:
+    """The scenario's session: production settings, with the 4 s stall bound and 5 s lead bound in
+    compressed wall time, overridden by ``sc.session``."""
+    return StreamingSTTSession(
+        _spec(),
+        client_factory,
+        probe_factory=lambda: emulator_client(address, api="v2", asynchronous=False),
+        on_result=on_result,
+        on_error=on_error,
+        max_queue=sc.queue,
+        backoff=Backoff(rng=lambda: 0.5),
+        **{"write_stall_s": PRODUCTION_QUEUE * 0.02 / sc.speed, "realtime_factor": sc.speed, **sc.session},
+        metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
+        telemetry_interval_s=None,
+        name=f"fault-{sc.id}",
+    )
+
+
+def _paced_chunks(pcm: bytes, speed: float):
+    """``(n, chunk)`` for each 20 ms chunk of ``pcm``, on an absolute schedule at ``speed`` x real time
+    (the caller pushes the chunk; the wait for the next one follows)."""
+    period = CHUNK / 16000.0 / speed
+    next_t = time.perf_counter()
+    for n, i in enumerate(range(0, len(pcm), CHUNK)):
+        yield n, pcm[i : i + CHUNK]
+        next_t += period
+        delay = next_t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _plain(errors: list[SttError]) -> list[SttError]:
+    """The errors' messages without their exceptions: a live exception holds its call and channel (and
+    threads), so a call's errors are made plain before its leftovers are counted."""
+    return [SttError(e.code, e.message, e.retriable, None) for e in errors]
+
+
+def _tally(sc: Scenario, baseline: _Before, script: tuple[str, ...], pcm: bytes, results: list,
+           errors: list[SttError], st, audio_dropped_ms: float, wall: float, streams: int) -> dict[str, Any]:
+    """The :class:`Outcome` fields both kinds of call measure alike: words against the script, accounting
+    of every pushed chunk, the session's counters, and what the call left behind (``errors``: plain)."""
+    finals = [r.text for r in results if r.is_final]
+    expected = _words(list(script))
+    got = _words(finals)
+    matched = sum(b.size for b in difflib.SequenceMatcher(None, expected, got, autojunk=False).get_matching_blocks())
+    sent_bytes = st.audio_sent_ms * 16  # 8 kHz PCM16: 16 bytes per ms
+    pushes = -(-len(pcm) // CHUNK)
+    lost_bytes = (st.drops + st.discarded_on_error) * CHUNK
+    accounted = (
+        pushes == st.pushed_chunks + st.rejected + st.malformed
+        and abs(sent_bytes + lost_bytes - (len(pcm) - st.rejected * CHUNK)) < CHUNK
+    )
+    baseline.settle()
+    return dict(
+        scenario=sc,
+        errors=errors,
+        survived=not errors,
+        expected_words=len(expected),
+        words_lost=len(expected) - matched,
+        duplicates=len(got) - matched,
+        finals=finals,
+        audio_dropped_ms=audio_dropped_ms,
+        stale_dropped_ms=st.stale_dropped_ms,
+        write_stalls=st.write_stalls,
+        max_lead_ms=st.max_lead_ms,
+        reconnects=st.reconnects,
+        rotations=st.rotations,
+        streams=streams,
+        replayed_ms=st.replayed_ms,
+        dup_finals_suppressed=st.duplicate_finals_suppressed,
+        stt_threads_after=_stt_threads(),
+        threads_delta=threading.active_count() - baseline.threads,
+        rss_delta_mb=(baseline.proc.memory_info().rss - baseline.rss) / 1e6,
+        accounted=accounted,
+        wall_s=wall,
+    )
 
 
 def _spec():
@@ -470,11 +573,7 @@ def run_frozen(sc: Scenario) -> Outcome:
     sample = load_sample(sc.sample)
     script = tuple(sample.segments) * sc.repeat
     pcm = sample.pcm16 * sc.repeat
-    proc = psutil.Process()
-    gc.collect()
-    threads_before = threading.active_count()
-    rss_before = proc.memory_info().rss
-    t_start = time.monotonic()
+    baseline = _Before.now()
 
     emu = EmulatorProcess(script)
     # a scenario's own options replace production's of the same name (gRPC would keep the first of a duplicate)
@@ -492,23 +591,9 @@ def run_frozen(sc: Scenario) -> Outcome:
     marks: dict[str, Any] = {}
     records: list[dict] = []
     try:
-        session = StreamingSTTSession(
-            _spec(),
-            lambda: _async_client(address, options),
-            probe_factory=lambda: emulator_client(address, api="v2", asynchronous=False),
-            on_result=on_result,
-            on_error=errors.append,
-            max_queue=sc.queue,
-            backoff=Backoff(rng=lambda: 0.5),
-            **{"write_stall_s": PRODUCTION_QUEUE * 0.02 / sc.speed, "realtime_factor": sc.speed, **sc.session},
-            metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
-            telemetry_interval_s=None,
-            name=f"fault-{sc.id}",
-        ).start()
-        period = CHUNK / 16000.0 / sc.speed
+        session = _session(sc, lambda: _async_client(address, options), address, on_result, errors.append).start()
         freeze_at = int(sc.at_audio_s * CHUNKS_PER_S)
-        next_t = time.perf_counter()
-        for n, i in enumerate(range(0, len(pcm), CHUNK)):
+        for n, chunk in _paced_chunks(pcm, sc.speed):
             now = time.monotonic()
             if n == freeze_at:
                 before = session.stats
@@ -525,11 +610,7 @@ def run_frozen(sc: Scenario) -> Outcome:
                 if now - marks["stop"] >= sc.freeze_s:
                     emu.thaw()
                     marks["cont"] = time.monotonic()
-            session.push_audio(pcm[i : i + CHUNK])
-            next_t += period
-            delay = next_t - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            session.push_audio(chunk)
         session.close(sc.close_timeout_s)
         emu.thaw()
         records = emu.streams()
@@ -537,24 +618,13 @@ def run_frozen(sc: Scenario) -> Outcome:
         if session is not None:
             session.close(1.0)
         emu.stop()
-    wall = time.monotonic() - t_start
+    wall = time.monotonic() - baseline.t_start
     if "stop" not in marks or "cont" not in marks:
         raise RuntimeError(f"{sc.id}: the call ended before the freeze was over; make the call longer")
 
-    finals = [r.text for r in results if r.is_final]
-    expected = _words(list(script))
-    got = _words(finals)
-    matched = sum(b.size for b in difflib.SequenceMatcher(None, expected, got, autojunk=False).get_matching_blocks())
     st = session.stats
-    errors = [SttError(e.code, e.message, e.retriable, None) for e in errors]
+    errors = _plain(errors)
     session = None
-    sent_bytes = st.audio_sent_ms * 16
-    pushes = -(-len(pcm) // CHUNK)
-    lost_bytes = (st.drops + st.discarded_on_error) * CHUNK
-    accounted = (
-        pushes == st.pushed_chunks + st.rejected + st.malformed
-        and abs(sent_bytes + lost_bytes - (len(pcm) - st.rejected * CHUNK)) < CHUNK
-    )
     after = [a for a in arrivals if a >= marks["cont"]]
     deaf = (after[0] - marks["stop"]) if after else float("inf")
     detect = marks.get("detect")
@@ -573,7 +643,7 @@ def run_frozen(sc: Scenario) -> Outcome:
         by = f"other: {err[:80]}"
     # Design bound: the freeze's audio minus what the queue holds is dropped, and its words are lost.
     freeze_audio_s = sc.freeze_s * sc.speed
-    words_per_s = len(expected) / (len(pcm) / 16000.0)
+    words_per_s = len(_words(list(script))) / (len(pcm) / 16000.0)
     bound = round(words_per_s * max(0.0, freeze_audio_s - sc.queue * 0.02))
     notes = [
         f"server saw {len(records)} streams ({sum(1 for r in records if r['ended'] and r['ended']['code'] != 'OK')} "
@@ -587,35 +657,11 @@ def run_frozen(sc: Scenario) -> Outcome:
     if st.last_error and st.last_error != err:
         notes.append(f"last error: `{st.last_error[:120]}`")
 
-    deadline = time.monotonic() + 3.0
-    while threading.active_count() > threads_before and time.monotonic() < deadline:
-        gc.collect()
-        time.sleep(0.02)
-    gc.collect()
     return Outcome(
-        scenario=sc,
-        survived=not errors,
-        errors=list(errors),
-        expected_words=len(expected),
-        words_lost=len(expected) - matched,
-        duplicates=len(got) - matched,
-        finals=finals,
-        audio_dropped_ms=st.dropped_ms + st.discarded_on_error * 20.0,
-        stale_dropped_ms=st.stale_dropped_ms,
-        write_stalls=st.write_stalls,
-        max_lead_ms=st.max_lead_ms,
+        **_tally(sc, baseline, script, pcm, results, errors, st, st.dropped_ms + st.discarded_on_error * 20.0, wall,
+                 len(records)),
         recovery_s=deaf,
-        reconnects=st.reconnects,
-        rotations=st.rotations,
-        streams=len(records),
-        replayed_ms=st.replayed_ms,
-        dup_finals_suppressed=st.duplicate_finals_suppressed,
         response_delay_s=0.0,
-        stt_threads_after=_stt_threads(),
-        threads_delta=threading.active_count() - threads_before,
-        rss_delta_mb=(proc.memory_info().rss - rss_before) / 1e6,
-        accounted=accounted,
-        wall_s=wall,
         notes=notes,
         detect_s=None if detect is None else detect - marks["stop"],
         detected_by=by,
@@ -633,29 +679,14 @@ def run_scenario(sc: Scenario) -> Outcome:
     sample = load_sample(sc.sample)
     script = tuple(sample.segments) * sc.repeat
     pcm = sample.pcm16 * sc.repeat
-    proc = psutil.Process()
-    gc.collect()
-    threads_before = threading.active_count()
-    rss_before = proc.memory_info().rss
-    t_start = time.monotonic()
+    baseline = _Before.now()
 
     emu = SpeechEmulator(script=list(script), **sc.emulator).start()
     address = emu.address
     results: list = []
     errors: list[SttError] = []
-    session = StreamingSTTSession(
-        _spec(),
-        lambda: emulator_client(address, api="v2", asynchronous=True),
-        probe_factory=lambda: emulator_client(address, api="v2", asynchronous=False),
-        on_result=results.append,
-        on_error=errors.append,
-        max_queue=sc.queue,
-        backoff=Backoff(rng=lambda: 0.5),
-        # Production's 4 s stall bound and 5 s lead bound, in compressed wall time.
-        **{"write_stall_s": PRODUCTION_QUEUE * 0.02 / sc.speed, "realtime_factor": sc.speed, **sc.session},
-        metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
-        telemetry_interval_s=None,
-        name=f"fault-{sc.id}",
+    session = _session(
+        sc, lambda: emulator_client(address, api="v2", asynchronous=True), address, results.append, errors.append
     )
     ctx = CallContext(emulator=emu, session=session, script=script, results=results)
     action_thread: threading.Thread | None = None
@@ -664,18 +695,12 @@ def run_scenario(sc: Scenario) -> Outcome:
             sc.arm(emu)
         session.start()
         feed_start = time.monotonic()
-        period = CHUNK / 16000.0 / sc.speed
-        next_t = time.perf_counter()
         action_at = None if sc.at_audio_s is None else int(sc.at_audio_s * CHUNKS_PER_S)
-        for n, i in enumerate(range(0, len(pcm), CHUNK)):
+        for n, chunk in _paced_chunks(pcm, sc.speed):
             if n == action_at and sc.action is not None:
                 action_thread = threading.Thread(target=sc.action, args=(ctx,), name="fault-action")
                 action_thread.start()
-            session.push_audio(pcm[i : i + CHUNK])
-            next_t += period
-            delay = next_t - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            session.push_audio(chunk)
         if action_thread is not None:
             action_thread.join(10)
         session.close(sc.close_timeout_s)
@@ -685,58 +710,21 @@ def run_scenario(sc: Scenario) -> Outcome:
         session.close(1.0)
         for e in [*ctx.old_emulators, ctx.emulator]:
             e.stop()
-    wall = time.monotonic() - t_start
+    wall = time.monotonic() - baseline.t_start
 
     streams = [r for e in [*ctx.old_emulators, ctx.emulator] for r in e.streams]
     received = sorted(c.received_at for r in streams for c in r.chunks)
     marks = [feed_start, *received]
     recovery = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
     delays = [r.sent_at - r.produced_at for s in streams for r in s.results]
-    finals = [r.text for r in results if r.is_final]
-    expected = _words(list(script))
-    got = _words(finals)
-    matched = sum(b.size for b in difflib.SequenceMatcher(None, expected, got, autojunk=False).get_matching_blocks())
     st = session.stats
-    # Keep the messages, not the exceptions: a live exception holds its call and channel.
-    errors = [SttError(e.code, e.message, e.retriable, None) for e in errors]
+    errors = _plain(errors)
     ctx.session = session = None  # type: ignore[assignment]
-    sent_bytes = st.audio_sent_ms * 16  # 8 kHz PCM16: 16 bytes per ms
-    pushes = -(-len(pcm) // CHUNK)
-    lost_bytes = (st.drops + st.discarded_on_error) * CHUNK
-    accounted = (
-        pushes == st.pushed_chunks + st.rejected + st.malformed
-        and abs(sent_bytes + lost_bytes - (len(pcm) - st.rejected * CHUNK)) < CHUNK
-    )
-
-    deadline = time.monotonic() + 3.0
-    while threading.active_count() > threads_before and time.monotonic() < deadline:
-        gc.collect()  # gRPC's aio poller thread ends once the last aio object is collected
-        time.sleep(0.02)
-    gc.collect()
     return Outcome(
-        scenario=sc,
-        survived=not errors,
-        errors=list(errors),
-        expected_words=len(expected),
-        words_lost=len(expected) - matched,
-        duplicates=len(got) - matched,
-        finals=finals,
-        audio_dropped_ms=(st.drops + st.discarded_on_error) * 20.0,
-        stale_dropped_ms=st.stale_dropped_ms,
-        write_stalls=st.write_stalls,
-        max_lead_ms=st.max_lead_ms,
+        **_tally(sc, baseline, script, pcm, results, errors, st, (st.drops + st.discarded_on_error) * 20.0, wall,
+                 len(streams)),
         recovery_s=recovery,
-        reconnects=st.reconnects,
-        rotations=st.rotations,
-        streams=len(streams),
-        replayed_ms=st.replayed_ms,
-        dup_finals_suppressed=st.duplicate_finals_suppressed,
         response_delay_s=(sum(delays) / len(delays)) if delays else 0.0,
-        stt_threads_after=_stt_threads(),
-        threads_delta=threading.active_count() - threads_before,
-        rss_delta_mb=(proc.memory_info().rss - rss_before) / 1e6,
-        accounted=accounted,
-        wall_s=wall,
         notes=ctx.notes,
     )
 

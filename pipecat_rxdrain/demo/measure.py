@@ -31,12 +31,12 @@ def speech_ends(pcm16: bytes, sample_rate: int = 8000) -> list[float]:
     """Audio seconds at which each utterance of ``pcm16`` ends, by the emulator's segmenter."""
     import numpy as np
 
-    from ..emulator.segmenter import EnergySegmenter
+    from ..emulator.segmenter import EnergySegmenter, SegmentEventKind
 
     seg = EnergySegmenter(sample_rate)
     samples = np.frombuffer(pcm16 + b"\x00\x00" * sample_rate, dtype=np.int16)  # 1 s of silence closes the last one
     events = seg.feed(samples) + seg.flush()
-    return [e.end_s for e in events if e.kind == "end"]
+    return [e.end_s for e in events if e.kind is SegmentEventKind.END]
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,9 @@ from pipecat_rxdrain.google_clients import (
     insecure_channel_recipe,
 )
 
-from .faults import Faults, status_code
+from .faults import FaultKind, Faults, status_code
 from .recognizers import load_script
-from .records import ChunkRecord, ResultRecord, StreamEnd, StreamRecord
+from .records import ChunkRecord, EndReason, ResultKind, ResultRecord, StreamEnd, StreamRecord
 from .segmenter import SegmenterSettings
 from .server import SMALL_WINDOW_OPTIONS, SpeechEmulator
 from .stream import EmulatorLimits
@@ -93,7 +93,10 @@ __all__ = [
     "SMALL_WINDOW_OPTIONS",
     "ChunkRecord",
     "EmulatorLimits",
+    "EndReason",
+    "FaultKind",
     "Faults",
+    "ResultKind",
     "ResultRecord",
     "SegmenterSettings",
     "SpeechEmulator",

@@ -28,6 +28,8 @@ import grpc
 from google.cloud.speech_v1.types import cloud_speech as v1
 from google.cloud.speech_v2.types import cloud_speech as v2
 
+from .records import EndReason, ResultKind
+
 MALORDERED = "Malordered Data Received. Send exactly one config, followed by audio data."
 MIN_RATE, MAX_RATE = 8000, 48000
 MAX_CHANNELS = 8
@@ -37,7 +39,7 @@ _RECOGNIZER_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/recognizers/[^/]+$
 class StreamError(Exception):
     """Ends the stream with ``code``/``details`` (recorded with ``reason``)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, reason: str = "invalid_argument") -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason = EndReason.INVALID_ARGUMENT) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
@@ -129,16 +131,39 @@ class Word:
 class _Api:
     """What v1 and v2 share; subclasses name their message module and the fields that differ."""
 
-    name: str
-    service: str
+    # set by each version
+    name: str  # "v1" | "v2"
     types: Any  # the cloud_speech types module of this version
+    audio_field: str  # "audio_content" (v1) | "audio" (v2)
+    offset_word: str  # how the version spells its offset fields: "time" (v1) | "offset" (v2)
+    inactivity: tuple[grpc.StatusCode, str]
+    # derived from the above (``__init_subclass__``)
+    service: str  # "google.cloud.speech.v1.Speech" | "google.cloud.speech.v2.Speech"
     request_cls: Any
     response_cls: Any
-    audio_field: str  # "audio_content" (v1) | "audio" (v2)
     end_field: str  # result end offset: "result_end_time" | "result_end_offset"
     event_time_field: str  # "speech_event_time" | "speech_event_offset"
     word_fields: tuple[str, str]  # ("start_time", "end_time") | ("start_offset", "end_offset")
-    inactivity: tuple[grpc.StatusCode, str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.service = f"google.cloud.speech.{cls.name}.Speech"
+        cls.request_cls = cls.types.StreamingRecognizeRequest
+        cls.response_cls = cls.types.StreamingRecognizeResponse
+        w = cls.offset_word
+        cls.end_field, cls.event_time_field = f"result_end_{w}", f"speech_event_{w}"
+        cls.word_fields = (f"start_{w}", f"end_{w}")
+
+    @classmethod
+    def parse_config(cls, request) -> StreamConfig:
+        """The stream's config from its first request (``INVALID_ARGUMENT`` if it is not a config or is wrong)."""
+        if cls.kind(request) != "streaming_config":
+            raise invalid(MALORDERED)
+        return cls.config_from(request)
+
+    @classmethod
+    def config_from(cls, request) -> StreamConfig:
+        raise NotImplementedError
 
     @classmethod
     def kind(cls, request) -> str | None:
@@ -195,27 +220,22 @@ class _Api:
         raise NotImplementedError
 
     @classmethod
-    def event(cls, kind: str, offset_s: float):
+    def event(cls, kind: ResultKind, offset_s: float):
         R = cls.types.StreamingRecognizeResponse
         T = R.SpeechEventType
         etype = {
-            "speech_begin": T.SPEECH_ACTIVITY_BEGIN,
-            "speech_end": T.SPEECH_ACTIVITY_END,
-            "end_of_single_utterance": T.END_OF_SINGLE_UTTERANCE,
+            ResultKind.SPEECH_BEGIN: T.SPEECH_ACTIVITY_BEGIN,
+            ResultKind.SPEECH_END: T.SPEECH_ACTIVITY_END,
+            ResultKind.END_OF_SINGLE_UTTERANCE: T.END_OF_SINGLE_UTTERANCE,
         }[kind]
         return R(speech_event_type=etype, **{cls.event_time_field: timedelta(seconds=offset_s)})
 
 
 class V1Api(_Api):
     name = "v1"
-    service = "google.cloud.speech.v1.Speech"
     types = v1
-    request_cls = v1.StreamingRecognizeRequest
-    response_cls = v1.StreamingRecognizeResponse
     audio_field = "audio_content"
-    end_field = "result_end_time"
-    event_time_field = "speech_event_time"
-    word_fields = ("start_time", "end_time")
+    offset_word = "time"
     # facts §4: v1 idle error (googleapis/python-speech#489, twilio/media-streams#72)
     inactivity = (
         grpc.StatusCode.OUT_OF_RANGE,
@@ -229,10 +249,8 @@ class V1Api(_Api):
         if billed_s is not None and is_final:
             response.total_billed_time = timedelta(seconds=billed_s)
 
-    @staticmethod
-    def parse_config(request) -> StreamConfig:
-        if V1Api.kind(request) != "streaming_config":
-            raise invalid(MALORDERED)
+    @classmethod
+    def config_from(cls, request) -> StreamConfig:
         sc = request.streaming_config
         cfg = sc.config
         enc = v1.RecognitionConfig.AudioEncoding(cfg.encoding).name
@@ -263,14 +281,9 @@ class V1Api(_Api):
 
 class V2Api(_Api):
     name = "v2"
-    service = "google.cloud.speech.v2.Speech"
     types = v2
-    request_cls = v2.StreamingRecognizeRequest
-    response_cls = v2.StreamingRecognizeResponse
     audio_field = "audio"
-    end_field = "result_end_offset"
-    event_time_field = "speech_event_offset"
-    word_fields = ("start_offset", "end_offset")
+    offset_word = "offset"
     # facts §4: v2 idle error is 409 Aborted (pipecat #2180, PR #2001)
     inactivity = (grpc.StatusCode.ABORTED, "Stream timed out after receiving no more client requests.")
 
@@ -281,10 +294,8 @@ class V2Api(_Api):
             total_billed_duration=timedelta(seconds=billed_s or 0),
         )
 
-    @staticmethod
-    def parse_config(request) -> StreamConfig:
-        if V2Api.kind(request) != "streaming_config":
-            raise invalid(MALORDERED)
+    @classmethod
+    def config_from(cls, request) -> StreamConfig:
         if not _RECOGNIZER_RE.match(request.recognizer or ""):
             raise invalid(
                 f"Invalid resource field value in the request: recognizer {request.recognizer!r} "

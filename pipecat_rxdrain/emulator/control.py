@@ -17,7 +17,7 @@ import asyncio
 import json
 from typing import Any, Protocol
 
-from .faults import Faults
+from .faults import FaultKind, Faults
 
 
 class Controllable(Protocol):
@@ -33,15 +33,15 @@ class Controllable(Protocol):
     def reset(self) -> None: ...
 
 
-FAULT_KINDS = ("latency", "stall", "abort", "close", "refuse", "down", "clear")
-_PARAMS = {
-    "latency": {"seconds"},
-    "stall": {"seconds", "after_s", "after_chunks", "times", "session"},
-    "abort": {"after_s", "after_chunks", "code", "details", "times", "session"},
-    "close": {"after_s", "after_chunks", "times", "session"},
-    "refuse": {"count", "code", "details"},
-    "down": {"seconds"},
-    "clear": set(),
+FAULT_KINDS = tuple(k.value for k in FaultKind)
+_PARAMS: dict[FaultKind, set[str]] = {
+    FaultKind.LATENCY: {"seconds"},
+    FaultKind.STALL: {"seconds", "after_s", "after_chunks", "times", "session"},
+    FaultKind.ABORT: {"after_s", "after_chunks", "code", "details", "times", "session"},
+    FaultKind.CLOSE: {"after_s", "after_chunks", "times", "session"},
+    FaultKind.REFUSE: {"count", "code", "details"},
+    FaultKind.DOWN: {"seconds"},
+    FaultKind.CLEAR: set(),
 }
 
 
@@ -68,19 +68,27 @@ _TYPE_WORDS = {
 }
 
 
-def check_fault_params(kind: str, params: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the fault and the field if ``params`` do not fit fault ``kind``."""
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+def fault_kind(kind: FaultKind | str) -> FaultKind:
+    """The :class:`FaultKind` named ``kind``; ``ValueError`` listing the kinds otherwise."""
+    try:
+        return FaultKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}") from None
+
+
+def check_fault_params(kind: FaultKind | str, params: dict[str, Any]) -> FaultKind:
+    """The fault's kind; ``ValueError`` naming the fault and the field if ``params`` do not fit it."""
+    kind = fault_kind(kind)
     unknown = set(params) - _PARAMS[kind]
     if unknown:
-        raise ValueError(f"fault {kind!r} takes {sorted(_PARAMS[kind])}, not {sorted(unknown)}")
+        raise ValueError(f"fault {kind.value!r} takes {sorted(_PARAMS[kind])}, not {sorted(unknown)}")
     for key, value in params.items():
         types = _FIELD_TYPES[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            raise ValueError(f"fault {kind!r}: {key} must be {_TYPE_WORDS[key]}, got {value!r}")
-    if kind in ("stall", "down") and "seconds" not in params:
-        raise ValueError(f"fault {kind!r} needs seconds")
+            raise ValueError(f"fault {kind.value!r}: {key} must be {_TYPE_WORDS[key]}, got {value!r}")
+    if kind in (FaultKind.STALL, FaultKind.DOWN) and "seconds" not in params:
+        raise ValueError(f"fault {kind.value!r} needs seconds")
+    return kind
 
 
 def _coerce(value: str) -> Any:
@@ -94,44 +102,43 @@ def _coerce(value: str) -> Any:
     return value
 
 
-def parse_fault_spec(spec: str) -> tuple[str, dict[str, Any]]:
+def parse_fault_spec(spec: str) -> tuple[FaultKind, dict[str, Any]]:
     """``"abort:after_chunks=50,code=UNAVAILABLE"`` -> ``("abort", {...})``; ``"latency:1.5"`` works too."""
-    kind, _, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+    name, _, rest = spec.partition(":")
+    kind = fault_kind(name.strip().lower())
     params: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if not eq:  # bare value: the kind's main parameter
-            key, value = ("count" if kind == "refuse" else "seconds"), part
+            key, value = ("count" if kind is FaultKind.REFUSE else "seconds"), part
         key = key.strip()
         value = value.strip()
         # free-text fields stay text; the others are numbers (checked below, naming the field)
         params[key] = value if key in ("session", "code", "details") else _coerce(value)
-    check_fault_params(kind, params)
-    return kind, params
+    return check_fault_params(kind, params), params
 
 
-def apply_fault(emulator: Controllable, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+def apply_fault(emulator: Controllable, kind: FaultKind | str, params: dict[str, Any]) -> dict[str, Any]:
     """Arm fault ``kind`` with ``params`` (as from JSON or a CLI spec). Raises ValueError on bad input."""
-    check_fault_params(kind, params)
+    kind = check_fault_params(kind, params)
     params = dict(params)
     f = emulator.faults
-    if kind == "latency":
+    if kind is FaultKind.LATENCY:
         f.latency(float(params.get("seconds", 0)))
         return {"ok": True}
-    if kind == "clear":
+    if kind is FaultKind.CLEAR:
         f.clear()
         return {"ok": True}
-    if kind == "refuse":
+    if kind is FaultKind.REFUSE:
         f.refuse(int(params.get("count", 1)), **{k: v for k, v in params.items() if k != "count"})
         return {"ok": True}
-    if kind == "down":
+    if kind is FaultKind.DOWN:
         emulator.go_down(float(params["seconds"]), wait=False)
         return {"ok": True}
-    fid = f.stall(float(params.pop("seconds")), **params) if kind == "stall" else getattr(f, kind)(**params)
-    return {"ok": True, "id": fid}
+    if kind is FaultKind.STALL:
+        return {"ok": True, "id": f.stall(float(params.pop("seconds")), **params)}
+    arm = f.abort if kind is FaultKind.ABORT else f.close
+    return {"ok": True, "id": arm(**params)}
 
 
 def stream_summary(record) -> dict[str, Any]:
@@ -148,7 +155,7 @@ def stream_summary(record) -> dict[str, Any]:
         "chunks": len(record.chunks),
         "audio_bytes": record.audio_bytes,
         "finals": record.transcripts,
-        "ended": None if end is None else {"code": end.code.name, "details": end.details, "reason": end.reason},
+        "ended": None if end is None else {"code": end.code.name, "details": end.details, "reason": end.reason.value},
     }
 
 

@@ -30,10 +30,12 @@ consumes it; ``None`` is **persistent** — it fires once on every stream until
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import grpc
 
@@ -65,10 +67,31 @@ def status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
         raise ValueError(f"unknown or unsupported status code {code!r}; use one of {sorted(FAULT_CODES)}") from None
 
 
+class FaultKind(StrEnum):
+    """The kinds of fault (see the module docstring); ``CLEAR`` disarms them all."""
+
+    LATENCY = "latency"
+    STALL = "stall"
+    ABORT = "abort"
+    CLOSE = "close"
+    REFUSE = "refuse"
+    DOWN = "down"
+    CLEAR = "clear"
+
+
+def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
+    """``value`` as a float; ``ValueError`` naming ``name`` if it is NaN, infinite, negative (or zero with
+    ``positive``)."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return value
+
+
 @dataclass
 class FaultRule:
     id: int
-    kind: str  # "stall" | "abort" | "close"
+    kind: FaultKind  # STALL | ABORT | CLOSE (the triggered kinds)
     after_s: float | None
     after_chunks: int | None
     times: int | None  # remaining firings; None = persistent
@@ -81,7 +104,7 @@ class FaultRule:
     def describe(self) -> dict:
         return {
             "id": self.id,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "after_s": self.after_s,
             "after_chunks": self.after_chunks,
             "times": self.times,
@@ -94,7 +117,7 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class FaultAction:
-    kind: str  # "stall" | "abort" | "close"
+    kind: FaultKind  # STALL | ABORT | CLOSE
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
     seconds: float = 0.0
@@ -127,16 +150,14 @@ class Faults:
     # --- arming -------------------------------------------------------
     def latency(self, seconds: float) -> None:
         """Delay every response by ``seconds`` (persistent; 0 turns it off)."""
-        if seconds < 0:
-            raise ValueError("latency must be >= 0")
+        seconds = check_seconds("latency seconds", seconds)
         with self._lock:
-            self._latency_s = float(seconds)
+            self._latency_s = seconds
 
     def stall(self, seconds: float, *, after_s=None, after_chunks=None, times: int | None = 1, session=None) -> int:
         """Stop reading requests for ``seconds`` when triggered. Returns the fault id."""
-        if seconds <= 0:
-            raise ValueError("stall seconds must be > 0")
-        return self._arm("stall", after_s, after_chunks, times, session, seconds=float(seconds))
+        seconds = check_seconds("stall seconds", seconds, positive=True)
+        return self._arm(FaultKind.STALL, after_s, after_chunks, times, session, seconds=seconds)
 
     def abort(
         self,
@@ -153,20 +174,22 @@ class Faults:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort needs a non-OK code; use close() for a clean end")
         details = details or f"emulator fault: stream aborted with {code.name}"
-        return self._arm("abort", after_s, after_chunks, times, session, code=code, details=details)
+        return self._arm(FaultKind.ABORT, after_s, after_chunks, times, session, code=code, details=details)
 
     def close(self, *, after_s=None, after_chunks=None, times: int | None = 1, session=None) -> int:
         """End the stream cleanly (status OK) when triggered. Returns the fault id."""
-        return self._arm("close", after_s, after_chunks, times, session)
+        return self._arm(FaultKind.CLOSE, after_s, after_chunks, times, session)
 
     def refuse(
         self, count: int = 1, *, code: grpc.StatusCode | str = grpc.StatusCode.UNAVAILABLE, details=None
     ) -> None:
         """Reject the next ``count`` streams immediately with ``code``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"refuse count must be an integer >= 0, got {count!r}")
         code = status_code(code)
         details = details or "emulator fault: connection refused by the service (try again)"
         with self._lock:
-            self._refuse.extend([(code, details)] * int(count))
+            self._refuse.extend([(code, details)] * count)
 
     def down(self, seconds: float, *, wait: bool = True) -> None:
         """Stop listening for ``seconds`` (connection refused), then listen again on the same port."""
@@ -234,9 +257,9 @@ class Faults:
                 actions.append(FaultAction(rule.kind, rule.code, rule.details, rule.seconds, rule.id))
         return actions
 
-    def _arm(self, kind, after_s, after_chunks, times, session, **extra) -> int:
-        if after_s is not None and after_s < 0:
-            raise ValueError("after_s must be >= 0")
+    def _arm(self, kind: FaultKind, after_s, after_chunks, times, session, **extra) -> int:
+        if after_s is not None:
+            after_s = check_seconds("after_s", after_s)
         if after_chunks is not None and after_chunks < 0:
             raise ValueError("after_chunks must be >= 0")
         if times is not None and times < 1:
@@ -245,7 +268,7 @@ class Faults:
             rule = FaultRule(
                 id=next(self._ids),
                 kind=kind,
-                after_s=None if after_s is None else float(after_s),
+                after_s=after_s,
                 after_chunks=None if after_chunks is None else int(after_chunks),
                 times=times,
                 session=session,

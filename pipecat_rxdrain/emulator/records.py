@@ -11,7 +11,9 @@ compared with ``time.monotonic()`` stamps taken by a client in the same process
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import grpc
@@ -40,17 +42,45 @@ class ChunkRecord:
     offset: int  # byte offset of this chunk's first byte in the stream's audio
 
 
+class ResultKind(StrEnum):
+    """What one response to the client carried: a result or a speech event."""
+
+    INTERIM = "interim"
+    FINAL = "final"
+    SPEECH_BEGIN = "speech_begin"
+    SPEECH_END = "speech_end"
+    END_OF_SINGLE_UTTERANCE = "end_of_single_utterance"
+
+
+class EndReason(StrEnum):
+    """Why a stream ended (recorded in :class:`StreamEnd`, shown by ``/streams``)."""
+
+    HALF_CLOSE = "half_close"  # the client finished sending; all results written
+    ABORT_FAULT = "abort_fault"
+    CLOSE_FAULT = "close_fault"
+    REFUSED = "refused"  # a refuse fault
+    INVALID_ARGUMENT = "invalid_argument"  # a bad config or request, as Google rejects it
+    MAX_DURATION = "max_duration"  # the 305 s stream limit
+    INACTIVITY = "inactivity"  # no request for the inactivity timeout
+    TOO_FAST = "too_fast"  # audio sent faster than real time beyond EmulatorLimits.max_lead_s
+    SPEECH_START_TIMEOUT = "speech_start_timeout"  # voice_activity_timeout
+    SPEECH_END_TIMEOUT = "speech_end_timeout"  # voice_activity_timeout
+    CLIENT_CANCELLED = "client_cancelled"
+    SERVER_STOPPED = "server_stopped"
+    SERVER_DOWN = "server_down"  # a down fault
+    ERROR = "error"  # the request stream broke
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     """One response written to the client.
 
-    ``kind`` is ``"interim"``, ``"final"``, ``"speech_begin"``, ``"speech_end"``
-    or ``"end_of_single_utterance"``. ``end_offset_s`` is ``result_end_time``
+    ``kind`` is a :class:`ResultKind` (equal to its string value, ``"final"`` etc.). ``end_offset_s`` is ``result_end_time``
     (v1) / ``result_end_offset`` (v2), or the event offset for events.
     ``segment`` is the 0-based segment index within the stream.
     """
 
-    kind: str
+    kind: ResultKind
     sent_at: float  # server time.monotonic() when written
     produced_at: float = 0.0  # when the emulator produced it (sent_at - produced_at = latency fault)
     transcript: str = ""
@@ -69,9 +99,7 @@ class StreamEnd:
     code: grpc.StatusCode
     details: str
     at: float  # server time.monotonic()
-    reason: str  # "half_close", "abort_fault", "close_fault", "refused", "invalid_argument",
-    #              "max_duration", "inactivity", "client_cancelled", "server_stopped", "error",
-    #              "speech_start_timeout", "speech_end_timeout" (voice_activity_timeout)
+    reason: EndReason
 
 
 @dataclass
@@ -103,16 +131,16 @@ class StreamRecord:
 
     @property
     def finals(self) -> list[ResultRecord]:
-        return [r for r in self.results if r.kind == "final"]
+        return [r for r in self.results if r.kind is ResultKind.FINAL]
 
     @property
     def interims(self) -> list[ResultRecord]:
-        return [r for r in self.results if r.kind == "interim"]
+        return [r for r in self.results if r.kind is ResultKind.INTERIM]
 
     @property
     def transcripts(self) -> list[str]:
         """The final transcripts, in order."""
-        return [r.transcript for r in self.results if r.kind == "final"]
+        return [r.transcript for r in self.results if r.kind is ResultKind.FINAL]
 
     def snapshot(self) -> StreamRecord:
         return replace(
@@ -172,13 +200,20 @@ class StreamLog:
 
         Raises ``TimeoutError`` after ``timeout`` seconds.
         """
-        import time
-
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(subject)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
+        while (value := condition_met(predicate, subject, deadline, timeout)) is None:
             time.sleep(self.POLL_S)
+        return value
+
+
+def condition_met(predicate, subject: Any, deadline: float, timeout: float) -> Any:
+    """One poll of a wait: ``predicate(subject)`` if truthy, else ``None``; ``TimeoutError`` once
+    ``time.monotonic()`` has reached ``deadline`` (``timeout`` is only for the message)."""
+    import time
+
+    value = predicate(subject)
+    if value:
+        return value
+    if time.monotonic() >= deadline:
+        raise TimeoutError(f"condition not met within {timeout} s")
+    return None

@@ -12,6 +12,7 @@ start, so results do not depend on how fast the client sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -75,15 +76,23 @@ class SegmenterSettings:
     preroll_ms: int = 200  # audio kept before the segment start when keep_audio
 
 
+class SegmentEventKind(StrEnum):
+    """What a :class:`SegmentEvent` reports."""
+
+    BEGIN = "begin"  # a segment opened
+    SPEECH = "speech"  # one more speech frame inside an open segment
+    END = "end"  # the segment closed (end silence heard)
+
+
 @dataclass(frozen=True)
 class SegmentEvent:
-    """``kind``: "begin" (segment opened), "speech" (one more speech frame inside an open segment), "end".
+    """``kind``: a :class:`SegmentEventKind` (segment opened, one more speech frame in it, segment closed).
 
     ``start_s``/``end_s``: segment start and end of its last speech frame; ``offset_s``: audio time of
     the event; ``speech_s``: speech heard so far in the segment; ``audio``: samples (``keep_audio`` only).
     """
 
-    kind: str
+    kind: SegmentEventKind
     start_s: float
     offset_s: float
     speech_s: float = 0.0
@@ -168,9 +177,9 @@ class EnergySegmenter:
             self._last_speech_end = end
             if not self._open and self._speech_s * 1000 >= s.min_speech_ms - 1e-9:
                 self._open = True
-                events.append(SegmentEvent("begin", self._candidate_start, end, self._speech_s))
+                events.append(SegmentEvent(SegmentEventKind.BEGIN, self._candidate_start, end, self._speech_s))
             if self._open:
-                events.append(SegmentEvent("speech", self._candidate_start, end, self._speech_s))
+                events.append(SegmentEvent(SegmentEventKind.SPEECH, self._candidate_start, end, self._speech_s))
             return
         if self._candidate_start is None:
             return
@@ -183,7 +192,7 @@ class EnergySegmenter:
     def _close(self) -> SegmentEvent:
         audio = np.concatenate(self._audio) if self.settings.keep_audio and self._audio else None
         return SegmentEvent(
-            "end",
+            SegmentEventKind.END,
             self._candidate_start or 0.0,
             self.audio_s,
             self._speech_s,

@@ -20,9 +20,9 @@ import grpc
 from ..event_loops import finish_event_loop
 from ..google_clients import SESSION_METADATA_KEY, is_loopback_host
 from .apis import APIS
-from .faults import Faults
+from .faults import Faults, check_seconds
 from .recognizers import make_recognizer
-from .records import StreamLog, StreamRecord, redact_metadata
+from .records import EndReason, StreamLog, StreamRecord, condition_met, redact_metadata
 from .segmenter import SegmenterSettings
 from .stream import EmulatorLimits, StreamRun, StreamShared
 from .timing import TimingModel, TimingProfile
@@ -171,9 +171,10 @@ class SpeechEmulator:
 
         Streams in flight end with UNAVAILABLE. With ``wait`` this returns once the port is closed.
         """
+        seconds = check_seconds("down seconds", seconds)
         if self._loop is None or not self._loop.is_running():
             raise RuntimeError("emulator not running")
-        fut = asyncio.run_coroutine_threadsafe(self._go_down(float(seconds)), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self._go_down(seconds), self._loop)
         if wait:
             fut.result(timeout)
 
@@ -211,13 +212,9 @@ class SpeechEmulator:
     async def wait_for_async(self, predicate: Callable[[SpeechEmulator], Any], timeout: float = 5.0) -> Any:
         """``wait_for`` for async code (polls every 20 ms without blocking the loop)."""
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(self)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
+        while (value := condition_met(predicate, self, deadline, timeout)) is None:
             await asyncio.sleep(0.02)
+        return value
 
     def reset(self) -> None:
         """Forget stream records, recognition sessions and faults."""
@@ -268,11 +265,11 @@ class SpeechEmulator:
         self._server = server
         self._up.set()
 
-    async def _close_server(self, reason: str, grace: float = 1.0) -> None:
+    async def _close_server(self, reason: EndReason, grace: float = 1.0) -> None:
         self._up.clear()
         server, self._server = self._server, None
         for run in list(self._shared.runs):
-            run.kill(grpc.StatusCode.UNAVAILABLE, f"The service is currently unavailable ({reason}).", reason)
+            run.kill(grpc.StatusCode.UNAVAILABLE, f"The service is currently unavailable ({reason.value}).", reason)
         if server is not None:
             await server.stop(grace)
 
@@ -282,13 +279,13 @@ class SpeechEmulator:
             self._down_task.cancel()
         if self._control is not None:
             await self._control.close()
-        await self._close_server("server_stopped")
+        await self._close_server(EndReason.SERVER_STOPPED)
         asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
 
     async def _go_down(self, seconds: float) -> None:
         if self._down_task is not None:  # already down: just move the comeback time
             self._down_task.cancel()
-        await self._close_server("server_down")
+        await self._close_server(EndReason.SERVER_DOWN)
 
         async def come_back() -> None:
             await asyncio.sleep(seconds)

@@ -40,9 +40,9 @@ from typing import Any
 import grpc
 
 from .apis import MALORDERED, StreamConfig, StreamError, Word, check_rate_channels, invalid, parse_wav_header
-from .faults import Faults, StreamFaultState
-from .records import ChunkRecord, ResultRecord, StreamEnd, StreamLog, StreamRecord
-from .segmenter import AudioDecoder, EnergySegmenter, SegmenterSettings, SegmentEvent
+from .faults import FaultKind, Faults, StreamFaultState
+from .records import ChunkRecord, EndReason, ResultKind, ResultRecord, StreamEnd, StreamLog, StreamRecord
+from .segmenter import AudioDecoder, EnergySegmenter, SegmenterSettings, SegmentEvent, SegmentEventKind
 from .timing import TimingModel
 
 _TICK_S = 0.05  # how often time-based faults are re-checked
@@ -138,7 +138,7 @@ class StreamRun:
         self._get_task: asyncio.Task | None = None
 
     # --- public -------------------------------------------------------
-    def kill(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+    def kill(self, code: grpc.StatusCode, details: str, reason: EndReason) -> None:
         """End this stream from outside (emulator stop / down)."""
         if not self.killed.done():
             self.killed.set_result((code, details, reason))
@@ -146,7 +146,7 @@ class StreamRun:
     async def run(self) -> None:
         refusal = self.shared.faults.take_refusal()
         if refusal is not None:
-            self._finish(refusal[0], refusal[1], "refused")
+            self._finish(refusal[0], refusal[1], EndReason.REFUSED)
             return
         reader = asyncio.create_task(self._read_loop())
         sender = asyncio.create_task(self._send_loop())
@@ -175,7 +175,7 @@ class StreamRun:
             self._finish(
                 grpc.StatusCode.CANCELLED,
                 "server stopped" if stopping else "cancelled by the client",
-                "server_stopped" if stopping else "client_cancelled",
+                EndReason.SERVER_STOPPED if stopping else EndReason.CLIENT_CANCELLED,
                 abort=False,
             )
             raise
@@ -210,6 +210,10 @@ class StreamRun:
             await self.context.write(response)
             sent = ResultRecord(sent_at=time.monotonic(), produced_at=produced, **result)
             self.shared.log.update(partial(self._results.append, sent))
+
+    def _emit_event(self, kind: ResultKind, offset_s: float) -> None:
+        """A speech event (begin, end, end of single utterance) at audio time ``offset_s``."""
+        self._emit(self.api.event(kind, offset_s), kind=kind, end_offset_s=offset_s, segment=self.segment)
 
     def _emit(self, response, hold_s: float = 0.0, **result: Any) -> None:
         """Queue ``response``; it is written ``hold_s`` (timing profile) + the latency fault from now."""
@@ -248,24 +252,24 @@ class StreamRun:
             raise StreamError(
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"Exceeded maximum allowed stream duration of {_fmt_s(limits.max_stream_s)} seconds.",
-                "max_duration",
+                EndReason.MAX_DURATION,
             )
         if self.stall_until <= now and now - max(self.last_rx, self.stall_until) >= limits.inactivity_timeout_s:
             code, details = self.api.inactivity
-            raise StreamError(code, details, "inactivity")
+            raise StreamError(code, details, EndReason.INACTIVITY)
 
     def _apply_faults(self, now: float) -> None:
         for action in self.shared.faults.check(self.fstate, now):
-            if action.kind == "abort":
-                raise StreamError(action.code, action.details, "abort_fault")
-            if action.kind == "close":
-                raise StreamError(grpc.StatusCode.OK, "", "close_fault")
-            if action.kind == "stall":
+            if action.kind is FaultKind.ABORT:
+                raise StreamError(action.code, action.details, EndReason.ABORT_FAULT)
+            if action.kind is FaultKind.CLOSE:
+                raise StreamError(grpc.StatusCode.OK, "", EndReason.CLOSE_FAULT)
+            if action.kind is FaultKind.STALL:
                 start, end = now, now + action.seconds
                 self.stall_until = max(self.stall_until, end)
                 self.shared.log.update(partial(self._stalls.append, (start, end)))
 
-    async def _process(self) -> tuple[grpc.StatusCode, str, str]:
+    async def _process(self) -> tuple[grpc.StatusCode, str, EndReason]:
         self._apply_faults(time.monotonic())
         while True:
             now = time.monotonic()
@@ -277,14 +281,14 @@ class StreamRun:
                 continue
             received, msg = item
             if isinstance(msg, Exception):
-                raise StreamError(grpc.StatusCode.CANCELLED, f"stream broken: {msg!r}", "error")
+                raise StreamError(grpc.StatusCode.CANCELLED, f"stream broken: {msg!r}", EndReason.ERROR)
             self.last_rx = received
             self._check_limits(received)
             if msg is None:  # client half-closed
                 if self.config is None:
                     raise invalid(MALORDERED)
                 await self._finalize()
-                return grpc.StatusCode.OK, "", "half_close"
+                return grpc.StatusCode.OK, "", EndReason.HALF_CLOSE
             self.shared.log.update(self._count_request)
             if self.config is None:
                 self._configure(msg)
@@ -364,14 +368,14 @@ class StreamRun:
         heard = segmenter.audio_s
         start_t, end_t = cfg.speech_start_timeout_s, cfg.speech_end_timeout_s
         if start_t is not None and self.segment < 0 and heard >= start_t - 1e-9:
-            raise StreamError(grpc.StatusCode.OK, "", "speech_start_timeout")
+            raise StreamError(grpc.StatusCode.OK, "", EndReason.SPEECH_START_TIMEOUT)
         if (
             end_t is not None
             and not self.in_speech
             and self.last_speech_end_s is not None
             and heard - self.last_speech_end_s >= end_t - 1e-9
         ):
-            raise StreamError(grpc.StatusCode.OK, "", "speech_end_timeout")
+            raise StreamError(grpc.StatusCode.OK, "", EndReason.SPEECH_END_TIMEOUT)
 
     def _check_lead(self, received: float) -> None:
         max_lead = self.shared.limits.max_lead_s
@@ -380,7 +384,7 @@ class StreamRun:
             return
         per_s = cfg.sample_rate * cfg.channels * (2 if cfg.encoding == "LINEAR16" else 1)
         if self.audio_offset / per_s - (received - self.started) > max_lead:
-            raise StreamError(grpc.StatusCode.OUT_OF_RANGE, TOO_FAST, "too_fast")
+            raise StreamError(grpc.StatusCode.OUT_OF_RANGE, TOO_FAST, EndReason.TOO_FAST)
 
     async def _finalize(self) -> None:
         if self.segmenter is not None and not self.single_done:
@@ -392,32 +396,22 @@ class StreamRun:
         assert cfg is not None  # segment events come from the segmenter, made from the config
         if self.single_done:
             return
-        if ev.kind == "begin":
+        if ev.kind is SegmentEventKind.BEGIN:
             self.segment += 1
             self.in_speech = True
             self.next_interim_s = self.shared.interim_every_s
             self.interims_in_segment = 0
             if cfg.voice_activity_events:
-                self._emit(
-                    self.api.event("speech_begin", ev.start_s),
-                    kind="speech_begin",
-                    end_offset_s=ev.start_s,
-                    segment=self.segment,
-                )
-        elif ev.kind == "speech":
+                self._emit_event(ResultKind.SPEECH_BEGIN, ev.start_s)
+        elif ev.kind is SegmentEventKind.SPEECH:
             if cfg.interim_results and ev.speech_s + 1e-9 >= self.next_interim_s:
                 self.next_interim_s += self.shared.interim_every_s
                 await self._interim(ev)
-        elif ev.kind == "end":
+        elif ev.kind is SegmentEventKind.END:
             self.in_speech = False
             self.last_speech_end_s = ev.end_s
             if cfg.voice_activity_events:
-                self._emit(
-                    self.api.event("speech_end", ev.end_s),
-                    kind="speech_end",
-                    end_offset_s=ev.end_s,
-                    segment=self.segment,
-                )
+                self._emit_event(ResultKind.SPEECH_END, ev.end_s)
             hyp = await self._run_recognizer(
                 self.shared.recognizer.final,
                 self.record.session,
@@ -427,12 +421,7 @@ class StreamRun:
                 cfg.max_alternatives,
             )
             if cfg.single_utterance:
-                self._emit(
-                    self.api.event("end_of_single_utterance", ev.end_s),
-                    kind="end_of_single_utterance",
-                    end_offset_s=ev.end_s,
-                    segment=self.segment,
-                )
+                self._emit_event(ResultKind.END_OF_SINGLE_UTTERANCE, ev.end_s)
                 self.single_done = True
             words = self._words(hyp, ev) if cfg.word_time_offsets else ()
             delay = self.shared.timing.final_delay_s(f"{self.record.id}|{self.segment}")
@@ -450,7 +439,7 @@ class StreamRun:
                     request_id=self.request_id,
                 ),
                 hold_s=hold,
-                kind="final",
+                kind=ResultKind.FINAL,
                 transcript=hyp.text,
                 is_final=True,
                 end_offset_s=ev.end_s,
@@ -482,7 +471,7 @@ class StreamRun:
                 billed_s=self._billed_s(),
                 request_id=self.request_id,
             ),
-            kind="interim",
+            kind=ResultKind.INTERIM,
             transcript=text,
             stability=stability,
             end_offset_s=ev.offset_s,
@@ -509,7 +498,7 @@ class StreamRun:
         return float(math.ceil(heard - 1e-9))
 
     # --- ending -------------------------------------------------------
-    def _finish(self, code: grpc.StatusCode, details: str, reason: str, abort: bool = True) -> None:
+    def _finish(self, code: grpc.StatusCode, details: str, reason: EndReason, abort: bool = True) -> None:
         end = StreamEnd(code, details, time.monotonic(), reason)
 
         def save() -> None:

@@ -121,71 +121,51 @@ class RxdrainMetrics:
         else:
             self.registry = registry if registry is not None else build_registry()
             into = self.registry
-        p = PREFIX
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=into)
+
+        def live_gauge(name: str, doc: str) -> Gauge:  # summed over the live workers' calls
+            return Gauge(f"{PREFIX}_{name}", doc, registry=into, multiprocess_mode="livesum")
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(f"{PREFIX}_{name}", doc, registry=into, buckets=buckets)
+
         self.families = _Families(
-            active_calls=Gauge(f"{p}_active_calls", "Calls in progress.", registry=into, multiprocess_mode="livesum"),
-            calls_started=Counter(f"{p}_calls_started", "Calls that reached the pipeline.", registry=into),
-            calls_ended=Counter(f"{p}_calls_ended", "Calls ended, by end reason.", ["reason"], registry=into),
-            rx_queue=Gauge(
-                f"{p}_rx_queue_frames",
-                "RX frames queued, summed over active calls.",
-                registry=into,
-                multiprocess_mode="livesum",
-            ),
-            rx_calls_draining=Gauge(
-                f"{p}_rx_calls_draining",
-                "Active calls whose RX queue is in drain mode.",
-                registry=into,
-                multiprocess_mode="livesum",
-            ),
-            rx_frames_in=Counter(f"{p}_rx_frames_in", "Caller audio frames offered to the RX queue.", registry=into),
-            rx_dropped=Counter(
-                f"{p}_rx_dropped_frames", "RX frames dropped (queue full while draining).", registry=into
-            ),
-            rx_drain_seconds=Counter(f"{p}_rx_drain_seconds", "Time RX queues spent in drain mode.", registry=into),
-            rx_drain_episodes=Counter(f"{p}_rx_drain_episodes", "Times an RX queue entered drain mode.", registry=into),
-            stt_queue=Gauge(
-                f"{p}_stt_queue_chunks",
-                "STT audio chunks queued, summed over active calls.",
-                registry=into,
-                multiprocess_mode="livesum",
-            ),
-            stt_dropped=Counter(
-                f"{p}_stt_dropped_chunks", "STT audio chunks dropped (queue full, oldest first).", registry=into
-            ),
-            stt_write_seconds=Histogram(
-                f"{p}_stt_write_seconds",
+            active_calls=live_gauge("active_calls", "Calls in progress."),
+            calls_started=counter("calls_started", "Calls that reached the pipeline."),
+            calls_ended=counter("calls_ended", "Calls ended, by end reason.", "reason"),
+            rx_queue=live_gauge("rx_queue_frames", "RX frames queued, summed over active calls."),
+            rx_calls_draining=live_gauge("rx_calls_draining", "Active calls whose RX queue is in drain mode."),
+            rx_frames_in=counter("rx_frames_in", "Caller audio frames offered to the RX queue."),
+            rx_dropped=counter("rx_dropped_frames", "RX frames dropped (queue full while draining)."),
+            rx_drain_seconds=counter("rx_drain_seconds", "Time RX queues spent in drain mode."),
+            rx_drain_episodes=counter("rx_drain_episodes", "Times an RX queue entered drain mode."),
+            stt_queue=live_gauge("stt_queue_chunks", "STT audio chunks queued, summed over active calls."),
+            stt_dropped=counter("stt_dropped_chunks", "STT audio chunks dropped (queue full, oldest first)."),
+            stt_write_seconds=histogram(
+                "stt_write_seconds",
                 "Mean gRPC request write time of each STT telemetry window, sampled per observation.",
-                registry=into,
-                buckets=STT_WRITE_BUCKETS,
+                STT_WRITE_BUCKETS,
             ),
-            stt_reconnects=Counter(
-                f"{p}_stt_reconnects", "STT stream reconnects, by gRPC status code.", ["code"], registry=into
+            stt_reconnects=counter("stt_reconnects", "STT stream reconnects, by gRPC status code.", "code"),
+            stt_replayed_seconds=counter(
+                "stt_replayed_audio_seconds", "Audio replayed to a new STT stream after a reconnect."
             ),
-            stt_replayed_seconds=Counter(
-                f"{p}_stt_replayed_audio_seconds",
-                "Audio replayed to a new STT stream after a reconnect.",
-                registry=into,
+            stt_replay_overflow_seconds=counter(
+                "stt_replay_overflow_audio_seconds", "Unfinalized audio too long to replay (lost to STT)."
             ),
-            stt_replay_overflow_seconds=Counter(
-                f"{p}_stt_replay_overflow_audio_seconds",
-                "Unfinalized audio too long to replay (lost to STT).",
-                registry=into,
+            eos_to_final_seconds=histogram(
+                "eos_to_final_seconds", "End of speech to final transcript.", EOS_TO_FINAL_BUCKETS
             ),
-            eos_to_final_seconds=Histogram(
-                f"{p}_eos_to_final_seconds",
-                "End of speech to final transcript.",
-                registry=into,
-                buckets=EOS_TO_FINAL_BUCKETS,
+            twilio_bad_messages=counter(
+                "twilio_bad_messages", "Twilio websocket messages dropped, by reason.", "reason"
             ),
-            twilio_bad_messages=Counter(
-                f"{p}_twilio_bad_messages", "Twilio websocket messages dropped, by reason.", ["reason"], registry=into
-            ),
-            discarded=Counter(
-                f"{p}_discarded",
+            discarded=counter(
+                "discarded",
                 "Everything discarded anywhere (frames, chunks or messages), by stage and reason.",
-                ["stage", "reason"],
-                registry=into,
+                "stage",
+                "reason",
             ),
         )
         self._end_reasons: set[str] = set()

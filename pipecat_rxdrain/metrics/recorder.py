@@ -161,6 +161,16 @@ class CallMetrics:
 
     # ------------------------------------------------------------------ sources
 
+    def _count_discards(self, s: Any, stage: str, fields: tuple[tuple[str, str], ...], dropped: Any) -> None:
+        """Every discard counter of ``s`` into ``rxdrain_discarded{stage,reason}``; ``drops`` also into ``dropped``."""
+        for name, reason in _discard_fields(s, fields):
+            value = _number(s, name)
+            if value is None:
+                continue
+            d = self._count(self._f.discarded.labels(stage, reason), stage, name, value)
+            if name == "drops" and d > 0:
+                dropped.inc(d)
+
     def observe(
         self,
         *,
@@ -197,13 +207,7 @@ class CallMetrics:
         self._count(f.rx_frames_in, "rx", "frames_in", _number(s, "frames_in"))
         self._count(f.rx_drain_seconds, "rx", "time_in_drain_s", _number(s, "time_in_drain_s"))
         self._count(f.rx_drain_episodes, "rx", "drain_episodes", _number(s, "drain_episodes"))
-        for name, reason in _discard_fields(s, _RX_DISCARDS):
-            value = _number(s, name)
-            if value is None:
-                continue
-            d = self._count(f.discarded.labels("rx", reason), "rx", name, value)
-            if name == "drops" and d > 0:
-                f.rx_dropped.inc(d)
+        self._count_discards(s, "rx", _RX_DISCARDS, f.rx_dropped)
 
     def _observe_stt(self, s: Any) -> None:
         f = self._f
@@ -211,13 +215,7 @@ class CallMetrics:
         if q is not None:
             f.stt_queue.inc(q - self._stt_q)
             self._stt_q = q
-        for name, reason in _discard_fields(s, _STT_DISCARDS):
-            value = _number(s, name)
-            if value is None:
-                continue
-            d = self._count(f.discarded.labels("stt", reason), "stt", name, value)
-            if name == "drops" and d > 0:
-                f.stt_dropped.inc(d)
+        self._count_discards(s, "stt", _STT_DISCARDS, f.stt_dropped)
         write_ms = _number(s, "write_ms")
         if self._delta("stt", "requests_sent", _number(s, "requests_sent")) > 0 and write_ms is not None:
             f.stt_write_seconds.observe(max(write_ms, 0.0) / 1000.0)

@@ -24,19 +24,15 @@ class EspeakTTSService(TTSService):
     ``ErrorFrame`` for that utterance, never an exception out of the pipeline.
     """
 
-    def __init__(
-        self,
-        *,
-        voice: str = "en-us",
-        words_per_minute: int = 175,
-        timeout_s: float = 10.0,
-        espeak_path: str | None = None,
-        **kwargs,
-    ) -> None:
-        self._synth = EspeakSynthesizer(
-            voice=voice, words_per_minute=words_per_minute, timeout_s=timeout_s, espeak_path=espeak_path
-        )
-        store = TTSSettings(model=None, voice=voice, language=None)  # every field initialized, as Pipecat expects
+    def __init__(self, *, voice: str | None = None, synthesizer: EspeakSynthesizer | None = None, **kwargs) -> None:
+        """``voice`` (default ``en-us``) or a configured ``synthesizer`` (voice, speed, timeout, program path),
+        not both; other keyword arguments go to Pipecat's ``TTSService``."""
+        if synthesizer is not None and voice is not None:
+            raise ValueError("give EspeakTTSService a voice or a synthesizer (which has its voice), not both")
+        self._synth = synthesizer if synthesizer is not None else EspeakSynthesizer(voice=voice or "en-us")
+        store = TTSSettings(
+            model=None, voice=self._synth.voice, language=None
+        )  # every field initialized, as Pipecat expects
         super().__init__(push_start_frame=True, push_stop_frames=True, settings=store, **kwargs)
         self._file_resampler = create_file_resampler()
 

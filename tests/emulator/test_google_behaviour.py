@@ -352,6 +352,25 @@ def test_bad_fault_specs_name_the_field(spec, field):
         parse_fault_spec(spec)
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("latency:nan", "latency seconds must be a finite number >= 0"),
+        ("latency:-1", "latency seconds must be a finite number >= 0"),
+        ("stall:seconds=inf", "stall seconds must be a finite number > 0"),
+        ("stall:seconds=0", "stall seconds must be a finite number > 0"),
+        ("abort:after_s=nan", "after_s must be a finite number >= 0"),
+        ("refuse:-1", "refuse count must be an integer >= 0"),
+        ("down:nan", "down seconds must be a finite number >= 0"),
+    ],
+)
+def test_fault_numbers_that_are_nan_infinite_or_negative_are_refused_naming_them(emu, spec, message):
+    kind, params = parse_fault_spec(spec)  # the right types: refused when armed, as the CLI and /faults arm them
+    with pytest.raises(ValueError, match=message):
+        apply_fault(emu, kind, params)
+    assert emu.faults.describe() == {"latency_s": 0.0, "refuse_pending": 0, "rules": []}
+
+
 def test_control_endpoint_refuses_bad_field_types(emu):
     with pytest.raises(ValueError, match="after_chunks must be an integer"):
         apply_fault(emu, "abort", {"after_chunks": "x"})

@@ -116,7 +116,9 @@ def test_rule_llm_reads_text_parts_and_ignores_other_roles():
 
 def test_missing_espeak_is_a_clear_error_at_construction(tmp_path):
     with pytest.raises(EspeakNotFoundError, match="apt-get install espeak-ng"):
-        EspeakTTSService(espeak_path=str(tmp_path / "no-such-espeak-ng"))
+        EspeakTTSService(synthesizer=EspeakSynthesizer(espeak_path=str(tmp_path / "no-such-espeak-ng")))
+    with pytest.raises(ValueError, match="not both"):
+        EspeakTTSService(voice="en-us", synthesizer=EspeakSynthesizer(espeak_path=shutil.which("sh")))
     with pytest.raises(ValueError, match="voice"):
         EspeakSynthesizer(voice="--evil", espeak_path=shutil.which("sh"))
 
@@ -187,7 +189,7 @@ async def test_espeak_tts_failure_is_an_error_frame_not_a_crash(tmp_path):
     broken = tmp_path / "espeak-ng"
     broken.write_text("#!/bin/sh\necho 'voice not found' >&2\nexit 1\n")
     broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
-    tts = EspeakTTSService(espeak_path=str(broken))
+    tts = EspeakTTSService(synthesizer=EspeakSynthesizer(espeak_path=str(broken)))
 
     async def script(worker, src, dst):
         await worker.queue_frame(TTSSpeakFrame("hello"))
