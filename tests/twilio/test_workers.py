@@ -167,7 +167,7 @@ async def test_each_worker_caps_its_own_calls_at_max_calls_while_the_other_takes
     # both workers refused calls beyond their cap, the way a full process refuses: accepted, then close 1013
     refused_full = {pid: w["counters"]["refused_full"] for pid, w in final.items()}
     assert all(n >= 1 for n in refused_full.values()), refused_full
-    assert refused and all(s.close_code == 1013 and s.frames_sent == 0 for s in refused), refused
+    assert refused and all(s.twiml_status == 200 and s.close_code == 1013 and s.frames_sent <= 5 for s in refused), refused
     assert sum(refused_full.values()) == len(refused)
     assert code == 0, proc.log[-3000:]
 
