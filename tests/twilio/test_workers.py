@@ -183,3 +183,21 @@ def test_workers_default_to_one_per_core_and_need_no_secret_in_the_config():
     assert worker_count(make_config(workers=3)) == 3
     # no secret needed in the config: the supervisor makes one for its workers (see the test above)
     assert make_config(workers=2).media_token_secret is None
+
+
+def test_a_default_start_runs_one_worker_per_core_without_any_secret_set(tmp_path, emulator):
+    """No WORKERS, no MEDIA_TOKEN_SECRET: the bot starts (one worker per core here) and stops with exit 0."""
+    env = clean_env(tmp_path, SPEECH_EMULATOR_HOST=emulator.address, STT_LANGUAGE="en-US")
+    del env["WORKERS"]
+    proc = BotProcess(env)
+    try:
+        proc.wait_ready(120)
+        ready = urllib.request.urlopen(f"{proc.url}/readyz", timeout=5).status
+    finally:
+        code = proc.stop()
+    assert ready == 200 and code == 0, proc.log[-3000:]
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        assert f"[BOT] {cores} workers listening" in proc.log
+        assert f"MEDIA_TOKEN_SECRET is not set: the {cores} workers share a random one" in proc.log
+    assert "configuration error" not in proc.log
