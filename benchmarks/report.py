@@ -298,6 +298,23 @@ def scale_capacity(by, key: str = "age_p99_ms") -> dict:
     return cap
 
 
+#: measured by hand with ``python -m benchmarks.bench_workers`` (not part of ``benchmarks.run``); the part of it
+#: between these markers is copied into RESULTS.md verbatim, so regenerating RESULTS.md keeps it
+WORKERS_RESULTS = Path(__file__).resolve().parent / "RESULTS_workers.md"
+WORKERS_BEGIN, WORKERS_END = "<!-- RESULTS.md section: begin -->", "<!-- RESULTS.md section: end -->"
+
+
+def workers_section(path: Path = WORKERS_RESULTS) -> list[str]:
+    """The lines of ``path`` between :data:`WORKERS_BEGIN` and :data:`WORKERS_END` (none if absent), then a blank."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if WORKERS_BEGIN not in text or WORKERS_END not in text:
+        return []
+    body = text.split(WORKERS_BEGIN, 1)[1].split(WORKERS_END, 1)[0].strip("\n")
+    return [*body.splitlines(), ""]
+
+
 def write_report(rows: list[dict], out: Path, *, mode: str, elapsed_s: float) -> Path:
     """Write ``out/RESULTS.md`` and ``out/plots/*.png``; returns the RESULTS.md path."""
     out = Path(out)
@@ -357,6 +374,7 @@ def write_report(rows: list[dict], out: Path, *, mode: str, elapsed_s: float) ->
             f"the last call started): stock {steady_cap['stock']}, blocking {steady_cap['blocking']}, ours {steady_cap['ours']}."
         )
         L.append("")
+    L += workers_section()
     L.append("## Per scenario")
     L.append("")
     for key in order:

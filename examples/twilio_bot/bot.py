@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="bind address (default 127.0.0.1; use 0.0.0.0 only behind a proxy/in a container)")
     p.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--log-level", help="DEBUG, INFO, ...")
-    p.add_argument("--workers", type=int, help="processes on this port (default WORKERS, 1; 0 = one per core)")
+    p.add_argument("--workers", type=int, help="processes on this port (default WORKERS, else 0 = one per core)")
     args = p.parse_args(argv)
     try:
         cfg = BotConfig.from_env(host=args.host, port=args.port, log_level=args.log_level, workers=args.workers)

@@ -327,6 +327,7 @@ def run_demo(
                 BOT_AUDIO_PATH=ap,
                 STATS_TOKEN=token,
                 PYTHONUNBUFFERED="1",
+                WORKERS="1",  # one process: the demo reads the call's record from its /stats
             )
             bots[name] = _BotProcess(name, env, echo)  # both start at once; the calls run one after the other
         for name, _ap in PATHS:

@@ -169,8 +169,9 @@ class ServerConfig:
     log_level: str = setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS)
     # a MetricsFrame with RX and STT numbers each second per call, and Pipecat's own metrics (enable_metrics)
     pipeline_metrics: bool = setting("PIPELINE_METRICS", False)
-    # processes serving this port (see pipecat_rxdrain.twilio.workers); 0 = one per core
-    workers: int = setting("WORKERS", 1, min=0, max=256)
+    # processes serving this port (see pipecat_rxdrain.twilio.workers); 0 (the default) = one per core.
+    # Without MEDIA_TOKEN_SECRET the workers of one machine share a random secret their supervisor makes.
+    workers: int = setting("WORKERS", 0, min=0, max=256)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any):
@@ -189,10 +190,6 @@ class ServerConfig:
             raise ConfigError("MEDIA_TOKEN_SECRET must be at least 16 bytes")
         if self.stats_token is not None and len(self.stats_token.encode()) < 16:
             raise ConfigError("STATS_TOKEN must be at least 16 bytes")
-        if self.workers != 1 and self.require_media_token and not self.media_token_secret:
-            raise ConfigError(
-                "WORKERS other than 1 needs MEDIA_TOKEN_SECRET: a call's webhook and websocket may reach different workers"
-            )
         if self.metrics_token is not None and len(self.metrics_token.encode()) < 16:
             raise ConfigError("METRICS_TOKEN must be at least 16 bytes")
 

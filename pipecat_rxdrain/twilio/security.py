@@ -1,4 +1,4 @@
-"""The bot's doors: Twilio webhook signatures and per-call media-stream tokens.
+"""The bot's doors: Twilio webhook signatures, the public URL they are checked against, per-call media tokens.
 
 No Pipecat import. Secrets never appear in reprs or in exception messages.
 """
@@ -15,12 +15,152 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 from ..clock import Clock
 
 TOKEN_PARAMETER = "token"
 #: ``<expiry: up to 12 ASCII digits>.<43 base64url chars>``; anything else is malformed (never parsed further).
 _TOKEN_RE = re.compile(r"[0-9]{1,12}\.[A-Za-z0-9_-]{43}")
+
+
+#: a host name (labels of letters, digits and inner hyphens; ``_`` tolerated for internal names) or an IPv4
+#: address, or a bracketed IPv6 address, each with an optional port. Anything else is not a host.
+_HOST_RE = re.compile(
+    r"(?:(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?"
+)
+#: one ``name=value`` pair of an RFC 7239 ``Forwarded`` element (value a token or a quoted string)
+_FORWARDED_PAIR_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,"\s]*)\s*')
+_SCHEMES = ("http", "https")
+
+
+def is_host(value: str) -> bool:
+    """True for ``host[:port]`` as it may appear in a URL's authority (at most 255 characters, port <= 65535)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 255:
+        return False
+    m = _HOST_RE.fullmatch(value)
+    return m is not None and (m.group(1) is None or int(m.group(1)) <= 65535)
+
+
+def _first_entry(header: str | None) -> str:
+    """The first (client-side) entry of a comma-separated list header, stripped."""
+    return (header or "").split(",", 1)[0].strip()
+
+
+def _forwarded_first(header: str | None) -> dict[str, str] | None:
+    """The pairs of the first element of an RFC 7239 ``Forwarded`` header; ``None`` if absent or malformed."""
+    if not header:
+        return None
+    pairs: dict[str, str] = {}
+    pos = 0
+    while pos < len(header):
+        m = _FORWARDED_PAIR_RE.match(header, pos)
+        if m is None:
+            return None
+        value = m.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        pairs[m.group(1).lower()] = value
+        pos = m.end()
+        if pos < len(header) and header[pos] == ";":
+            pos += 1
+        elif pos < len(header) and header[pos] == ",":
+            break  # the next element is the next proxy's: only the first is the client's
+        elif pos < len(header):
+            return None
+    return pairs
+
+
+class ForwardedSource(StrEnum):
+    """Where :func:`public_origin` took the host from."""
+
+    PUBLIC_HOST = "public_host"
+    FORWARDED = "forwarded"
+    X_FORWARDED = "x_forwarded"
+    HOST = "host"
+
+
+@dataclass(frozen=True)
+class PublicOrigin:
+    """The scheme and host a client (Twilio) used to reach the bot, as a proxy in front reported them.
+
+    ``rejected`` names the forwarded headers that were present but not a host/scheme (they were ignored).
+    """
+
+    scheme: str  # "http" or "https"
+    host: str | None  # None: no valid host anywhere (the signature check then fails)
+    host_source: ForwardedSource
+    rejected: tuple[str, ...] = ()
+
+    def url(self, path: str, query: str = "", *, websocket: bool = False) -> str | None:
+        """The public URL of ``path`` (``ws``/``wss`` for a websocket), or ``None`` without a valid host."""
+        if self.host is None:
+            return None
+        scheme = {"http": "ws", "https": "wss"}[self.scheme] if websocket else self.scheme
+        return f"{scheme}://{self.host}{path}{'?' + query if query else ''}"
+
+
+def public_origin(headers: Mapping[str, str], scheme: str, public_host: str | None = None) -> PublicOrigin:
+    """The origin Twilio called, from the request's ``headers`` (lower-case names) and its own ``scheme``.
+
+    Host: ``public_host`` (``PUBLIC_HOST``) if set; else the ``host=`` of the first element of
+    ``Forwarded`` (RFC 7239); else the first (client-side) entry of ``X-Forwarded-Host``; else
+    ``Host``. Scheme: ``https`` with ``public_host``; else ``proto=`` of the first ``Forwarded``
+    element; else the first entry of ``X-Forwarded-Proto``; else ``scheme``. A forwarded value
+    that is not a host (or not ``http``/``https``) is ignored, named in ``rejected``, and the
+    next source is used: the signature check then runs against that URL (and fails for a URL
+    Twilio did not sign). Never raises on any header value.
+
+    Trust: any peer may send these headers. They only choose which URL the signature is checked
+    against (the HMAC still needs the auth token), so a forged one can at most replay a genuine
+    signature made for another public URL of the same Twilio account: set ``PUBLIC_HOST`` to pin it.
+    """
+    rejected: list[str] = []
+    forwarded = None
+    raw_forwarded = headers.get("forwarded")
+    if raw_forwarded:
+        forwarded = _forwarded_first(raw_forwarded)
+        if forwarded is None:
+            rejected.append("forwarded")
+            forwarded = {}
+    forwarded = forwarded or {}
+
+    if public_host:
+        return PublicOrigin("https", public_host, ForwardedSource.PUBLIC_HOST, tuple(rejected))
+
+    proto = None
+    if "proto" in forwarded:
+        if forwarded["proto"].lower() in _SCHEMES:
+            proto = forwarded["proto"].lower()
+        else:
+            rejected.append("forwarded proto")
+    if proto is None and headers.get("x-forwarded-proto"):
+        first = _first_entry(headers.get("x-forwarded-proto")).lower()
+        if first in _SCHEMES:
+            proto = first
+        else:
+            rejected.append("x-forwarded-proto")
+    if proto is None:
+        proto = scheme if scheme in _SCHEMES else {"ws": "http", "wss": "https"}.get(scheme, "http")
+
+    host, source = None, ForwardedSource.HOST
+    if "host" in forwarded:
+        if is_host(forwarded["host"]):
+            host, source = forwarded["host"], ForwardedSource.FORWARDED
+        else:
+            rejected.append("forwarded host")
+    if host is None and headers.get("x-forwarded-host"):
+        first = _first_entry(headers.get("x-forwarded-host"))
+        if is_host(first):
+            host, source = first, ForwardedSource.X_FORWARDED
+        else:
+            rejected.append("x-forwarded-host")
+    if host is None:
+        own = (headers.get("host") or "").strip()
+        host = own if is_host(own) else None
+    return PublicOrigin(proto, host, source, tuple(rejected))
 
 
 class WebhookVerifier:

@@ -5,7 +5,10 @@
 * ``POST /twiml``: Twilio's voice webhook. The body is read with a cap while it
   streams (413 at ``max_webhook_bytes``, nothing buffered beyond it) and a deadline
   (408 after ``request_timeout_s``), *then* ``X-Twilio-Signature`` is checked (when
-  ``TWILIO_AUTH_TOKEN`` is set), the CallSid must be a Twilio call SID (400), and
+  ``TWILIO_AUTH_TOKEN`` is set) over the public URL: ``PUBLIC_HOST``, else the client-side
+  entry of ``Forwarded``/``X-Forwarded-Host`` and ``-Proto``, else ``Host``
+  (:func:`~pipecat_rxdrain.twilio.security.public_origin`; malformed ones are ignored and
+  counted as ``forwarded_header_invalid``), the CallSid must be a Twilio call SID (400), and
   one answer per CallSid is given (a replayed webhook gets 409). The answer is
   ``<Connect><Stream url="wss://HOST/ws">`` with a per-call token ``<Parameter>``.
 * ``/ws``: the Media Streams websocket. With ``TWILIO_AUTH_TOKEN`` set, the upgrade's
@@ -61,7 +64,7 @@ from .logs import ThrottledWarnings, loggable
 from .loop_lag import LoopLagMonitor
 from .media_call import BuildPipeline, MediaStreamCall
 from .messages import Rejected, Start, TwilioStreamParser, is_sid
-from .security import TOKEN_PARAMETER, MediaTokens, WebhookVerifier
+from .security import TOKEN_PARAMETER, MediaTokens, PublicOrigin, WebhookVerifier, public_origin
 
 #: close codes (RFC 6455 / IANA)
 CLOSE_POLICY = 1008
@@ -112,13 +115,6 @@ async def read_until_start(websocket: WebSocket, parser: TwilioStreamParser, war
                 f"[TWILIO] dropped bad message before start (reason={parsed.reason.value}): {parsed.detail}",
             )
     return None
-
-
-def _forwarded_proto(request) -> str:
-    """The scheme the client used: the first (client-side) entry of ``X-Forwarded-Proto``, if it is one."""
-    header = request.headers.get("x-forwarded-proto", "")
-    first = header.split(",")[0].strip().lower()
-    return first if first in ("http", "https") else request.url.scheme
 
 
 def create_app(
@@ -187,16 +183,20 @@ def create_app(
     # An ASGI app: Starlette serves a non-function endpoint as one (its stub only types request handlers).
     app.add_route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])  # type: ignore[arg-type]
 
-    def public_url(request) -> str:
-        """The URL Twilio called (and signed): PUBLIC_HOST if set, else the proxy's X-Forwarded-Proto and Host."""
-        websocket = request.scope["type"] == "websocket"
-        if config.public_host:
-            query = f"?{request.url.query}" if request.url.query else ""
-            return f"{'wss' if websocket else 'https'}://{config.public_host}{request.url.path}{query}"
-        scheme = _forwarded_proto(request)
-        if websocket:
-            scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
-        return str(request.url.replace(scheme=scheme))
+    def origin(request) -> PublicOrigin:
+        """Scheme and host Twilio called: PUBLIC_HOST, else the proxy's Forwarded / X-Forwarded-*, else Host."""
+        found = public_origin(request.headers, request.url.scheme, config.public_host)
+        if found.rejected:
+            peer = loggable(request.client.host if request.client else "?", 64)
+            warn(
+                "forwarded_header_invalid",
+                f"[BOT] ignored malformed {', '.join(found.rejected)} header(s) (from {peer})",
+            )
+        return found
+
+    def public_url(request) -> str | None:
+        """The URL Twilio called (and signed), or ``None`` when the request names no valid host."""
+        return origin(request).url(request.url.path, request.url.query, websocket=request.scope["type"] == "websocket")
 
     def text(body: str, status: int, **headers: str) -> Response:
         return Response(body + "\n", status_code=status, media_type="text/plain", headers=headers or None)
@@ -219,13 +219,18 @@ def create_app(
             return text("request timeout", 408, connection="close")
         # Twilio posts application/x-www-form-urlencoded (parsed here: no python-multipart needed).
         params = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        if verifier is not None and not verifier.verify(
-            public_url(request), params, request.headers.get("x-twilio-signature")
+        found = origin(request)
+        signed_url = found.url(request.url.path, request.url.query)
+        if verifier is not None and (
+            signed_url is None or not verifier.verify(signed_url, params, request.headers.get("x-twilio-signature"))
         ):
             warn("webhook_bad_signature", f"[BOT] webhook rejected: bad or missing X-Twilio-Signature (from {peer})")
             return text("forbidden", 403)
         if registry.shutting_down:
             return text("shutting down", 503)
+        if found.host is None:
+            warn("webhook_bad_host", f"[BOT] webhook refused: no valid Host / X-Forwarded-Host (from {peer})")
+            return text("missing or malformed Host", 400)
         call_sid = params.get("CallSid", "")
         if not is_sid(call_sid, "CA"):
             warn(
@@ -237,10 +242,9 @@ def create_app(
             if token is None:
                 warn("webhook_replayed", "[BOT] webhook refused: this CallSid was already answered (replay)")
                 return text("call already answered", 409)
-            host = config.public_host or request.headers.get("host", "")
             response = VoiceResponse()
             connect = Connect()
-            stream = Stream(url=f"wss://{host}/ws")
+            stream = Stream(url=f"wss://{found.host}/ws")
             stream.parameter(name=TOKEN_PARAMETER, value=token)
             if params.get("From"):
                 stream.parameter(name="from_number", value=params["From"][:64])
@@ -283,8 +287,9 @@ def create_app(
 
     @app.websocket("/ws")
     async def media(websocket: WebSocket):
-        if verifier is not None and not verifier.verify(
-            public_url(websocket), {}, websocket.headers.get("x-twilio-signature")
+        ws_url = public_url(websocket) if verifier is not None else None
+        if verifier is not None and (
+            ws_url is None or not verifier.verify(ws_url, {}, websocket.headers.get("x-twilio-signature"))
         ):
             # Twilio signs the upgrade (the wss:// URL of <Stream>, no parameters): refused before accepting.
             peer = loggable(websocket.client.host if websocket.client else "?", 64)

@@ -1,13 +1,17 @@
 """One bot process per core: a supervisor starts N workers on one port and drains them all on SIGTERM.
 
-``serve_forever`` with ``workers > 1`` (``WORKERS``/``--workers``; 0 = one per core) runs
+``serve_forever`` with more than one worker (``WORKERS``/``--workers``; 0, the default, = one per core) runs
 :func:`supervise`: the supervisor reserves the port, then starts N copies of the same
 command line (``sys.orig_argv``) as workers. Each worker binds its own ``SO_REUSEPORT``
 socket on that port, so the kernel spreads new connections over the workers; each
 runs its own event loop, warm-up, :class:`~pipecat_rxdrain.twilio.calls.CallRegistry`
 and ``MAX_CALLS``. Webhook and websocket of one call may land on different workers:
-the media token is checked with the shared ``MEDIA_TOKEN_SECRET`` (required with
-workers). Metrics: ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when not
+the media token is checked with the shared ``MEDIA_TOKEN_SECRET``. When it is not set,
+the supervisor makes one random secret (32 bytes) at start and hands it to its workers in
+their environment only (never logged, never written anywhere): the workers of one machine
+agree, and a restart invalidates the tokens of webhooks answered before it (they live
+``MEDIA_TOKEN_TTL_S``). Several machines behind one balancer still need a shared
+``MEDIA_TOKEN_SECRET``. Metrics: ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when not
 set), wiped at start; a worker that exits is marked dead there.
 
 ``BOT_LISTENING=...`` is printed once every worker is warm and listening. SIGTERM/SIGINT
@@ -19,6 +23,7 @@ No Pipecat import.
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -71,8 +76,9 @@ def notify_ready() -> None:
 
 
 class _Supervisor:
-    def __init__(self, config: ServerConfig, n: int) -> None:
+    def __init__(self, config: ServerConfig, n: int, media_token_secret: str | None = None) -> None:
         self.config, self.n = config, n
+        self._media_token_secret = media_token_secret  # generated here: handed to the workers, never logged
         self.stopping = False
         self.children: dict[int, subprocess.Popen] = {}
         self._own_metrics_dir = False
@@ -83,6 +89,8 @@ class _Supervisor:
         env[WORKER_PORT_ENV] = str(port)
         assert self.metrics_dir is not None  # _prepare_metrics_dir ran first
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        if self._media_token_secret is not None:
+            env["MEDIA_TOKEN_SECRET"] = self._media_token_secret
         fds: tuple[int, ...] = ()
         if ready_w is not None:
             env[WORKER_READY_FD_ENV] = str(ready_w)
@@ -197,9 +205,16 @@ class _Supervisor:
 
 
 def supervise(config: ServerConfig, n: int) -> int:
-    """Run ``n`` workers of this same command line on ``config.port`` until SIGTERM/SIGINT; the exit code."""
+    """Run ``n`` workers of this same command line on ``config.port`` until SIGTERM/SIGINT; the exit code.
+
+    Without ``MEDIA_TOKEN_SECRET`` (and with ``REQUIRE_MEDIA_TOKEN``) the workers get one random
+    secret made here, so a token one worker issued is accepted by the others.
+    """
+    generated = None
     if config.require_media_token and not config.media_token_secret:
-        # checked here too, for a config built in code rather than from the environment
-        print("bot: configuration error: WORKERS > 1 needs MEDIA_TOKEN_SECRET (shared by the workers)", file=sys.stderr)
-        return 2
-    return _Supervisor(config, n).run()
+        generated = secrets.token_urlsafe(32)
+        logger.info(
+            f"[BOT] MEDIA_TOKEN_SECRET is not set: the {n} workers share a random one made at start "
+            "(set it when several machines serve one number)"
+        )
+    return _Supervisor(config, n, generated).run()

@@ -280,3 +280,28 @@ def test_checks_can_fail():
     assert seconds("1m30s") == 90 and seconds("20s") == 20
     known = set(env_names(bot_config_class()).values())
     assert "BOT_PORT" in known and "SHUTDOWN_GRACE_S" in known and "MAX_CALLS" in known
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ``ENV`` of the bot's Dockerfile (``KEY=VALUE`` pairs, continuation lines joined)."""
+    text = (REPO / "examples" / "twilio_bot" / "Dockerfile").read_text().replace("\\\n", " ")
+    out: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.*)$", text, re.M):
+        out.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return out
+
+
+def test_containers_run_one_bot_process_each_while_the_bots_default_is_one_per_core():
+    # The bot's default (WORKERS=0: one per core) would count the host's cores inside a container;
+    # every container file pins one process and scales with replicas instead.
+    cls = bot_config_class()
+    assert cls.from_env({}).workers == 0
+    assert config_from(dockerfile_env()).workers == 1
+    c = compose()
+    for name in BOT_SERVICES:
+        assert config_from(compose_env(c["services"][name])).workers == 1, name
+    (container,) = k8s_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert config_from(container_env(container)).workers == 1
+    # .env.example must not override the image's WORKERS=1 under `docker run --env-file`
+    example = (REPO / "examples" / "twilio_bot" / ".env.example").read_text()
+    assert not re.search(r"^WORKERS=", example, re.M) and re.search(r"^# WORKERS=0$", example, re.M)

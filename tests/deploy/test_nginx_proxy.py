@@ -94,8 +94,9 @@ def test_twiml_post_over_https_reaches_a_bot_with_forwarded_headers(stack):
     answer = json.loads(body)
     assert answer["body_len"] == len(b"CallSid=CA123&From=%2B15550001")
     host = f"127.0.0.1:{proxy.https_port}"
+    # the public host travels in X-Forwarded-Host; Host is the upstream group's name
     assert answer["headers"] == {
-        "x-forwarded-proto": "https", "x-forwarded-host": host, "x-forwarded-for": "127.0.0.1", "host": host,
+        "x-forwarded-proto": "https", "x-forwarded-host": host, "x-forwarded-for": "127.0.0.1", "host": "rxdrain_bots",
     }
 
 

@@ -91,7 +91,8 @@ async def running_bot(config, *, metrics=None):
 
 def make_config(**overrides):
     bot = load_bot_module()
-    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG", stats_token=STATS_TOKEN)
+    # workers=1: the tests serve one app in this process (the default, one worker per core, is for serve_forever)
+    base = dict(host="127.0.0.1", port=0, stt_language="en-US", log_level="DEBUG", stats_token=STATS_TOKEN, workers=1)
     base.update(overrides)
     return bot.BotConfig.from_env({}, **base)
 
@@ -103,12 +104,17 @@ def get_json(url: str, token: str | None = STATS_TOKEN) -> dict:
 
 
 def clean_env(tmp_path, **extra) -> dict[str, str]:
-    """The environment for a bot subprocess: none of the developer's Google/Twilio/bot settings."""
+    """The environment for a bot subprocess: none of the developer's Google/Twilio/bot settings.
+
+    ``WORKERS=1`` unless ``extra`` says otherwise: the bot's default (one worker per core) would put
+    a supervisor in front, and these tests read one process's ``/stats``.
+    """
     import os
 
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GOOGLE", "TWILIO", "SPEECH_", "STT_", "RX_", "BOT_", "MEDIA_", "STATS_", "MAX_"))}
-    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), PYTHONUNBUFFERED="1")
+           if not k.startswith(("GOOGLE", "TWILIO", "SPEECH_", "STT_", "RX_", "BOT_", "MEDIA_", "STATS_", "MAX_",
+                                "WORKERS", "PROMETHEUS_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), PYTHONUNBUFFERED="1", WORKERS="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -92,3 +92,70 @@ def test_webhook_signature_checks():
     assert not WebhookVerifier("another-auth-token-0123456789").verify(URL, PARAMS, good)
     with pytest.raises(ValueError):
         WebhookVerifier("")
+
+
+# --- the public URL the signature is checked against (PUBLIC_HOST, Forwarded, X-Forwarded-*, Host) ---
+from pipecat_rxdrain.twilio.security import ForwardedSource, is_host, public_origin  # noqa: E402
+
+
+def test_public_host_wins_over_every_forwarded_header():
+    o = public_origin({"host": "10.0.0.5:8765", "x-forwarded-host": "other.example", "x-forwarded-proto": "http",
+                       "forwarded": "proto=http;host=third.example"}, "http", "bot.example.com")
+    assert (o.scheme, o.host, o.host_source) == ("https", "bot.example.com", ForwardedSource.PUBLIC_HOST)
+    assert o.url("/ws", websocket=True) == "wss://bot.example.com/ws"
+
+
+def test_x_forwarded_host_and_proto_use_the_client_side_entry_of_a_list():
+    o = public_origin({"host": "rxdrain_bots", "x-forwarded-host": " bot.example.com:8443 , inner.proxy",
+                       "x-forwarded-proto": "HTTPS, http"}, "http")
+    assert (o.scheme, o.host, o.host_source, o.rejected) == ("https", "bot.example.com:8443",
+                                                             ForwardedSource.X_FORWARDED, ())
+    assert o.url("/twiml", "a=1") == "https://bot.example.com:8443/twiml?a=1"
+    assert o.url("/ws", websocket=True) == "wss://bot.example.com:8443/ws"
+
+
+def test_rfc7239_forwarded_first_element_wins_over_x_forwarded():
+    headers = {"host": "rxdrain_bots", "x-forwarded-host": "xf.example", "x-forwarded-proto": "http",
+               "forwarded": 'for=203.0.113.9;proto=https;host="bot.example.com", for=10.0.0.1;host=inner'}
+    o = public_origin(headers, "http")
+    assert (o.scheme, o.host, o.host_source) == ("https", "bot.example.com", ForwardedSource.FORWARDED)
+    # an element without host= leaves the host to X-Forwarded-Host (proto still from Forwarded)
+    o = public_origin({**headers, "forwarded": "for=203.0.113.9;proto=https"}, "http")
+    assert (o.scheme, o.host) == ("https", "xf.example")
+
+
+def test_without_proxy_headers_it_is_the_request_itself():
+    assert public_origin({"host": "127.0.0.1:8765"}, "http").url("/twiml") == "http://127.0.0.1:8765/twiml"
+    assert public_origin({"host": "127.0.0.1:8765"}, "ws").url("/ws", websocket=True) == "ws://127.0.0.1:8765/ws"
+    assert public_origin({"host": "[::1]:8765"}, "wss").url("/ws", websocket=True) == "wss://[::1]:8765/ws"
+
+
+@pytest.mark.parametrize("garbage", [
+    "evil.example/path", "evil.example?x=1", "a b", "user@evil.example", "evil.example:99999", "evil.example:",
+    "-evil.example", "a..b", "x" * 300, "\u00e9vil.example", "evil.example\r\nX-Injected: 1", "[::1", "",
+])
+def test_a_malformed_forwarded_host_is_ignored_named_and_falls_back_to_host(garbage):
+    o = public_origin({"host": "127.0.0.1:8765", "x-forwarded-host": garbage, "x-forwarded-proto": "https"}, "http")
+    assert o.host == "127.0.0.1:8765" and o.host_source == ForwardedSource.HOST
+    assert o.rejected == (("x-forwarded-host",) if garbage else ())
+    o = public_origin({"host": "127.0.0.1:8765", "forwarded": f'host="{garbage}"'}, "http")
+    assert o.host == "127.0.0.1:8765"
+
+
+@pytest.mark.parametrize("forwarded", ['host="unterminated', "host", ";;=", 'proto=https;host=a"b', "proto=https host=x"])
+def test_a_malformed_forwarded_header_is_ignored_never_a_crash(forwarded):
+    o = public_origin({"host": "127.0.0.1:8765", "forwarded": forwarded}, "http")
+    assert (o.scheme, o.host) == ("http", "127.0.0.1:8765")
+    assert o.rejected
+
+
+def test_bad_schemes_and_hosts_everywhere_give_no_url():
+    o = public_origin({"host": "bad host", "x-forwarded-proto": "gopher"}, "http")
+    assert o.scheme == "http" and o.rejected == ("x-forwarded-proto",)
+    assert o.host is None and o.url("/twiml") is None  # the signature check then fails: 403
+
+
+def test_is_host_accepts_names_addresses_and_ports_only():
+    good = ["bot.example.com", "bot.example.com.", "127.0.0.1", "127.0.0.1:443", "[2001:db8::1]:8443", "rxdrain_bots"]
+    assert all(is_host(h) for h in good)
+    assert not any(is_host(h) for h in ["", "a/b", "a:b", "[zz]", "a:-1", None])

@@ -2,9 +2,11 @@
 
 The cold-start test runs the example bot as a fresh process (nothing imported, nothing
 cached), answers its first webhook and streams its first call: RX must not go into drain
-(peak q <= 5, the caller has no network stall) and the loop-block monitor's worst block is
-printed for the README; the assert on it is a coarse 250 ms (a cold load blocks ~530 ms), not the
-50 ms budget, because this machine is shared.
+(peak q <= 5, the caller has no network stall) and the event loop is never blocked > 50 ms by
+the bot's own work: the loop-lag monitor's CPU measure (loop-thread CPU between two 10 ms ticks,
+which other processes on this shared 2-core box cannot inflate) must stay <= 50 ms. Its wall-clock
+worst block (which they can) gets a coarse 250 ms bound (a cold load blocks ~530 ms). Both are
+printed for the README.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ async def test_first_call_of_a_fresh_process_starts_in_normal_mode(tmp_path, emu
     assert rx["peak_q"] <= 5 and rx["drain_episodes"] == 0 and rx["drops"] == 0, rx
     assert rx["frames_in"] == summary.frames_sent
     # Loading Silero and the services on the loop (no warm-up, pipeline built on the loop) blocks it
-    # ~530 ms on this machine; warm, the worst block is ~25 ms. The bound is 10x that, not a latency target.
-    assert stats["loop"]["max_block_ms"] < 250, stats["loop"]
+    # ~530 ms on this machine. Warm, no callback of the first call computes for more than the 50 ms budget:
+    loop = stats["loop"]
+    assert loop["max_cpu_block_ms"] <= 50 and loop["cpu_blocks_over_50ms"] == 0, loop
+    # wall clock also counts other processes holding the core (and waits): only a coarse bound
+    assert loop["max_block_ms"] < 250, loop
 
 
 async def test_readyz_passes_after_warm_up_and_fails_from_shutdown_on(emulator):
@@ -94,7 +99,7 @@ from pipecat_rxdrain.twilio.config import ServerConfig
 from pipecat_rxdrain.twilio.server import create_app, serve_forever
 def broken():
     raise RuntimeError("model file missing")
-cfg = ServerConfig(port=0, require_media_token=False)
+cfg = ServerConfig(port=0, require_media_token=False, workers=1)
 raise SystemExit(serve_forever(cfg, create_app(cfg, lambda call: [], warm_up=broken)))
 """
 
@@ -120,3 +125,45 @@ async def test_loop_lag_monitor_sees_a_block():
     await monitor.stop()
     assert monitor.max_block_s >= 0.15
     assert monitor.stats()["blocks_over_50ms"] >= 1
+    assert monitor.max_cpu_block_s < 0.1  # a wait, not computation: the CPU measure does not count it
+
+
+async def test_loop_lag_monitor_measures_the_loop_threads_cpu_not_the_machines():
+    import threading
+    import time
+
+    monitor = LoopLagMonitor(interval_s=0.005)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    spent = time.thread_time()
+    while time.thread_time() - spent < 0.12:  # 120 ms of this thread's CPU, on the loop, however busy the box
+        pass
+    await asyncio.sleep(0.05)
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            pass
+
+    burner = threading.Thread(target=burn)
+    burner.start()  # another thread computing (GIL switches every 5 ms) is not the loop's CPU
+    await asyncio.sleep(0.2)
+    stop.set()
+    burner.join(5)
+    await monitor.stop()
+    assert monitor.max_cpu_block_s >= 0.12
+    assert monitor.stats()["cpu_blocks_over_50ms"] == 1, monitor.stats()
+
+
+def test_loop_lag_monitor_cpu_clock_is_injectable():
+    ticks = iter([0.0, 0.070, 0.070, 0.071])
+
+    async def run():
+        monitor = LoopLagMonitor(interval_s=0.001, cpu_clock=lambda: next(ticks, 0.071))
+        monitor.start()
+        await asyncio.sleep(0.03)
+        await monitor.stop()
+        return monitor.stats()
+
+    stats = asyncio.run(run())
+    assert stats["max_cpu_block_ms"] == 70.0 and stats["cpu_blocks_over_50ms"] == 1
