@@ -39,11 +39,13 @@ wheel-demo: dist
 	  for i in $$(seq 150); do grep -q '^SPEECH_EMULATOR_HOST=' $$out && break; sleep 0.2; done; \
 	  kill -INT $$pid; wait $$pid; rc=$$?; grep '^SPEECH_EMULATOR_HOST=' $$out && grep -q '^emulator stopped' $$out && test $$rc -eq 0
 
-# mypy reads its settings (packages, strictness) from pyproject.toml [tool.mypy].
+# mypy reads its settings (packages, strictness) from pyproject.toml [tool.mypy]; the example bot
+# (shipped in the wheel) is checked with the same settings.
 lint: setup
-	$(BIN)/ruff check pipecat_rxdrain
-	$(BIN)/ruff format --check pipecat_rxdrain
+	$(BIN)/ruff check pipecat_rxdrain examples
+	$(BIN)/ruff format --check pipecat_rxdrain examples
 	$(BIN)/mypy
+	$(BIN)/mypy examples/twilio_bot/bot.py
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --full

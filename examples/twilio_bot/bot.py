@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pipecat_rxdrain.twilio.config import ConfigError, ServerConfig, check_google_credentials, setting
@@ -29,6 +30,18 @@ from pipecat_rxdrain.twilio.logs import configure_logging
 from pipecat_rxdrain.twilio.media_call import MediaStreamCall
 from pipecat_rxdrain.twilio.server import create_app as create_server_app
 from pipecat_rxdrain.twilio.server import serve_forever
+
+
+class BotMode(StrEnum):
+    AUTO = "auto"  # full if LLM/TTS credentials are set, else transcribe
+    TRANSCRIBE = "transcribe"
+    FULL = "full"  # Gemini + Google TTS
+    OFFLINE = "offline"  # rule-based replies + espeak-ng, no network
+
+
+class AudioPath(StrEnum):
+    RXDRAIN = "rxdrain"
+    BLOCKING = "blocking"  # the baseline we replace (emulator only)
 
 
 @dataclass
@@ -43,11 +56,13 @@ class BotConfig(ServerConfig):
     google_credentials_path: str | None = setting("GOOGLE_APPLICATION_CREDENTIALS", None, kind=str)
     google_credentials_json: str | None = setting("GOOGLE_CREDENTIALS_JSON", None, kind=str, secret=True)
     google_api_key: str | None = setting("GOOGLE_API_KEY", None, kind=str, secret=True)
-    bot_mode: str = setting("BOT_MODE", "auto", choices=("auto", "transcribe", "full", "offline"))
-    audio_path: str = setting("BOT_AUDIO_PATH", "rxdrain", choices=("rxdrain", "blocking"))
+    bot_mode: BotMode = setting("BOT_MODE", BotMode.AUTO)
+    audio_path: AudioPath = setting("BOT_AUDIO_PATH", AudioPath.RXDRAIN)
     llm_model: str | None = setting("LLM_MODEL", None, kind=str)
     tts_voice: str | None = setting("TTS_VOICE", None, kind=str)  # offline mode: an espeak-ng voice (default en-us)
-    system_prompt: str = setting("SYSTEM_PROMPT", "You are a helpful phone assistant. Answer briefly, in the caller's language.")
+    system_prompt: str = setting(
+        "SYSTEM_PROMPT", "You are a helpful phone assistant. Answer briefly, in the caller's language."
+    )
     rx_max_queue: int = setting("RX_MAX_QUEUE", 200, positive=True, max=50_000)
     rx_high_watermark: int = setting("RX_HIGH_WATERMARK", 100, positive=True)
     rx_low_watermark: int = setting("RX_LOW_WATERMARK", 20, min=0)
@@ -64,12 +79,12 @@ class BotConfig(ServerConfig):
     @property
     def offline_replies(self) -> bool:
         """Answer with the offline services (rule-based LLM + espeak-ng) rather than Gemini + Google TTS."""
-        return self.bot_mode == "offline"
+        return self.bot_mode == BotMode.OFFLINE
 
     @property
     def full_mode(self) -> bool:
         """Answer the caller (Gemini + Google TTS, or the offline services) rather than only transcribe."""
-        return self.offline_replies or (self.bot_mode != "transcribe" and self._has_llm_tts_credentials)
+        return self.offline_replies or (self.bot_mode != BotMode.TRANSCRIBE and self._has_llm_tts_credentials)
 
     @property
     def _has_llm_tts_credentials(self) -> bool:
@@ -82,13 +97,15 @@ class BotConfig(ServerConfig):
         try:
             Language(self.stt_language)
         except ValueError:
-            raise ConfigError(f"STT_LANGUAGE: unknown language code {self.stt_language!r} (e.g. he-IL, en-US)") from None
+            raise ConfigError(
+                f"STT_LANGUAGE: unknown language code {self.stt_language!r} (e.g. he-IL, en-US)"
+            ) from None
         if not (self.rx_low_watermark < self.rx_high_watermark <= self.rx_max_queue):
             raise ConfigError(
                 "RX watermarks need 0 <= RX_LOW_WATERMARK < RX_HIGH_WATERMARK <= RX_MAX_QUEUE, got "
                 f"{self.rx_low_watermark}/{self.rx_high_watermark}/{self.rx_max_queue}"
             )
-        if self.bot_mode == "full" and not self._has_llm_tts_credentials:
+        if self.bot_mode == BotMode.FULL and not self._has_llm_tts_credentials:
             raise ConfigError("BOT_MODE=full needs GOOGLE_API_KEY (Gemini) and Google Cloud credentials (TTS)")
         if self.offline_replies:
             try:
@@ -99,8 +116,10 @@ class BotConfig(ServerConfig):
                 find_espeak()
             except EspeakError as e:
                 raise ConfigError(f"BOT_MODE=offline: {e}") from None
-        if self.audio_path == "blocking" and not self.speech_emulator_host:
-            raise ConfigError("BOT_AUDIO_PATH=blocking (the baseline we replace) runs only against the emulator: set SPEECH_EMULATOR_HOST")
+        if self.audio_path == AudioPath.BLOCKING and not self.speech_emulator_host:
+            raise ConfigError(
+                "BOT_AUDIO_PATH=blocking (the baseline we replace) runs only against the emulator: set SPEECH_EMULATOR_HOST"
+            )
 
     def credentials_problem(self) -> str | None:
         return check_google_credentials(
@@ -139,9 +158,10 @@ def make_stt(cfg: BotConfig):
 def make_audio_path(cfg: BotConfig, call: MediaStreamCall) -> list:
     """The processors from transport input to the first transcript: RX back-pressure -> our STT, or
     (``BOT_AUDIO_PATH=blocking``) the blocking baseline we replace: a paced queue -> a synchronous gRPC writer."""
-    if cfg.audio_path == "blocking":
+    if cfg.audio_path == AudioPath.BLOCKING:
         from pipecat_rxdrain.baseline import BlockingSyncWriter, PacedRxQueue
 
+        assert cfg.speech_emulator_host, "validate() requires SPEECH_EMULATOR_HOST for BOT_AUDIO_PATH=blocking"
         paced = PacedRxQueue(max_queue=cfg.rx_max_queue)
         call.record.rx = paced.stats  # kept up to date in place: /stats shows its q, peak_q, drops
         return [paced, BlockingSyncWriter(cfg.speech_emulator_host, sample_rate=8000, language=cfg.stt_language)]
@@ -150,7 +170,9 @@ def make_audio_path(cfg: BotConfig, call: MediaStreamCall) -> list:
 
     stt = make_stt(cfg)
     rx = RxDrainProcessor(
-        params=RxDrainParams(max_queue=cfg.rx_max_queue, high_watermark=cfg.rx_high_watermark, low_watermark=cfg.rx_low_watermark),
+        params=RxDrainParams(
+            max_queue=cfg.rx_max_queue, high_watermark=cfg.rx_high_watermark, low_watermark=cfg.rx_low_watermark
+        ),
         sink=stt,  # RX releases only what the STT queue can take
     )
     return [rx, stt]
@@ -169,9 +191,14 @@ def make_llm_tts(cfg: BotConfig) -> tuple[Any, Any]:
     llm_settings = GoogleLLMService.Settings(system_instruction=cfg.system_prompt)
     if cfg.llm_model:
         llm_settings.model = cfg.llm_model
-    tts_kwargs: dict[str, Any] = {"credentials": cfg.google_credentials_json, "credentials_path": cfg.google_credentials_path, "sample_rate": 8000}
+    tts_kwargs: dict[str, Any] = {
+        "credentials": cfg.google_credentials_json,
+        "credentials_path": cfg.google_credentials_path,
+        "sample_rate": 8000,
+    }
     if cfg.tts_voice:
         tts_kwargs["settings"] = GoogleTTSService.Settings(voice=cfg.tts_voice)
+    assert cfg.google_api_key, "validate() requires GOOGLE_API_KEY for the full mode"
     return GoogleLLMService(api_key=cfg.google_api_key, settings=llm_settings), GoogleTTSService(**tts_kwargs)
 
 
@@ -222,7 +249,7 @@ def warm_up(cfg: BotConfig) -> None:
     from pipecat.processors.audio.vad_processor import VADProcessor  # noqa: F401
     from pipecat.workers.runner import WorkerRunner  # noqa: F401
 
-    import pipecat_rxdrain.rx.processor  # noqa: F401
+    import pipecat_rxdrain.rx.processor
     import pipecat_rxdrain.twilio.transcripts  # noqa: F401
 
     SileroVADAnalyzer(sample_rate=8000)  # imports onnxruntime, maps the model file
@@ -233,7 +260,7 @@ def warm_up(cfg: BotConfig) -> None:
     else:
         grpc.ssl_channel_credentials()
     if cfg.full_mode:
-        import pipecat.services.google.llm  # noqa: F401
+        import pipecat.services.google.llm
         import pipecat.services.google.tts  # noqa: F401
 
 

@@ -25,6 +25,17 @@ class Admission(StrEnum):
     DUPLICATE = "duplicate"  # this CallSid already has a live media stream: close 1008
 
 
+class CallEndReason(StrEnum):
+    """Why a call ended (``/stats`` ``end_reason``; the ``reason`` label of ``rxdrain_calls_ended_total``)."""
+
+    STOP = "stop"  # Twilio's stop message: the caller hung up
+    CALLER_DISCONNECTED = "caller disconnected"  # the websocket closed without a stop
+    MEDIA_IDLE = "media idle timeout"  # no media for MEDIA_IDLE_TIMEOUT_S
+    SERVER_SHUTDOWN = "server shutdown"  # SIGTERM/SIGINT: still running after SHUTDOWN_GRACE_S
+    FAILED = "failed"  # a fatal error (see CallOutcome.FAILED and the record's error)
+    PIPELINE_ENDED = "pipeline ended"  # the pipeline finished by itself
+
+
 class CallOutcome(StrEnum):
     OK = "ok"
     FAILED = "failed"  # a fatal error (e.g. STT credentials rejected) ended the call
@@ -39,7 +50,7 @@ class CallRecord:
     mode: str = "transcribe"
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    end_reason: str = ""
+    end_reason: CallEndReason | None = None
     outcome: CallOutcome = CallOutcome.OK
     error: str | None = None
     finals: list[dict[str, Any]] = field(default_factory=list)
@@ -73,7 +84,7 @@ class LiveCall(Protocol):
 
     def refresh(self) -> CallRecord: ...
 
-    async def end(self, reason: str) -> None: ...
+    async def end(self, reason: CallEndReason) -> None: ...
 
 
 class CallRegistry:

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from ..google_clients import is_loopback_host
@@ -42,7 +43,13 @@ def setting(
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
 ) -> Any:
-    """A dataclass field read from ``env``. ``positive`` means > 0 (zero is meaningless)."""
+    """A dataclass field read from ``env``. ``positive`` means > 0 (zero is meaningless).
+
+    A ``StrEnum`` default makes the setting that enum: its values are the choices, and
+    strings (from the environment or a caller) become members.
+    """
+    if isinstance(default, StrEnum):
+        kind, choices = type(default), tuple(m.value for m in type(default))
     meta = {
         "env": env,
         "kind": kind or type(default),
@@ -56,6 +63,8 @@ def setting(
 
 
 def _parse(raw: str, kind: type, var: str) -> Any:
+    if issubclass(kind, StrEnum):
+        return raw.strip()  # made a member (or refused, naming the choices) by check_settings
     if kind is bool:
         v = raw.strip().lower()
         if v in ("1", "true", "yes", "on"):
@@ -133,6 +142,8 @@ def check_settings(config: Any) -> None:
         if meta["choices"] is not None and value not in meta["choices"]:
             shown = "<redacted>" if meta["secret"] else repr(value)
             raise ConfigError(f"{var} must be one of {', '.join(meta['choices'])}, got {shown}")
+        if issubclass(kind, StrEnum):
+            setattr(config, f.name, kind(value))
 
 
 @dataclass

@@ -42,7 +42,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from ..clock import monotonic
 from ..metrics import CallMetrics, RxdrainMetrics
 from ..rx.processor import RxDrainProcessor
-from .calls import CallOutcome, CallRecord
+from .calls import CallEndReason, CallOutcome, CallRecord
 from .config import ServerConfig
 from .input_backlog import DEFAULT_INPUT_BACKLOG, InputBacklog
 from .logs import ThrottledWarnings, loggable
@@ -151,7 +151,7 @@ class MediaStreamCall:
             if self._ending:
                 return  # stop/EndFrame already on its way; the watchdog bounds it
             logger.info("[BOT] caller hung up; ending the call")
-            self.record.end_reason = self.record.end_reason or "caller disconnected"
+            self.record.end_reason = self.record.end_reason or CallEndReason.CALLER_DISCONNECTED
             await worker.cancel()
 
         @worker.event_handler("on_pipeline_error")
@@ -166,7 +166,7 @@ class MediaStreamCall:
         """Twilio's ``stop``: end gracefully once the audio still in the input transport reached the pipeline."""
         if not self._ending and self.worker is not None:
             self._ending = True
-            self.record.end_reason = "stop"
+            self.record.end_reason = CallEndReason.STOP
             if not await self.backlog.drain(STOP_DRAIN_TIMEOUT_S):
                 logger.warning(
                     f"[BOT] {self.backlog.in_flight} inbound audio frames still queued "
@@ -174,7 +174,7 @@ class MediaStreamCall:
                 )
             await self.worker.queue_frame(EndFrame())
 
-    async def end(self, reason: str) -> None:
+    async def end(self, reason: CallEndReason) -> None:
         """End the call gracefully (EndFrame: the websocket closes, Twilio hangs up); cancelled if it hangs."""
         if self.worker is None or self.worker.has_finished():
             return
@@ -192,7 +192,7 @@ class MediaStreamCall:
         logger.error(f"[BOT] call failed, hanging up: {self.record.error}")
         if self._ending:
             return
-        await self.end("failed")
+        await self.end(CallEndReason.FAILED)
 
     def _warn_about_drops(self) -> None:
         """A WARNING when audio starts being dropped anywhere (then at most one summary line per 10 s)."""
@@ -232,7 +232,7 @@ class MediaStreamCall:
                     return
             elif now - serializer.last_message_at > cfg.media_idle_timeout_s:
                 logger.warning(f"[BOT] no message from Twilio for {cfg.media_idle_timeout_s:g}s; ending the call")
-                self.record.end_reason = "media idle timeout"
+                self.record.end_reason = CallEndReason.MEDIA_IDLE
                 await worker.cancel()
                 return
 
@@ -281,7 +281,7 @@ class MediaStreamCall:
             )
         self.record.ended_at = time.time()
         self.record.end_reason = self.record.end_reason or (
-            "failed" if self.record.outcome is CallOutcome.FAILED else "pipeline ended"
+            CallEndReason.FAILED if self.record.outcome is CallOutcome.FAILED else CallEndReason.PIPELINE_ENDED
         )
         rec = self.refresh()
         if self.metrics is not None:

@@ -57,7 +57,7 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 
 from ..metrics import MetricsConfigError, MetricsEndpoint, RxdrainMetrics, process_metrics
-from .calls import Admission, CallRegistry
+from .calls import Admission, CallEndReason, CallRegistry
 from .config import ConfigError, ServerConfig
 from .connections import ConnectionGate, guarded_h11_protocol
 from .logs import ThrottledWarnings, loggable
@@ -357,6 +357,9 @@ async def _wait_idle(registry: CallRegistry, seconds: float) -> None:
 async def end_all_calls(registry: CallRegistry, reason: str, grace_s: float) -> None:
     """Stop taking calls at once; let active ones finish within ``grace_s``; end, then cancel, the rest.
 
+    ``reason`` (what triggered the shutdown, e.g. ``SIGTERM``) is for the log; the calls ended
+    here end with :attr:`CallEndReason.SERVER_SHUTDOWN`.
+
     Returns within ``grace_s + END_WINDOW_S``.
     """
     registry.shutting_down = True
@@ -371,7 +374,7 @@ async def end_all_calls(registry: CallRegistry, reason: str, grace_s: float) -> 
     logger.warning(f"[BOT] {reason}: ending {len(calls)} call(s) still running after {grace_s:g}s")
     for call in calls:
         with logger.contextualize(call_sid=call.start.call_sid):
-            await call.end(reason)
+            await call.end(CallEndReason.SERVER_SHUTDOWN)
     await _wait_idle(registry, END_WINDOW_S / 2)
     for call in list(registry.active.values()):
         if call.worker is not None:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import pytest
 
 from pipecat_rxdrain.testing import fake_service_account_json
-from pipecat_rxdrain.twilio.config import ConfigError, ServerConfig, check_google_credentials, load_env, setting
+from pipecat_rxdrain.twilio.config import (
+    ConfigError,
+    ServerConfig,
+    check_google_credentials,
+    check_settings,
+    load_env,
+    setting,
+)
 
 
 @dataclass
@@ -69,3 +77,25 @@ def test_the_service_account_key_is_loaded_at_startup_and_never_quoted(tmp_path)
     assert "not a usable service-account key" in check_google_credentials(emulator_host=None, credentials_json=None,
                                                                           credentials_path=str(path))
     assert "loopback" in check_google_credentials(emulator_host="10.0.0.5:1", credentials_json=None, credentials_path=None)
+
+
+class _Colour(StrEnum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass
+class _EnumConfig:
+    colour: _Colour = setting("COLOUR", _Colour.RED)
+
+    def validate(self) -> None:
+        check_settings(self)
+
+
+def test_an_enum_setting_loads_members_and_refuses_other_values_naming_the_choices():
+    assert load_env(_EnumConfig, {}).colour is _Colour.RED
+    cfg = load_env(_EnumConfig, {"COLOUR": " blue "})
+    assert cfg.colour is _Colour.BLUE  # a member, not the raw string
+    assert load_env(_EnumConfig, {}, colour="blue").colour is _Colour.BLUE  # overrides too
+    with pytest.raises(ConfigError, match=r"COLOUR must be one of red, blue, got 'green'"):
+        load_env(_EnumConfig, {"COLOUR": "green"})
