@@ -1,4 +1,10 @@
-"""Is the STT I/O thread busy? Its own CPU share over a short window, with hysteresis (no timers, no threads)."""
+"""Is the STT I/O thread's process busy? Its CPU share over a short window, with hysteresis (no timers, no threads).
+
+Why the process and not the I/O thread alone: every gRPC request costs the I/O thread ~0.1 ms of
+GIL in gRPC's Python layer, and the GIL is shared with Pipecat's loop. Batching requests pays
+when the Python threads together use most of a core (the loop is then waiting for the GIL), not
+when the I/O thread alone is loaded; the process's CPU share is the cheap measure of that.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,26 @@ from collections.abc import Callable
 
 from ..clock import Clock, monotonic
 
-#: Spacing switches on when the I/O thread used at least this share of a core over a window...
-BUSY_ON_SHARE = 0.15
-#: ... and off again when it used less than this (spacing itself cuts the share about 3x: a gap
-#: between the two keeps the state from flapping).
-BUSY_OFF_SHARE = 0.05
+#: Busy when the process used at least this share of one core over a window (the GIL nears saturation)...
+BUSY_ON_SHARE = 0.85
+#: ... and idle again below this (batching itself lowers the share: the gap keeps it from flapping).
+BUSY_OFF_SHARE = 0.70
 #: Length of one measurement window.
 BUSY_WINDOW_S = 0.5
 
 
 class BusyMeter:
-    """Whether the thread that calls :meth:`busy` has been busy lately, measured on itself.
+    """Whether the process has been busy lately (CPU share of one core over the last window).
 
     Guarantees:
 
-    * ``busy()`` is cheap (one clock read) except once per ``window_s``, when it reads the calling
-      thread's CPU time (``cpu``, default ``time.thread_time``) and compares the CPU used over the
+    * ``busy()`` is cheap (one clock read) except once per ``window_s``, when it reads the
+      process's CPU time (``cpu``, default ``time.process_time``) and compares the CPU used over the
       window with its wall time: the state turns busy at a share ``>= on_share`` and idle again at
       a share ``< off_share`` (hysteresis), and stays as it was in between.
-    * Until the first full window has passed it answers ``False``: a thread is idle until measured
-      busy, so an idle process never pays anything for the meter.
-    * Only ever call it from one thread (the I/O thread whose CPU it measures).
+    * Until the first full window has passed it answers ``False``: the process is idle until
+      measured busy, so an idle process never pays anything for the meter.
+    * Not thread-safe: call it from one thread (the I/O thread).
     """
 
     def __init__(
@@ -37,7 +42,7 @@ class BusyMeter:
         off_share: float = BUSY_OFF_SHARE,
         window_s: float = BUSY_WINDOW_S,
         clock: Clock = monotonic,
-        cpu: Callable[[], float] = time.thread_time,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
         if not (0 < off_share <= on_share):
             raise ValueError(f"need 0 < off_share <= on_share, got off_share={off_share}, on_share={on_share}")

@@ -193,7 +193,7 @@ class SttIoThread:
         box["loop"] = loop
         asyncio.set_event_loop(loop)
         waker = box["waker"] = _Waker(loop)
-        box["meter"] = BusyMeter()  # created here: it measures this thread's CPU time
+        box["meter"] = BusyMeter()  # one per I/O thread; only this thread calls it
         ready.set()
         try:
             loop.run_forever()

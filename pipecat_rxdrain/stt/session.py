@@ -7,7 +7,7 @@ Threads and data flow::
     gRPC I/O loop (shared "rxdrain-stt-io"  ▼  thread, or one per session)
       writer    : request generator; sends at once when idle, and while a write is
                   in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB);
-                  while the I/O thread measures itself busy, lets each stream's audio pile up
+                  while the process measures itself busy, lets each stream's audio pile up
                   to about batch_ms before sending
       watchdog  : a write blocked past the stall bound cancels the stream
       reader    : response iterator → SttResult callbacks (session-relative times)
@@ -191,7 +191,7 @@ class SttStats:
     write_stalls: int = 0  # streams cancelled by the write-stall watchdog
     stale_dropped_ms: float = 0.0  # sent, unfinalized audio older than the stall bound, not replayed after a stall
     max_lead_ms: float = 0.0  # the furthest any stream got ahead of its own wall clock
-    spaced_requests: int = 0  # requests held for a fuller batch because the I/O thread measured itself busy
+    spaced_requests: int = 0  # requests held for a fuller batch because the process measured itself busy
 
 
 @dataclass
@@ -231,9 +231,9 @@ class StreamingSTTSession:
       * At most one gRPC stream at a time; a stream is opened only when there
         is audio to send. The writer sends a chunk as soon as the previous write
         finished (no fill wait); what piled up meanwhile goes in one request of
-        at most ``batch_ms`` of audio and 25 KB. Only while the I/O thread
-        measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its own
-        CPU share) does a stream's oldest queued chunk wait, at most ``batch_ms``
+        at most ``batch_ms`` of audio and 25 KB. Only while the process
+        measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its CPU
+        share, a proxy for GIL contention) does a stream's oldest queued chunk wait, at most ``batch_ms``
         less 20 ms, for a fuller request, so a loaded process sends fewer requests
         (``stats.spaced_requests``).
       * A write blocked longer than the stall bound (``write_stall_s``, default
@@ -334,7 +334,7 @@ class StreamingSTTSession:
         self._reconnects = 0
         self._rotations = 0
         self._write_stalls = 0
-        self._spaced = 0  # requests held for a fuller batch because the I/O thread measured itself busy
+        self._spaced = 0  # requests held for a fuller batch because the process measured itself busy
         self._max_lead_ms = 0.0
         self._finals = 0
         self._interims = 0
@@ -825,9 +825,10 @@ class StreamingSTTSession:
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
             if take is None and meter is not None and 0 < q.nbytes < target and meter.busy():
-                # The I/O thread measured itself busy (every request costs it ~0.1 ms of GIL in
-                # gRPC's Python layer): let this stream's audio pile up to a batch before sending,
-                # so a loaded process sends fewer, fuller requests. Idle, nothing waits.
+                # The process measured itself busy (every request costs the I/O thread ~0.1 ms of
+                # GIL in gRPC's Python layer, GIL that Pipecat's loop is then waiting for): let this
+                # stream's audio pile up to a batch before sending, so a loaded process sends
+                # fewer, fuller requests. Idle, nothing waits.
                 oldest = q.oldest_at()
                 delay = 0.0 if oldest is None else oldest + hold_s - self._clock()
                 if delay > 0:

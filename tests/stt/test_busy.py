@@ -1,4 +1,4 @@
-"""BusyMeter: the I/O thread's own CPU share over a window, with hysteresis (FakeClock, a fake CPU counter)."""
+"""BusyMeter: the process's CPU share over a window, with hysteresis (FakeClock, a fake CPU counter)."""
 
 from __future__ import annotations
 

@@ -37,9 +37,10 @@ def test_idle_writer_sends_each_chunk_at_once_and_coalesces_only_while_busy():
     assert sum(sizes) == 8000 * 2 * 3
 
 
-def test_a_busy_io_thread_spaces_each_streams_requests_batch_ms_apart():
-    """While the I/O thread measures itself busy, a stream's requests go batch_ms (60 ms) apart, each carrying
-    what arrived meanwhile; no audio is lost or reordered. (The meter is told any CPU share is busy.)"""
+def test_while_the_process_is_busy_a_stream_sends_fuller_requests():
+    """While the process measures itself busy, a stream's oldest queued chunk waits up to batch_ms - 20 ms, so
+    each request carries about batch_ms (60 ms) of audio; none is lost or reordered.
+    (The meter is told any CPU share is busy.)"""
     with SpeechEmulator(script=list(HELLO.segments)) as emu:
         s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
         meter = s._io.meter
