@@ -229,14 +229,17 @@ class RxDrainProcessor(FrameProcessor):
         now = self._clock()
         mode = rx.mode
         inline = rx.idle and self._inline_ok
-        rx.offer(frame, now, duration_s=_duration_s(frame), key=_merge_key(frame))
+        # The merge key only matters when merging is on (it is a tuple and a getattr per frame).
+        key = _merge_key(frame) if self._params.merge_backlog else None
+        rx.offer(frame, now, duration_s=_duration_s(frame), key=key)
         if inline:
             action = rx.next_action(now)  # this very frame, unless the rate bound says wait
             if action.kind is ActionKind.RELEASE and await self._release(action):
                 rx.note_inline()
         if rx.pending:
             self._wake.set()
-        await self._notify_mode(mode)
+        if rx.mode is not mode:
+            await self._notify_mode(mode)
 
     async def cleanup(self):
         await super().cleanup()

@@ -14,6 +14,7 @@ from typing import Any
 from loguru import logger
 
 from ..event_loops import finish_event_loop
+from .busy import BusyMeter
 
 
 class IoThreadMode(StrEnum):
@@ -129,6 +130,12 @@ class SttIoThread:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waker: _Waker | None = None
+        self._meter: BusyMeter | None = None
+
+    @property
+    def meter(self) -> BusyMeter | None:
+        """The running thread's :class:`BusyMeter` (call it only from that thread); None when stopped."""
+        return self._meter
 
     @property
     def users(self) -> int:
@@ -151,6 +158,7 @@ class SttIoThread:
                     raise RuntimeError(f"{self.name}: I/O thread did not start")
                 self._loop = box["loop"]
                 self._waker = box["waker"]
+                self._meter = box["meter"]
             return self._loop
 
     def notify(self, callback: Callable[[], Any]) -> bool:
@@ -169,6 +177,7 @@ class SttIoThread:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
             self._waker = None
+            self._meter = None
             try:
                 loop.call_soon_threadsafe(loop.stop)
             except RuntimeError:
@@ -184,6 +193,7 @@ class SttIoThread:
         box["loop"] = loop
         asyncio.set_event_loop(loop)
         waker = box["waker"] = _Waker(loop)
+        box["meter"] = BusyMeter()  # one per I/O thread; only this thread calls it
         ready.set()
         try:
             loop.run_forever()

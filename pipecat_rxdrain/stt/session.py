@@ -6,7 +6,9 @@ Threads and data flow::
                                             │  wake only when the writer is idle
     gRPC I/O loop (shared "rxdrain-stt-io"  ▼  thread, or one per session)
       writer    : request generator; sends at once when idle, and while a write is
-                  in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB)
+                  in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB);
+                  while the process measures itself busy, lets each stream's audio pile up
+                  to about batch_ms before sending
       watchdog  : a write blocked past the stall bound cancels the stream
       reader    : response iterator → SttResult callbacks (session-relative times)
       supervisor: opens streams only when audio exists, rotates before the duration
@@ -45,6 +47,7 @@ from loguru import logger
 
 from ..clock import Clock, monotonic
 from ..telemetry import TelemetryWindow, format_stt_line
+from ..units import FRAME_UNIT_MS
 from .audio_queue import AudioQueue, Pushed
 from .backoff import Backoff
 from .io_thread import IoThreadMode, SttIoThread, run_blocking, shared_io_thread
@@ -188,6 +191,7 @@ class SttStats:
     write_stalls: int = 0  # streams cancelled by the write-stall watchdog
     stale_dropped_ms: float = 0.0  # sent, unfinalized audio older than the stall bound, not replayed after a stall
     max_lead_ms: float = 0.0  # the furthest any stream got ahead of its own wall clock
+    spaced_requests: int = 0  # requests held for a fuller batch because the process measured itself busy
 
 
 @dataclass
@@ -227,7 +231,11 @@ class StreamingSTTSession:
       * At most one gRPC stream at a time; a stream is opened only when there
         is audio to send. The writer sends a chunk as soon as the previous write
         finished (no fill wait); what piled up meanwhile goes in one request of
-        at most ``batch_ms`` of audio and 25 KB.
+        at most ``batch_ms`` of audio and 25 KB. Only while the process
+        measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its CPU
+        share, a proxy for GIL contention) does a stream's oldest queued chunk wait, at most ``batch_ms``
+        less 20 ms, for a fuller request, so a loaded process sends fewer requests
+        (``stats.spaced_requests``).
       * A write blocked longer than the stall bound (``write_stall_s``, default
         the queue's audio time) cancels the stream; the next one replays only
         unfinalized audio younger than the bound (the rest is counted in
@@ -326,6 +334,7 @@ class StreamingSTTSession:
         self._reconnects = 0
         self._rotations = 0
         self._write_stalls = 0
+        self._spaced = 0  # requests held for a fuller batch because the process measured itself busy
         self._max_lead_ms = 0.0
         self._finals = 0
         self._interims = 0
@@ -502,6 +511,7 @@ class StreamingSTTSession:
             write_stalls=self._write_stalls,
             stale_dropped_ms=self._replay.stale_bytes / bpm,
             max_lead_ms=self._max_lead_ms,
+            spaced_requests=self._spaced,
         )
 
     def write_samples(self) -> list[float]:
@@ -800,6 +810,10 @@ class StreamingSTTSession:
         q = self._queue
         wake = self._wake
         assert wake is not None
+        meter = self._io.meter
+        # While busy, the oldest queued chunk waits up to batch_ms less one 20 ms frame, so about
+        # batch_ms of audio goes per request (a full batch goes at once).
+        hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
         while True:
             take = self._next_action(st)
             if take is _Take.ENDED:
@@ -810,6 +824,17 @@ class StreamingSTTSession:
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
+            if take is None and meter is not None and 0 < q.nbytes < target and meter.busy():
+                # The process measured itself busy (every request costs the I/O thread ~0.1 ms of
+                # GIL in gRPC's Python layer, GIL that Pipecat's loop is then waiting for): let this
+                # stream's audio pile up to a batch before sending, so a loaded process sends
+                # fewer, fuller requests. Idle, nothing waits.
+                oldest = q.oldest_at()
+                delay = 0.0 if oldest is None else oldest + hold_s - self._clock()
+                if delay > 0:
+                    self._spaced += 1
+                    await asyncio.sleep(delay)
+                    continue
             batch = q.take(target, MAX_REQUEST_BYTES)
             if batch is None:
                 if take is _Take.HALF_CLOSE:

@@ -25,6 +25,7 @@ import binascii
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +40,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024
 #: cannot make every later frame look "out of order".
 MAX_SEQUENCE_JUMP = 3000
 #: Twilio SIDs: two letters and 32 hex digits. Anything else never reaches a log line or a URL.
+# The scanner json.loads runs (same defaults), without loads' whitespace handling around it.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_a2b_base64 = binascii.a2b_base64
 _SID_RE = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}") for prefix in ("CA", "MZ", "AC")}
 
 
@@ -253,6 +257,12 @@ class TwilioStreamParser:
 
     def feed(self, raw: str | bytes | bytearray) -> TwilioMessage | Rejected:
         self.stats.received += 1
+        if self.start is not None and not self.stopped and type(raw) is str:
+            media = self._fast_media(raw)
+            if media is not None:
+                self.stats.accepted += 1
+                self.stats.by_event["media"] += 1
+                return media
         try:
             message = self._parse(raw)
         except _Bad as bad:
@@ -264,6 +274,82 @@ class TwilioStreamParser:
         return message
 
     # -- internals ------------------------------------------------------------
+
+    def _fast_media(self, raw: str) -> Media | None:
+        """The common case, a well-formed in-order inbound ``media`` message, in one pass.
+
+        Accepts only what :meth:`_parse` would accept and with the same effect on the parser's state;
+        anything it is not sure of returns ``None`` *before* changing any state, and ``feed`` then
+        runs the full parse, which gives the exact drop reason. (Not covered: messages longer than a
+        quarter of ``max_message_bytes``, numbers sent as JSON integers, whitespace-padded numbers.)
+        """
+        if 4 * len(raw) > self.max_message_bytes:  # the UTF-8 size bound needs no encoding below this
+            return None
+        try:  # json.loads without its whitespace handling: surrounding whitespace takes the full parse
+            data, end = _scan_json(raw, 0)
+        except (StopIteration, ValueError, RecursionError):
+            return None
+        if end != len(raw) or type(data) is not dict or data.get("event") != "media":
+            return None
+        sid = data.get("streamSid")
+        if sid is not None and sid != self.start.stream_sid:  # type: ignore[union-attr]  # feed checked start
+            return None
+        media = data.get("media")
+        if type(media) is not dict:
+            return None
+        track = media.get("track", "inbound")
+        if track != "inbound":
+            return None
+        seq = data.get("sequenceNumber")
+        if seq is not None:
+            if type(seq) is not str or len(seq) > 19 or not seq.isascii() or not seq.isdigit():
+                return None
+            seq = int(seq)
+            last = self._last_seq
+            if last is None:
+                if seq > MAX_SEQUENCE_JUMP:
+                    return None
+            elif seq <= last or seq > last + MAX_SEQUENCE_JUMP:
+                return None
+        chunk = media.get("chunk")
+        if chunk is not None:
+            if type(chunk) is not str or len(chunk) > 19 or not chunk.isascii() or not chunk.isdigit():
+                return None
+            chunk = int(chunk)
+            last = self._last_chunk
+            if last is None:
+                if chunk > MAX_SEQUENCE_JUMP:
+                    return None
+            elif chunk <= last or chunk > last + MAX_SEQUENCE_JUMP:
+                return None
+        timestamp = media.get("timestamp")
+        if timestamp is not None:
+            if type(timestamp) is not str or len(timestamp) > 19 or not timestamp.isascii() or not timestamp.isdigit():
+                return None
+            timestamp = int(timestamp)
+        payload_b64 = media.get("payload")
+        if type(payload_b64) is not str or not payload_b64:
+            return None
+        try:
+            payload = _a2b_base64(payload_b64, strict_mode=True)  # what b64decode(validate=True) runs
+        except (binascii.Error, ValueError):
+            return None
+        n = len(payload)
+        if not n or (self.frame_bytes is not None and n != self.frame_bytes):
+            return None
+        stats = self.stats
+        if seq is not None:
+            last = self._last_seq
+            if last is not None and seq > last + 1:
+                stats.sequence_gaps += seq - last - 1
+            self._last_seq = seq
+        if chunk is not None:
+            last = self._last_chunk
+            if last is not None and chunk > last + 1:
+                stats.chunk_gaps += chunk - last - 1
+            self._last_chunk = chunk
+        stats.media_bytes += n
+        return Media(seq, chunk, timestamp, "inbound", payload)
 
     def _reject(self, reason: DropReason, detail: str) -> Rejected:
         self.stats.dropped[reason] += 1
@@ -381,7 +467,7 @@ class TwilioStreamParser:
         if not payload_b64:
             raise _Bad(DropReason.EMPTY_PAYLOAD, "empty payload")
         try:
-            payload = base64.b64decode(payload_b64, validate=True)
+            payload = _a2b_base64(payload_b64, strict_mode=True)  # = base64.b64decode(validate=True)
         except (binascii.Error, ValueError):
             raise _Bad(DropReason.BAD_BASE64, f"payload is not valid base64 ({len(payload_b64)} chars)") from None
         if not payload:

@@ -123,6 +123,14 @@ class HardenedTwilioFrameSerializer(TwilioFrameSerializer):
     async def deserialize(self, data: str | bytes) -> Frame | None:
         self.last_message_at = self._clock()
         message = self.parser.feed(data)  # never raises
+        if type(message) is Media and self.backlog is None and self._sample_rate == self._twilio_sample_rate:
+            # The common case, without the general path's coroutine and type checks: 8 kHz audio, no backlog.
+            try:
+                pcm = mulaw_decode(message.payload)
+                return InputAudioRawFrame(audio=pcm, sample_rate=self._sample_rate, num_channels=1) if pcm else None
+            except Exception as e:  # as in the general path: counted, never raised
+                self._move_to_dropped(DropReason.INTERNAL, f"{type(e).__name__} while handling Media")
+                return None
         if isinstance(message, Rejected):
             self._note_drop(message)
             return None

@@ -37,6 +37,27 @@ def test_idle_writer_sends_each_chunk_at_once_and_coalesces_only_while_busy():
     assert sum(sizes) == 8000 * 2 * 3
 
 
+def test_while_the_process_is_busy_a_stream_sends_fuller_requests():
+    """While the process measures itself busy, a stream's oldest queued chunk waits up to batch_ms - 20 ms, so
+    each request carries about batch_ms (60 ms) of audio; none is lost or reordered.
+    (The meter is told any CPU share is busy.)"""
+    with SpeechEmulator(script=list(HELLO.segments)) as emu:
+        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
+        meter = s._io.meter
+        meter.on_share = meter.off_share = 1e-9
+        meter.window_s = 0.05
+        pcm = HELLO.pcm16[: 8000 * 2 * 2]
+        feed(s, pcm, speed=1.0)  # a chunk every 20 ms for 2 s
+        assert s.close(5)
+        sizes = [c.size for c in emu.streams[0].chunks]
+        offsets = [c.offset for c in emu.streams[0].chunks]
+    assert s.stats.spaced_requests > 0
+    assert max(sizes) <= 960 and sum(sizes) == len(pcm)
+    assert sizes.count(960) >= len(sizes) // 2  # mostly three 20 ms chunks per request
+    assert len(sizes) <= len(pcm) // CHUNK // 2  # at most half the requests of one per chunk
+    assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]  # in order, nothing skipped
+
+
 def test_watchdog_cancels_a_stalled_stream_and_replays_only_young_audio_each_word_once():
     bound, speed = 0.4, 2.0
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:

@@ -285,3 +285,61 @@ def test_start_needs_twilio_shaped_sids(field, value):
     p = TwilioStreamParser(max_message_bytes=64 * 1024)
     r = p.feed(dumps(msg))
     assert isinstance(r, Rejected) and r.reason is DropReason.BAD_FIELD and value not in r.detail and not p.started
+
+
+def _full_parse_only(p: TwilioStreamParser) -> TwilioStreamParser:
+    """The same parser with its media fast path turned off: the reference the fast path must match."""
+    p._fast_media = lambda raw: None  # type: ignore[method-assign]
+    return p
+
+
+def _state(p: TwilioStreamParser) -> tuple:
+    return (p.stats.as_dict(), p._last_seq, p._last_chunk, p.started, p.stopped)
+
+
+@st.composite
+def media_variants(draw):
+    """Well-formed media messages with, sometimes, one field bent in a way the fast path must notice."""
+    seq = draw(st.integers(0, 3100))
+    msg = media_message(stream_sid=SID, sequence_number=seq, chunk=draw(st.integers(0, 3100)), timestamp_ms=20 * seq, payload=FRAME)
+    bend = draw(st.sampled_from(["none", "seq", "chunk", "timestamp", "payload", "track", "sid", "ws", "drop"]))
+    odd = st.sampled_from([" 7", "7 ", "-3", "", "٣", "1e3", "99999999999999999999", 7, -7, True, None, 3.5, [], {}])
+    if bend == "seq":
+        msg["sequenceNumber"] = draw(odd)
+    elif bend in ("chunk", "timestamp"):
+        msg["media"][bend] = draw(odd)
+    elif bend == "payload":
+        msg["media"]["payload"] = draw(
+            st.sampled_from(["", "====", "AAAA", "AA=A", "\u00e9" * 8, 5, None, base64.b64encode(FRAME).decode() + "=", base64.b64encode(FRAME[:-1]).decode()])
+        )
+    elif bend == "track":
+        msg["media"]["track"] = draw(st.sampled_from(["outbound", None, 1, "inbound"]))
+    elif bend == "sid":
+        msg["streamSid"] = draw(st.sampled_from(["MZ" + "9" * 32, None, 3]))
+    elif bend == "drop":
+        del msg[draw(st.sampled_from(["sequenceNumber", "streamSid"]))]
+    raw = json.dumps(msg)
+    return " " + raw + "\n" if bend == "ws" else raw
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(media_variants(), raw_inputs), max_size=30))
+def test_property_the_media_fast_path_gives_exactly_what_the_full_parse_gives(stream):
+    fast, full = started_parser(), _full_parse_only(started_parser())
+    for raw in stream:
+        a, b = fast.feed(raw), full.feed(raw)
+        assert a == b
+        assert _state(fast) == _state(full)
+
+
+def test_the_media_fast_path_takes_the_common_case():
+    """A well-formed media message never reaches the full parse (so the fast path is the one measured)."""
+    p = started_parser()
+    full_parses = []
+    original = p._parse
+    p._parse = lambda raw: full_parses.append(raw) or original(raw)  # type: ignore[method-assign]
+    for seq in range(2, 52):
+        assert isinstance(p.feed(media(seq)), Media)
+    assert full_parses == []
+    assert isinstance(p.feed(media(60, payload=FRAME[:10])), Rejected)  # a bad one takes the full parse
+    assert len(full_parses) == 1

@@ -1,0 +1,68 @@
+"""BusyMeter: the process's CPU share over a window, with hysteresis (FakeClock, a fake CPU counter)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipecat_rxdrain.stt.busy import BusyMeter
+from pipecat_rxdrain.testing import FakeClock
+
+
+class Cpu:
+    """A CPU-time counter the test advances by hand."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def meter(**kw):
+    clock, cpu = FakeClock(), Cpu()
+    return BusyMeter(on_share=0.10, off_share=0.03, window_s=0.5, clock=clock, cpu=cpu, **kw), clock, cpu
+
+
+def spend(clock: FakeClock, cpu: Cpu, wall_s: float, share: float) -> None:
+    clock.advance(wall_s)
+    cpu.t += wall_s * share
+
+
+def test_idle_until_a_full_window_measured_busy():
+    m, clock, cpu = meter()
+    assert not m.busy()  # first call: starts the window
+    spend(clock, cpu, 0.4, 0.5)
+    assert not m.busy()  # window not over yet: still idle, whatever the CPU
+    spend(clock, cpu, 0.1, 0.5)
+    assert m.busy() and m.share == pytest.approx(0.5)
+
+
+def test_hysteresis_on_at_on_share_off_below_off_share():
+    m, clock, cpu = meter()
+    m.busy()
+    spend(clock, cpu, 0.5, 0.09)
+    assert not m.busy()  # below on_share: stays idle
+    spend(clock, cpu, 0.5, 0.10)
+    assert m.busy()  # on at on_share
+    spend(clock, cpu, 0.5, 0.04)
+    assert m.busy()  # between the two: stays busy (spacing itself lowers the share)
+    spend(clock, cpu, 0.5, 0.029)
+    assert not m.busy()  # off below off_share
+    spend(clock, cpu, 0.5, 0.05)
+    assert not m.busy()  # between the two: stays idle
+    assert m.switches == 2
+
+
+def test_a_long_quiet_spell_counts_as_one_idle_window():
+    m, clock, cpu = meter()
+    m.busy()
+    spend(clock, cpu, 0.5, 0.5)
+    assert m.busy()
+    spend(clock, cpu, 30.0, 0.001)  # no calls for 30 s (no audio): measured over the whole spell
+    assert not m.busy()
+
+
+@pytest.mark.parametrize("kw", [dict(on_share=0.02, off_share=0.03), dict(off_share=0.0), dict(window_s=0.0)])
+def test_bad_settings_raise(kw):
+    with pytest.raises(ValueError):
+        BusyMeter(**kw)
