@@ -32,12 +32,18 @@ def _build_decode_table() -> np.ndarray:
 
 
 _DECODE = _build_decode_table()
+# The same table as two byte maps (low, high byte of each little-endian sample): decoding a
+# 160-byte frame with bytes.translate is ~10x faster than numpy indexing, and it runs per frame.
+_DECODE_LO = _DECODE.astype("<i2").tobytes()[0::2]
+_DECODE_HI = _DECODE.astype("<i2").tobytes()[1::2]
 
 
 def mulaw_decode(data: bytes) -> bytes:
     """mu-law bytes -> PCM16 little-endian (two bytes per input byte)."""
-    codes = np.frombuffer(data, dtype=np.uint8)
-    return _DECODE[codes].astype("<i2").tobytes()
+    out = bytearray(2 * len(data))
+    out[0::2] = data.translate(_DECODE_LO)
+    out[1::2] = data.translate(_DECODE_HI)
+    return bytes(out)
 
 
 def mulaw_encode(pcm16: bytes) -> bytes:
