@@ -37,7 +37,7 @@ async def test_sigterm_during_a_call_ends_it_cleanly_and_exits_zero(tmp_path):
             await asyncio.to_thread(proc.stop)
     log = "\n".join(proc.err)
     assert code == 0, log[-3000:]
-    assert "[BOT] SIGTERM: shutting down" in log and "call ended (SIGTERM)" in log and "[BOT] stopped" in log
+    assert "[BOT] SIGTERM: shutting down" in log and "call ended (server shutdown)" in log and "[BOT] stopped" in log
     assert "Traceback" not in log and AUTH not in log
     assert summary.frames_sent < summary.frames_total and summary.close_code is not None  # the bot ended the call
 
