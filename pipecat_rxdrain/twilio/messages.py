@@ -213,6 +213,16 @@ def _obj(obj: dict, key: str) -> dict:
     return value
 
 
+def _next_in_order(raw: object, last: int | None) -> int | None:
+    """``raw`` as an int if it is a well-formed counter that may follow ``last``; else None (the full parse decides)."""
+    if type(raw) is not str or len(raw) > 19 or not raw.isascii() or not raw.isdigit():
+        return None
+    n = int(raw)
+    if n > MAX_SEQUENCE_JUMP if last is None else (n <= last or n > last + MAX_SEQUENCE_JUMP):
+        return None
+    return n
+
+
 class TwilioStreamParser:
     """Validates one Media Streams connection's messages, in order, with counted drops.
 
@@ -301,27 +311,11 @@ class TwilioStreamParser:
         if track != "inbound":
             return None
         seq = data.get("sequenceNumber")
-        if seq is not None:
-            if type(seq) is not str or len(seq) > 19 or not seq.isascii() or not seq.isdigit():
-                return None
-            seq = int(seq)
-            last = self._last_seq
-            if last is None:
-                if seq > MAX_SEQUENCE_JUMP:
-                    return None
-            elif seq <= last or seq > last + MAX_SEQUENCE_JUMP:
-                return None
+        if seq is not None and (seq := _next_in_order(seq, self._last_seq)) is None:
+            return None
         chunk = media.get("chunk")
-        if chunk is not None:
-            if type(chunk) is not str or len(chunk) > 19 or not chunk.isascii() or not chunk.isdigit():
-                return None
-            chunk = int(chunk)
-            last = self._last_chunk
-            if last is None:
-                if chunk > MAX_SEQUENCE_JUMP:
-                    return None
-            elif chunk <= last or chunk > last + MAX_SEQUENCE_JUMP:
-                return None
+        if chunk is not None and (chunk := _next_in_order(chunk, self._last_chunk)) is None:
+            return None
         timestamp = media.get("timestamp")
         if timestamp is not None:
             if type(timestamp) is not str or len(timestamp) > 19 or not timestamp.isascii() or not timestamp.isdigit():
