@@ -1,7 +1,7 @@
 """RX and STT numbers as Pipecat metrics: ``MetricsData`` models for a ``MetricsFrame``.
 
 With ``PIPELINE_METRICS=true`` (``ServerConfig.pipeline_metrics``) every call queues one
-``MetricsFrame`` a second carrying an :class:`RxMetricsData` and an :class:`SttMetricsData`;
+``MetricsFrame`` a second carrying an :class:`RxMetricsData` and an :class:`STTMetricsData`;
 it flows down the pipeline like Pipecat's own TTFB/processing metrics, so observers
 (``BaseObserver.on_push_frame``) and OpenTelemetry tracing built on them see the RX queue
 and the STT session. The same flag turns on Pipecat's own metrics (``enable_metrics``).
@@ -13,6 +13,8 @@ from typing import Any
 
 from pipecat.frames.frames import MetricsFrame
 from pipecat.metrics.metrics import MetricsData
+
+from .deprecation import STT_RENAMES, renamed_attributes
 
 
 class RxMetricsData(MetricsData):
@@ -28,7 +30,7 @@ class RxMetricsData(MetricsData):
     write_ms: float
 
 
-class SttMetricsData(MetricsData):
+class STTMetricsData(MetricsData):
     """An STT session snapshot (the ``[STT]`` telemetry line's fields and the session's totals)."""
 
     state: str
@@ -57,8 +59,8 @@ def rx_metrics_data(processor: str, stats: Any) -> RxMetricsData:
     )
 
 
-def stt_metrics_data(processor: str, stats: Any) -> SttMetricsData:
-    return SttMetricsData(
+def stt_metrics_data(processor: str, stats: Any) -> STTMetricsData:
+    return STTMetricsData(
         processor=processor,
         state=str(_value(stats, "state", "")),
         q=int(_value(stats, "q")),
@@ -76,3 +78,6 @@ def metrics_frame(*, rx: tuple[str, Any] | None = None, stt: tuple[str, Any] | N
     if stt is not None and stt[1] is not None:
         data.append(stt_metrics_data(*stt))
     return MetricsFrame(data=data) if data else None
+
+
+__getattr__ = renamed_attributes(__name__, globals(), STT_RENAMES)  # 0.1.0 names (Stt...)

@@ -43,7 +43,7 @@ from pipecat_rxdrain.stt.recognition_config import build_v2_spec, recognizer_pat
 import grpc
 
 from pipecat_rxdrain.stt.reconnect import ReconnectPolicy
-from pipecat_rxdrain.stt.session import SttError, StreamingSTTSession
+from pipecat_rxdrain.stt.session import STTError, StreamingSTTSession
 
 CHUNK = 320  # 20 ms of 8 kHz mono PCM16
 CHUNKS_PER_S = 50
@@ -97,7 +97,7 @@ class Scenario:
 class Outcome:
     scenario: Scenario
     survived: bool
-    errors: list[SttError]
+    errors: list[STTError]
     expected_words: int
     words_lost: int
     duplicates: int  # words delivered beyond the expected transcript (repeated or invented)
@@ -397,14 +397,14 @@ def _paced_chunks(pcm: bytes, speed: float):
             time.sleep(delay)
 
 
-def _plain(errors: list[SttError]) -> list[SttError]:
+def _plain(errors: list[STTError]) -> list[STTError]:
     """The errors' messages without their exceptions: a live exception holds its call and channel (and
     threads), so a call's errors are made plain before its leftovers are counted."""
-    return [SttError(e.code, e.message, e.retriable, None) for e in errors]
+    return [STTError(e.code, e.message, e.retriable, None) for e in errors]
 
 
 def _tally(sc: Scenario, baseline: _Before, script: tuple[str, ...], pcm: bytes, results: list,
-           errors: list[SttError], st, audio_dropped_ms: float, wall: float, streams: int) -> dict[str, Any]:
+           errors: list[STTError], st, audio_dropped_ms: float, wall: float, streams: int) -> dict[str, Any]:
     """The :class:`Outcome` fields both kinds of call measure alike: words against the script, accounting
     of every pushed chunk, the session's counters, and what the call left behind (``errors``: plain)."""
     finals = [r.text for r in results if r.is_final]
@@ -581,7 +581,7 @@ def run_frozen(sc: Scenario) -> Outcome:
     address = emu.address
     results: list = []
     arrivals: list[float] = []
-    errors: list[SttError] = []
+    errors: list[STTError] = []
 
     def on_result(r) -> None:
         arrivals.append(time.monotonic())
@@ -684,7 +684,7 @@ def run_scenario(sc: Scenario) -> Outcome:
     emu = SpeechEmulator(script=list(script), **sc.emulator).start()
     address = emu.address
     results: list = []
-    errors: list[SttError] = []
+    errors: list[STTError] = []
     session = _session(
         sc, lambda: emulator_client(address, api="v2", asynchronous=True), address, results.append, errors.append
     )

@@ -8,7 +8,7 @@ from pipecat.frames.frames import MetricsFrame
 from pipecat.processors.frame_processor import FrameProcessor
 
 from pipecat_rxdrain.metrics import RxdrainMetrics
-from pipecat_rxdrain.pipeline_metrics import RxMetricsData, SttMetricsData, metrics_frame
+from pipecat_rxdrain.pipeline_metrics import RxMetricsData, STTMetricsData, metrics_frame
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from pipecat_rxdrain.twilio.server import BotServer, create_app
 from tests.helpers.bot_harness import load_bot_module, make_config
@@ -53,9 +53,9 @@ async def test_a_call_emits_rx_and_stt_metrics_frames_each_second(emulator):
     tap = MetricsTap()
     summary, record = await run_call(cfg, tap)
     assert summary.ok, summary.error
-    ours = [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, SttMetricsData))]
+    ours = [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, STTMetricsData))]
     rx = [d for d in ours if isinstance(d, RxMetricsData)]
-    stt = [d for d in ours if isinstance(d, SttMetricsData)]
+    stt = [d for d in ours if isinstance(d, STTMetricsData)]
     assert len(rx) >= 5 and len(stt) == len(rx)  # a ~8.6 s call, one frame a second
     assert rx[-1].processor.startswith("RxDrainProcessor") and stt[-1].processor.startswith("GoogleSTTService")
     frames_in = [d.frames_in for d in rx]
@@ -69,7 +69,7 @@ async def test_no_metrics_frames_unless_asked(emulator):
     tap = MetricsTap()
     summary, _ = await run_call(cfg, tap)
     assert summary.ok, summary.error
-    assert not [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, SttMetricsData))]
+    assert not [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, STTMetricsData))]
 
 
 def test_metrics_frame_needs_something_to_report():

@@ -1,6 +1,6 @@
 """One call's contribution to the process metrics, fed from snapshots of our stats objects.
 
-The stats objects (``RxStats``, ``SttStats``, the Twilio parser's ``ParserStats``) hold
+The stats objects (``RxStats``, ``STTStats``, the Twilio parser's ``ParserStats``) hold
 cumulative counters and current levels. :class:`CallMetrics` remembers the previous
 snapshot, so each ``observe()`` adds only what changed to the counters and moves the gauges
 by the difference; ``end()`` takes the call's levels back out of the gauges. Fields are read
@@ -17,17 +17,17 @@ Mapping (stats field -> metric):
 ``RxStats.drain_episodes``                 ``rxdrain_rx_drain_episodes_total``
 ``RxStats.discarded_on_cancel/_on_end``    ``rxdrain_discarded_total{stage="rx",reason="cancel"/"end"}``
 ``RxStats.passengers_dropped``             ``rxdrain_discarded_total{stage="rx",reason="interruption"}``
-``SttStats.q``                             ``rxdrain_stt_queue_chunks`` (gauge, summed)
-``SttStats.drops``                         ``rxdrain_stt_dropped_chunks_total``, discarded{stt,overflow}
-``SttStats.write_ms``                      ``rxdrain_stt_write_seconds`` (one sample per observe
+``STTStats.q``                             ``rxdrain_stt_queue_chunks`` (gauge, summed)
+``STTStats.drops``                         ``rxdrain_stt_dropped_chunks_total``, discarded{stt,overflow}
+``STTStats.write_ms``                      ``rxdrain_stt_write_seconds`` (one sample per observe
                                            in which ``requests_sent`` advanced)
-``SttStats.reconnects_by_code`` (mapping)  ``rxdrain_stt_reconnects_total{code}`` exactly, if present;
-``SttStats.reconnects`` + ``last_error``   else each new reconnect labelled with the status code that
+``STTStats.reconnects_by_code`` (mapping)  ``rxdrain_stt_reconnects_total{code}`` exactly, if present;
+``STTStats.reconnects`` + ``last_error``   else each new reconnect labelled with the status code that
                                            starts ``last_error`` (``NONE`` if there is none)
-``SttStats.replayed_ms``                   ``rxdrain_stt_replayed_audio_seconds_total``
-``SttStats.replay_overflow_ms``            ``rxdrain_stt_replay_overflow_audio_seconds_total``
-``SttStats.rejected/malformed``            ``rxdrain_discarded_total{stage="stt",reason="rejected"/"malformed"}``
-``SttStats.discarded_on_error``            ``rxdrain_discarded_total{stage="stt",reason="error"}``
+``STTStats.replayed_ms``                   ``rxdrain_stt_replayed_audio_seconds_total``
+``STTStats.replay_overflow_ms``            ``rxdrain_stt_replay_overflow_audio_seconds_total``
+``STTStats.rejected/malformed``            ``rxdrain_discarded_total{stage="stt",reason="rejected"/"malformed"}``
+``STTStats.discarded_on_error``            ``rxdrain_discarded_total{stage="stt",reason="error"}``
 any other int ``discarded_on_<x>`` field   ``rxdrain_discarded_total{stage,reason="<x>"}``
 ``ParserStats.dropped[reason]``            ``rxdrain_twilio_bad_messages_total{reason}``, discarded{twilio,reason}
 ``finals[i]["eos_to_final_ms"]``           ``rxdrain_eos_to_final_seconds``
@@ -179,7 +179,7 @@ class CallMetrics:
         twilio: Any = None,
         finals: Iterable[Any] | None = None,
     ) -> None:
-        """Take snapshots in: any of ``RxStats``, ``SttStats``, ``ParserStats`` (objects or their dicts),
+        """Take snapshots in: any of ``RxStats``, ``STTStats``, ``ParserStats`` (objects or their dicts),
         and the call's list of finals (dicts with ``eos_to_final_ms``, or numbers in ms)."""
         if self._ended:
             return

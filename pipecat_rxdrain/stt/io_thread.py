@@ -13,6 +13,7 @@ from typing import Any
 
 from loguru import logger
 
+from ..deprecation import STT_RENAMES, renamed_attributes
 from ..event_loops import finish_event_loop
 from .busy import BusyMeter
 
@@ -114,7 +115,7 @@ class _Waker:
                 pass
 
 
-class SttIoThread:
+class STTIoThread:
     """One daemon thread running one asyncio loop, started by the first user and stopped by the last.
 
     Guarantees: ``acquire()`` returns a running loop (starting the thread if
@@ -206,10 +207,10 @@ class SttIoThread:
             loop.close()
 
 
-_shared = SttIoThread("rxdrain-stt-io")
+_shared = STTIoThread("rxdrain-stt-io")
 
 
-def shared_io_thread() -> SttIoThread:
+def shared_io_thread() -> STTIoThread:
     """The process-wide I/O thread every ``IoThreadMode.SHARED`` session runs on."""
     return _shared
 
@@ -240,3 +241,6 @@ async def run_blocking(fn: Callable[[], Any], *, name: str) -> Any:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
     return await fut
+
+
+__getattr__ = renamed_attributes(__name__, globals(), STT_RENAMES)  # 0.1.0 names (Stt...)

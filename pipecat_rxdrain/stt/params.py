@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..deprecation import STT_RENAMES, renamed_attributes
 from ..units import FRAME_UNIT_MS  # the unit of ``max_queue``
 
 
 @dataclass(frozen=True)
-class SttSessionParams:
+class STTSessionParams:
     """How a :class:`~pipecat_rxdrain.stt.session.StreamingSTTSession` queues, batches, rotates and recovers.
 
     Guarantees: every instance is valid (``__post_init__`` raises ``ValueError``
@@ -89,7 +90,7 @@ class SttSessionParams:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def build(cls, base: SttSessionParams | None = None, **overrides: Any) -> SttSessionParams:
+    def build(cls, base: STTSessionParams | None = None, **overrides: Any) -> STTSessionParams:
         """``base`` (default: the defaults) with ``overrides`` applied (validated); unknown names are a ``TypeError``."""
         unknown = set(overrides) - cls.names()
         if unknown:
@@ -100,4 +101,7 @@ class SttSessionParams:
 
 def check_session_params(**settings: Any) -> None:
     """Raise ``ValueError`` naming the first bad session setting (kept for callers of the old helper)."""
-    SttSessionParams.build(**settings)
+    STTSessionParams.build(**settings)
+
+
+__getattr__ = renamed_attributes(__name__, globals(), STT_RENAMES)  # 0.1.0 names (Stt...)

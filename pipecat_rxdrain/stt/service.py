@@ -20,6 +20,7 @@ required and handled exactly like the stock service (same errors).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -59,7 +60,7 @@ from ..clock import Clock, monotonic
 from ..google_clients import build_speech_client, resolve_target
 from ..units import FRAME_UNIT_MS
 from .backoff import Backoff
-from .params import SttSessionParams
+from .params import STTSessionParams
 from .recognition_config import (
     StreamSpec,
     build_v1_spec,
@@ -68,13 +69,13 @@ from .recognition_config import (
     normalize_speech_adaptation,
     recognizer_path,
 )
-from .session import StreamingSTTSession, SttError, SttResult, SttStats, status_of
-from .turns import TurnEmit, TurnTimer
+from .session import StreamingSTTSession, STTError, STTResult, STTStats, status_of
+from .turns import TurnCounters, TurnEmit, TurnTimer
 
 if TYPE_CHECKING:
     from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 
-_DEFAULTS = SttSessionParams()  # the session defaults, written once (params.py)
+_DEFAULTS = STTSessionParams()  # the session defaults, written once (params.py)
 
 EMULATOR_PROJECT_ID = "rxdrain-emulator"
 # LINEAR16 sample rates Google Speech accepts.
@@ -148,7 +149,7 @@ class GoogleSTTService(STTService):
         max_consecutive_failures: int = _DEFAULTS.max_consecutive_failures,
         telemetry_interval_s: float | None = _DEFAULTS.telemetry_interval_s,
         clock: Clock = monotonic,
-        session_params: SttSessionParams | None = None,
+        session_params: STTSessionParams | None = None,
         **kwargs,
     ):
         """Same arguments as the stock service, then the rxdrain extras.
@@ -172,7 +173,7 @@ class GoogleSTTService(STTService):
             backoff / max_consecutive_failures: Reconnect policy for retriable errors.
             telemetry_interval_s: Period of the ``[STT] q= drops= write_ms=`` line (None: off).
             clock: Time source for turn timing.
-            session_params: All session settings at once (``SttSessionParams``: also ``write_stall_s``,
+            session_params: All session settings at once (``STTSessionParams``: also ``write_stall_s``,
                 ``max_lead_ms``, ...); the keyword settings above that differ from their defaults override it.
         """
         if api not in ("v1", "v2"):
@@ -190,7 +191,7 @@ class GoogleSTTService(STTService):
         )
         if session_params is not None:
             overrides = {k: v for k, v in overrides.items() if v != getattr(_DEFAULTS, k)}
-        self._session_params = SttSessionParams.build(session_params, **overrides)
+        self._session_params = STTSessionParams.build(session_params, **overrides)
         _check_sample_rate(sample_rate, "sample_rate")
         default_settings = self.Settings(
             language=None,
@@ -251,7 +252,7 @@ class GoogleSTTService(STTService):
         self._events: asyncio.Queue | None = None
         self._events_task: asyncio.Task | None = None
         self._segment_open = False
-        self.final_stats: SttStats | None = None
+        self.final_stats: STTStats | None = None
         self.audio_rejected = 0  # chunks that arrived while no session could take them (e.g. after EndFrame)
         self.audio_malformed = 0  # frames refused: not whole samples, or a format that cannot be converted
         self.audio_empty = 0  # zero-length audio frames (nothing to send; counted, not logged per frame)
@@ -422,7 +423,7 @@ class GoogleSTTService(STTService):
         return session.backlog_frames() if session is not None else 0.0
 
     @property
-    def session_params(self) -> SttSessionParams:
+    def session_params(self) -> STTSessionParams:
         """The validated session settings every session of this service runs with."""
         return self._session_params
 
@@ -431,9 +432,14 @@ class GoogleSTTService(STTService):
         return self._session
 
     @property
-    def stats(self) -> SttStats | None:
+    def stats(self) -> STTStats | None:
         """The live session's counters (q, drops, write_ms, reconnects, replayed_ms, last_error, ...), else the last session's."""
         return self._session.stats if self._session is not None else self.final_stats
+
+    @property
+    def turn_counters(self) -> TurnCounters:
+        """A copy of the turn timer's counters for the current (or last) session: early finals, held, catch-ups, ..."""
+        return dataclasses.replace(self._turns.counters)
 
     # ----------------------------------------------------------- lifecycle
     async def start(self, frame: StartFrame):
@@ -607,7 +613,7 @@ class GoogleSTTService(STTService):
 
     async def _handle_event(self, kind: str, item: Any):
         if kind == "result":
-            r = cast(SttResult, item)
+            r = cast(STTResult, item)
             emits = (
                 self._turns.final(r.text, r)
                 if r.is_final
@@ -619,14 +625,14 @@ class GoogleSTTService(STTService):
         elif kind == "vad_stopped":
             await self._emit(self._turns.vad_stopped(speech_end_ms=item))
         elif kind == "error":
-            err = cast(SttError, item)
+            err = cast(STTError, item)
             exc = err.exception if isinstance(err.exception, Exception) else RuntimeError(err.message)
             await self.push_error(error_msg=err.message, exception=exc)
 
     async def _emit(self, emits: list[TurnEmit]):
         for e in emits:
             language = cast(Language, self._get_language_codes()[0])
-            raw = e.payload.raw if isinstance(e.payload, SttResult) else None
+            raw = e.payload.raw if isinstance(e.payload, STTResult) else None
             if e.final:
                 await self.emit_stt_usage_metrics()
                 await self.push_frame(

@@ -10,7 +10,7 @@ Threads and data flow::
                   while the process measures itself busy, lets each stream's audio pile up
                   to about batch_ms before sending
       watchdog  : a write blocked past the stall bound cancels the stream
-      reader    : response iterator → SttResult callbacks (session-relative times)
+      reader    : response iterator → STTResult callbacks (session-relative times)
       supervisor: opens streams only when audio exists, rotates before the duration
                   limit, reconnects per ReconnectPolicy, replays unfinalized audio
                   (paced so a stream never leads its wall clock by more than max_lead_ms)
@@ -46,13 +46,14 @@ import grpc
 from loguru import logger
 
 from ..clock import Clock, monotonic
+from ..deprecation import STT_RENAMES, renamed_attributes
 from ..telemetry import TelemetryWindow, format_stt_line
 from ..units import FRAME_UNIT_MS
 from .audio_queue import AudioQueue, Pushed
 from .backoff import Backoff
-from .io_thread import IoThreadMode, SttIoThread, run_blocking, shared_io_thread
+from .io_thread import IoThreadMode, STTIoThread, run_blocking, shared_io_thread
 from .lead import StreamLead
-from .params import SttSessionParams, check_session_params
+from .params import STTSessionParams, check_session_params
 from .recognition_config import MAX_REQUEST_BYTES, StreamSpec
 from .reconnect import FATAL_CODES, ReconnectPolicy, Verdict
 from .replay import ReplayBuffer
@@ -61,10 +62,10 @@ __all__ = [
     "FATAL_CODES",
     "SessionState",
     "StreamingSTTSession",
-    "SttError",
-    "SttResult",
-    "SttStats",
-    "SttSessionParams",
+    "STTError",
+    "STTResult",
+    "STTStats",
+    "STTSessionParams",
     "check_session_params",
     "status_of",
 ]
@@ -134,7 +135,7 @@ def _describe(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class SttResult:
+class STTResult:
     """A recognition result with times relative to the start of the whole session."""
 
     text: str
@@ -147,7 +148,7 @@ class SttResult:
 
 
 @dataclass(frozen=True)
-class SttError:
+class STTError:
     """A session-ending error (non-retriable, or retries exhausted)."""
 
     code: grpc.StatusCode | None
@@ -160,7 +161,7 @@ class SttError:
 
 
 @dataclass(frozen=True)
-class SttStats:
+class STTStats:
     """A snapshot of the session's counters (same numbers as the telemetry line)."""
 
     state: str  # a SessionState (compares equal to its string value)
@@ -256,7 +257,7 @@ class StreamingSTTSession:
         the call if the server stalls, counts what it could not send in
         ``drops``, and releases the I/O thread.
 
-    Settings come as ``params`` (:class:`SttSessionParams`) and/or as keyword
+    Settings come as ``params`` (:class:`STTSessionParams`) and/or as keyword
     overrides of its fields (``max_queue=...``, ``batch_ms=...``).
 
     ``client_factory`` is called on the I/O loop and must return an async
@@ -274,9 +275,9 @@ class StreamingSTTSession:
         spec: StreamSpec,
         client_factory: Callable[[], Any],
         *,
-        params: SttSessionParams | None = None,
-        on_result: Callable[[SttResult], None] | None = None,
-        on_error: Callable[[SttError], None] | None = None,
+        params: STTSessionParams | None = None,
+        on_result: Callable[[STTResult], None] | None = None,
+        on_error: Callable[[STTError], None] | None = None,
         backoff: Backoff | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         clock: Clock = monotonic,
@@ -285,12 +286,12 @@ class StreamingSTTSession:
         io_thread: IoThreadMode | str = IoThreadMode.SHARED,
         **settings: Any,
     ) -> None:
-        p = self.params = SttSessionParams.build(params, **settings)
+        p = self.params = STTSessionParams.build(params, **settings)
         self._spec = spec
         self._client_factory = client_factory
         self._on_result = on_result
         self._on_error = on_error
-        self.results: queue.SimpleQueue[SttResult] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[STTResult] = queue.SimpleQueue()
         self._policy = ReconnectPolicy(backoff, p.max_consecutive_failures)
         self._metadata = tuple(metadata)
         self._clock = clock
@@ -299,8 +300,8 @@ class StreamingSTTSession:
         self._probe_client: Any = None
         mode = IoThreadMode(io_thread)
         self.io_mode = mode
-        self._io: SttIoThread = (
-            shared_io_thread() if mode is IoThreadMode.SHARED else SttIoThread(f"rxdrain-stt-{self.name}")
+        self._io: STTIoThread = (
+            shared_io_thread() if mode is IoThreadMode.SHARED else STTIoThread(f"rxdrain-stt-{self.name}")
         )
 
         # One lock for the queue and the session state (never held while calling the queue).
@@ -345,7 +346,7 @@ class StreamingSTTSession:
         self._warned_drops = 0
         self._warned_at: float | None = None
         self._last_error: str | None = None
-        self._fatal: SttError | None = None
+        self._fatal: STTError | None = None
         self._stream_was_healthy = False
         self._write_samples: list[float] = []
         self._write_sample_i = 0
@@ -424,7 +425,7 @@ class StreamingSTTSession:
         return self._state in (SessionState.NEW, SessionState.RUNNING)
 
     @property
-    def failed(self) -> SttError | None:
+    def failed(self) -> STTError | None:
         return self._fatal
 
     def update_spec(self, spec: StreamSpec) -> None:
@@ -479,10 +480,10 @@ class StreamingSTTSession:
         return self._done.is_set()
 
     @property
-    def stats(self) -> SttStats:
+    def stats(self) -> STTStats:
         bpm = self._spec.bytes_per_ms
         q = self._queue
-        return SttStats(
+        return STTStats(
             state=self._state,
             q=len(q),
             max_queue=self.params.max_queue,
@@ -558,7 +559,7 @@ class StreamingSTTSession:
         except asyncio.CancelledError:
             pass
         except Exception as exc:
-            self._fail(SttError(status_of(exc), f"Google STT session error: {_describe(exc)}", False, exc))
+            self._fail(STTError(status_of(exc), f"Google STT session error: {_describe(exc)}", False, exc))
         finally:
             st = self._stream
             if st is not None and st.call is not None:
@@ -630,11 +631,11 @@ class StreamingSTTSession:
             self._last_error = desc
             decision = self._policy.on_error(code, stream_was_healthy=self._stream_was_healthy)
             if decision.verdict is Verdict.FATAL:
-                self._fail(SttError(code, f"Google STT stopped: {desc}", False, exc))
+                self._fail(STTError(code, f"Google STT stopped: {desc}", False, exc))
                 return
             if decision.verdict is Verdict.GIVE_UP:
                 self._fail(
-                    SttError(code, f"Google STT gave up after {decision.failures} failed attempts: {desc}", True, exc)
+                    STTError(code, f"Google STT gave up after {decision.failures} failed attempts: {desc}", True, exc)
                 )
                 return
             self._reconnects += 1
@@ -969,7 +970,7 @@ class StreamingSTTSession:
                 st.pending_interim = True
                 self._interims += 1
             self._deliver(
-                SttResult(
+                STTResult(
                     text=text,
                     is_final=bool(result.is_final),
                     end_ms=end_pos / bpm,
@@ -982,7 +983,7 @@ class StreamingSTTSession:
             if result.is_final and self._should_rotate(st):
                 self._wake_writer()
 
-    def _deliver(self, result: SttResult) -> None:
+    def _deliver(self, result: STTResult) -> None:
         if self._on_result is None:
             self.results.put(result)
             return
@@ -1046,7 +1047,7 @@ class StreamingSTTSession:
             except RuntimeError:
                 pass
 
-    def _fail(self, error: SttError) -> None:
+    def _fail(self, error: STTError) -> None:
         if self._fatal is not None:
             return
         self._fatal = error
@@ -1093,3 +1094,6 @@ class StreamingSTTSession:
 
 
 _MAX_SAMPLES = 8192
+
+
+__getattr__ = renamed_attributes(__name__, globals(), STT_RENAMES)  # 0.1.0 names (Stt...)

@@ -1,4 +1,4 @@
-"""The metrics recorder on a real call through the example bot: live RxStats, SttStats and ParserStats,
+"""The metrics recorder on a real call through the example bot: live RxStats, STTStats and ParserStats,
 scraped over HTTP from the bot's own app.
 
 The bot's own wiring (``MediaStreamCall`` starts a recorder per call, observes on each refresh,

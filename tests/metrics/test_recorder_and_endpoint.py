@@ -27,7 +27,7 @@ from pipecat_rxdrain.metrics import (
     multiprocess_dir,
 )
 from pipecat_rxdrain.rx.backpressure import RxBackpressure, RxStats
-from pipecat_rxdrain.stt.session import SttStats
+from pipecat_rxdrain.stt.session import STTStats
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-token-0123456789abcdef"
@@ -121,12 +121,12 @@ def test_counters_take_deltas_and_gauges_sum_over_calls():
 def test_stt_snapshot_mapping():
     metrics = RxdrainMetrics()
     call = metrics.start_call()
-    call.observe(stt=make_stats(SttStats, q=12, drops=2, requests_sent=10, write_ms=3.0, reconnects=0, replayed_ms=0.0))
+    call.observe(stt=make_stats(STTStats, q=12, drops=2, requests_sent=10, write_ms=3.0, reconnects=0, replayed_ms=0.0))
     call.observe(stt=make_stats(
-        SttStats, q=5, drops=6, requests_sent=20, write_ms=120.0, reconnects=2, replayed_ms=1500.0,
+        STTStats, q=5, drops=6, requests_sent=20, write_ms=120.0, reconnects=2, replayed_ms=1500.0,
         replay_overflow_ms=250.0, last_error="UNAVAILABLE: connection reset", rejected=1, malformed=2, discarded_on_error=3,
     ))
-    call.observe(stt=make_stats(SttStats, q=5, drops=6, requests_sent=20, write_ms=120.0, reconnects=3,
+    call.observe(stt=make_stats(STTStats, q=5, drops=6, requests_sent=20, write_ms=120.0, reconnects=3,
                                 replayed_ms=1500.0, last_error="not a status"))
     snap = samples(metrics.registry)
     assert value(snap, "rxdrain_stt_queue_chunks") == 5

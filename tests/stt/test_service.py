@@ -150,7 +150,7 @@ async def test_stale_interim_holds_the_early_final_for_googles_complete_final(em
     down, _ = await run_test(svc, frames_to_send=frames)
     finals = [f.text for f in down if isinstance(f, TranscriptionFrame)]
     assert finals == [HELLO.segments[0]]
-    assert svc._turns.counters.early_finals == 0 and svc._turns.counters.early_finals_held == 1
+    assert svc.turn_counters.early_finals == 0 and svc.turn_counters.early_finals_held == 1
 
 
 async def test_non_retriable_error_pushed_once_and_service_unusable(emu):
@@ -217,11 +217,11 @@ async def test_16khz_pipeline_with_the_twilio_serializer_transcribes(emu):
     assert len(audio) < len(media) * 0.5 and {f.sample_rate for f in audio} == {16000}  # merged chunks
     sent = sum(len(f.audio) for f in audio)
 
-    from pipecat_rxdrain.stt.params import SttSessionParams
+    from pipecat_rxdrain.stt.params import STTSessionParams
 
     # Faster than real time: without max_lead_ms=None the lead bound would pace the tail past close().
     svc = GoogleSTTService(sample_rate=16000, max_queue=1000, debounce_ms=None, final_timeout_ms=None,
-                           session_params=SttSessionParams(max_lead_ms=None))
+                           session_params=STTSessionParams(max_lead_ms=None))
     rx = RxDrainProcessor(sink=svc)
     down, up = await run_test(Pipeline([rx, svc]), frames_to_send=frames,
                               pipeline_params=PipelineParams(audio_in_sample_rate=16000))

@@ -1,5 +1,5 @@
 """The session's pure pieces, clock-driven: AudioQueue, ReplayBuffer (and its aging), Backoff, ReconnectPolicy,
-StreamLead, SttSessionParams."""
+StreamLead, STTSessionParams."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pipecat_rxdrain.stt.audio_queue import AudioQueue, Pushed
 from pipecat_rxdrain.stt.backoff import Backoff
 from pipecat_rxdrain.stt.lead import StreamLead
-from pipecat_rxdrain.stt.params import SttSessionParams
+from pipecat_rxdrain.stt.params import STTSessionParams
 from pipecat_rxdrain.stt.recognition_config import MAX_REQUEST_BYTES
 from pipecat_rxdrain.stt.reconnect import ReconnectPolicy, Verdict
 from pipecat_rxdrain.stt.replay import ReplayBuffer
@@ -158,16 +158,16 @@ def test_lead_is_measured_against_compressed_wall_time():
 )
 def test_params_validate_and_name_the_setting(bad, name):
     with pytest.raises(ValueError, match=name):
-        SttSessionParams(**bad)
+        STTSessionParams(**bad)
 
 
 def test_params_defaults_and_derived_bounds():
-    p = SttSessionParams()
+    p = STTSessionParams()
     assert (p.max_queue, p.batch_ms, p.max_lead_ms) == (200, 60.0, 5000.0)
     assert p.stall_bound_s == pytest.approx(4.0)  # the queue's audio time
-    assert SttSessionParams.build(p, write_stall_s=1.5).stall_bound_s == 1.5
+    assert STTSessionParams.build(p, write_stall_s=1.5).stall_bound_s == 1.5
     with pytest.raises(TypeError, match="bogus"):
-        SttSessionParams.build(bogus=1)
+        STTSessionParams.build(bogus=1)
 
 
 def test_queue_sends_a_chunk_bigger_than_the_batch_whole_when_it_fits_a_request():
