@@ -258,6 +258,9 @@ class TwilioStreamParser:
         self.stats = ParserStats()
         self.start: Start | None = None
         self.stopped = False
+        # a ``start`` event arrived but was refused (bad SIDs, missing fields): Twilio sends one
+        # start per stream, so a server waiting for a valid one can give up at once
+        self.start_refused = False
         self._last_seq: int | None = None
         self._last_chunk: int | None = None
 
@@ -375,6 +378,12 @@ class TwilioStreamParser:
             raise _Bad(DropReason.UNKNOWN_EVENT, f"unknown event {shown!r}")
         if self.stopped:
             raise _Bad(DropReason.AFTER_STOP, f"{event} after stop")
+        if event == "start" and self.start is None:
+            try:
+                return self._parse_start(data)
+            except _Bad:
+                self.start_refused = True
+                raise
         return getattr(self, f"_parse_{event}")(data)
 
     @staticmethod

@@ -114,6 +114,8 @@ async def read_until_start(websocket: WebSocket, parser: TwilioStreamParser, war
                 f"pre_start_{parsed.reason.value}",
                 f"[TWILIO] dropped bad message before start (reason={parsed.reason.value}): {parsed.detail}",
             )
+            if parser.start_refused:  # no valid start will follow: free the call slot now
+                return None
     return None
 
 

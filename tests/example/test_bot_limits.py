@@ -247,7 +247,8 @@ FORGED = [
 
 
 async def test_caller_supplied_call_sids_never_reach_a_log_line(emulator):
-    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
+    # START_TIMEOUT_S far above the 15 s recv wait: the 1008 must come from the refused start itself
+    cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False, start_timeout_s=60.0)
     with LogCapture() as logs:
         async with running_bot(cfg) as bot:
             url = f"http://127.0.0.1:{bot.port}/twiml"

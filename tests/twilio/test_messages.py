@@ -343,3 +343,18 @@ def test_the_media_fast_path_takes_the_common_case():
     assert full_parses == []
     assert isinstance(p.feed(media(60, payload=FRAME[:10])), Rejected)  # a bad one takes the full parse
     assert len(full_parses) == 1
+
+
+def test_a_refused_start_is_flagged_so_the_server_can_stop_waiting():
+    p = TwilioStreamParser()
+    p.feed(dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    p.feed(dumps({"event": "media", "media": {}}))  # a bad non-start message does not count
+    assert not p.start_refused
+    bad = p.feed(dumps(start_message(stream_sid=SID, call_sid="CA\x1b[2J" + "3" * 30, account_sid=ACCT)))
+    assert isinstance(bad, Rejected) and bad.reason is DropReason.BAD_FIELD
+    assert p.start_refused and p.start is None
+
+    ok = TwilioStreamParser()
+    assert isinstance(ok.feed(dumps(start_message(stream_sid=SID, call_sid=CALL, account_sid=ACCT))), Start)
+    assert isinstance(ok.feed(dumps(start_message(stream_sid=SID, call_sid=CALL, account_sid=ACCT))), Rejected)
+    assert not ok.start_refused  # a duplicate start after a valid one is only a counted drop
