@@ -7,9 +7,10 @@
     python -m benchmarks.run --timing google   # emulator timing profile (realistic finals), default fast
     python -m benchmarks.run --report-only /tmp/rxdrain-bench-last-rows.pkl   # re-render the last run
 
-Each scenario runs through the three pipelines one after another (never at the same
-time: the blocking baseline blocks the event loop by design), against the local
-emulator, fed by the caller simulator over the real websocket transport. ``--full``
+Each pipeline runs every scenario in a child process of its own (``--same-process`` for
+one process), the pipelines one after another (never at the same time: the blocking
+baseline blocks the event loop by design), against the local emulator, fed by the caller
+simulator over the real websocket transport. ``--full``
 writes ``benchmarks/RESULTS.md`` and ``benchmarks/plots/*.png``; ``--quick`` writes the
 same into ``$TMPDIR/rxdrain-bench-quick/`` (``--out`` to choose). Prints a summary as it
 goes. Asserts nothing.
@@ -79,6 +80,37 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
     return rows
 
 
+def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> list[dict]:
+    """Every pipeline's scenarios in a child process of its own, rows merged in scenario order.
+
+    Why: grpc.aio has one completion queue per process, and every event loop that ever ran a
+    grpc.aio call stays bound to it, woken by every gRPC completion in the process. Stock's
+    client binds the benchmark's loop (Pipecat's), so in one shared process ours would pay for
+    stock's gRPC design (measured +67 µs of CPU per frame, 20 calls), a cost a user swapping
+    stock for ours does not have. Each child still runs the warm-up and the ladder's stop rule.
+    """
+    import pickle
+    import subprocess
+    import tempfile
+
+    keys = ",".join(sc.key for sc in scenarios)
+    by_key: dict[tuple[str, str], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rxdrain-bench-") as tmp:
+        for pipeline in pipelines:
+            out = Path(tmp) / f"{pipeline}.pkl"
+            cmd = [
+                sys.executable, "-m", "benchmarks.run", f"--{mode_name}", "--child", "--only", keys,
+                "--pipelines", pipeline, "--timing", timing, "--no-report", "--rows-out", str(out),
+            ]
+            proc = subprocess.run(cmd, cwd=HERE.parent, check=False)
+            if proc.returncode or not out.exists():
+                print(f"  {pipeline}: child run failed (exit {proc.returncode}); its rows are missing", flush=True)
+                continue
+            for row in pickle.loads(out.read_bytes())["rows"]:
+                by_key[(row["scenario"], row["pipeline"])] = row
+    return [by_key[(sc.key, p)] for sc in scenarios for p in pipelines if (sc.key, p) in by_key]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
@@ -100,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-out", type=Path, default=None, help="where to pickle the rows for --report-only (default: $TMPDIR)")
     p.add_argument("--no-report", action="store_true", help="print numbers only")
     p.add_argument("--report-only", type=Path, metavar="PKL", help="re-render the report from a saved run (see report.LAST_ROWS)")
+    p.add_argument(
+        "--same-process", action="store_true",
+        help="run every pipeline in this one process (default: one child process per pipeline, see isolated_rows)",
+    )
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run --only's keys in the order given
     args = p.parse_args(argv)
 
     if args.out is None:
@@ -135,12 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             keys.discard("ladder")
             keys |= {s.key for s in scenarios if s.group == "scale"}
         pool = {s.key: s for s in S.full() + S.quick() + S.smoke() + S.checks()}
-        scenarios = [s for s in scenarios if s.key in keys] + [pool[k] for k in keys if k not in {s.key for s in scenarios} and k in pool]
+        if args.child:  # the parent's list, in its order (a key of this mode wins over the pool's)
+            pool |= {s.key: s for s in scenarios}
+            scenarios = [pool[k] for k in args.only.split(",")]
+        else:
+            scenarios = [s for s in scenarios if s.key in keys] + [pool[k] for k in keys if k not in {s.key for s in scenarios} and k in pool]
     pipelines = [x for x in args.pipelines.split(",") if x]
     mode_name = "full" if args.full else "quick"
     print(f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines, emulator timing {args.timing}")
     t0 = time.monotonic()
-    rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing))
+    if len(pipelines) > 1 and not args.same_process:
+        rows = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing)
+    else:
+        rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing))
     elapsed = time.monotonic() - t0
     print(f"done in {elapsed:.0f} s")
     try:  # kept so the report can be re-rendered without re-running (--report-only)

@@ -131,6 +131,9 @@ class RxDrainProcessor(FrameProcessor):
     * The pacing task is created on ``StartFrame``, sleeps while there is
       nothing to pace (it wakes only for the telemetry line), and is cancelled
       on ``EndFrame`` / ``CancelFrame`` / cleanup.
+    * Runs in Pipecat's direct mode unless ``enable_direct_mode=False`` is passed: a frame is
+      handled in the task of the processor that pushed it (no input queue or task here, no
+      extra hop per frame), which is safe because ``process_frame`` never waits for the queue.
     * Bad input never takes a queue slot: zero-length audio frames are
       dropped (counted in ``empty_audio_dropped``) and audio arriving after
       the ``EndFrame`` is dropped (``audio_after_end``) rather than sent
@@ -147,6 +150,10 @@ class RxDrainProcessor(FrameProcessor):
         clock: Clock | None = None,
         **kwargs,
     ) -> None:
+        # Direct mode (Pipecat's own, as its pipeline source and sink use): no input queue and task
+        # of its own, so a frame costs no extra hop through this processor. Safe because
+        # process_frame never waits for the queue (see the class guarantees).
+        kwargs.setdefault("enable_direct_mode", True)
         super().__init__(**kwargs)
         if sink is not None and not isinstance(sink, AudioSink):
             raise TypeError(f"sink must implement AudioSink.can_accept_audio(), got {type(sink).__name__}")

@@ -1,4 +1,4 @@
-"""Is the STT I/O thread's process busy? Its CPU share over a short window, with hysteresis (no timers, no threads).
+"""How busy is the STT I/O thread's process? Its CPU share over a short window, as a level with hysteresis (no timers, no threads).
 
 Why the process and not the I/O thread alone: every gRPC request costs the I/O thread ~0.1 ms of
 GIL in gRPC's Python layer, and the GIL is shared with Pipecat's loop. Batching requests pays
@@ -19,19 +19,24 @@ BUSY_ON_SHARE = 0.85
 BUSY_OFF_SHARE = 0.70
 #: Length of one measurement window.
 BUSY_WINDOW_S = 0.5
+#: Highest level (the writer holds a stream's audio up to one 20 ms frame per level).
+BUSY_MAX_LEVEL = 2
 
 
 class BusyMeter:
-    """Whether the process has been busy lately (CPU share of one core over the last window).
+    """How busy the process has been lately, as a level: 0 (idle) up to ``max_level``.
 
     Guarantees:
 
-    * ``busy()`` is cheap (one clock read) except once per ``window_s``, when it reads the
+    * ``level()`` is cheap (one clock read) except once per ``window_s``, when it reads the
       process's CPU time (``cpu``, default ``time.process_time``) and compares the CPU used over the
-      window with its wall time: the state turns busy at a share ``>= on_share`` and idle again at
-      a share ``< off_share`` (hysteresis), and stays as it was in between.
-    * Until the first full window has passed it answers ``False``: the process is idle until
-      measured busy, so an idle process never pays anything for the meter.
+      window with its wall time: a share ``>= on_share`` raises the level by one (up to
+      ``max_level``), a share ``< off_share`` lowers it by one (down to 0), and in between it stays
+      (hysteresis). One step per window, so the level climbs only as far as the load needs: each
+      level makes the writer send fewer requests, which itself lowers the share.
+    * Until the first full window has passed it answers 0: the process is idle until measured
+      busy, so an idle process never pays anything for the meter.
+    * ``busy()`` is ``level() > 0``.
     * Not thread-safe: call it from one thread (the I/O thread).
     """
 
@@ -41,6 +46,7 @@ class BusyMeter:
         on_share: float = BUSY_ON_SHARE,
         off_share: float = BUSY_OFF_SHARE,
         window_s: float = BUSY_WINDOW_S,
+        max_level: int = BUSY_MAX_LEVEL,
         clock: Clock = monotonic,
         cpu: Callable[[], float] = time.process_time,
     ) -> None:
@@ -48,30 +54,40 @@ class BusyMeter:
             raise ValueError(f"need 0 < off_share <= on_share, got off_share={off_share}, on_share={on_share}")
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
+        if not (isinstance(max_level, int) and max_level >= 1):
+            raise ValueError(f"max_level must be an int >= 1, got {max_level!r}")
         self.on_share = on_share
         self.off_share = off_share
         self.window_s = window_s
+        self.max_level = max_level
         self._clock = clock
         self._cpu = cpu
         self._t0: float | None = None
         self._c0 = 0.0
-        self._busy = False
+        self._level = 0
         self.share = 0.0  # the last window's CPU share (0..1+)
-        self.switches = 0  # how many times the state changed
+        self.switches = 0  # how many times the level changed
 
-    def busy(self) -> bool:
+    def level(self) -> int:
         now = self._clock()
         t0 = self._t0
         if t0 is None:
             self._t0, self._c0 = now, self._cpu()
-            return False
+            return 0
         if now - t0 < self.window_s:
-            return self._busy
+            return self._level
         cpu = self._cpu()
         share = self.share = (cpu - self._c0) / (now - t0)
         self._t0, self._c0 = now, cpu
-        busy = share >= self.off_share if self._busy else share >= self.on_share
-        if busy is not self._busy:
-            self._busy = busy
+        level = self._level
+        if share >= self.on_share:
+            level = min(self.max_level, level + 1)
+        elif share < self.off_share:
+            level = max(0, level - 1)
+        if level != self._level:
+            self._level = level
             self.switches += 1
-        return busy
+        return level
+
+    def busy(self) -> bool:
+        return self.level() > 0

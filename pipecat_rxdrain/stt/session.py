@@ -8,7 +8,7 @@ Threads and data flow::
       writer    : request generator; sends at once when idle, and while a write is
                   in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB);
                   while the process measures itself busy, lets each stream's audio pile up
-                  to about batch_ms before sending
+                  one 20 ms frame more per busy level (up to batch_ms) before sending
       watchdog  : a write blocked past the stall bound cancels the stream
       reader    : response iterator → STTResult callbacks (session-relative times)
       supervisor: opens streams only when audio exists, rotates before the duration
@@ -234,9 +234,10 @@ class StreamingSTTSession:
         finished (no fill wait); what piled up meanwhile goes in one request of
         at most ``batch_ms`` of audio and 25 KB. Only while the process
         measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its CPU
-        share, a proxy for GIL contention) does a stream's oldest queued chunk wait, at most ``batch_ms``
-        less 20 ms, for a fuller request, so a loaded process sends fewer requests
-        (``stats.spaced_requests``).
+        share, a proxy for GIL contention) does a stream's oldest queued chunk wait for a
+        fuller request: 20 ms per busy level, at most ``batch_ms`` less 20 ms, so a loaded
+        process sends fewer requests (``stats.spaced_requests``) and a lightly loaded one
+        waits less than a heavily loaded one.
       * A write blocked longer than the stall bound (``write_stall_s``, default
         the queue's audio time) cancels the stream; the next one replays only
         unfinalized audio younger than the bound (the rest is counted in
@@ -812,9 +813,10 @@ class StreamingSTTSession:
         wake = self._wake
         assert wake is not None
         meter = self._io.meter
-        # While busy, the oldest queued chunk waits up to batch_ms less one 20 ms frame, so about
-        # batch_ms of audio goes per request (a full batch goes at once).
-        hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
+        # While busy, the oldest queued chunk waits one 20 ms frame per busy level, at most batch_ms
+        # less one frame, so each request carries level + 1 frames (a full batch goes at once).
+        frame_s = FRAME_UNIT_MS / 1000.0
+        max_hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
         while True:
             take = self._next_action(st)
             if take is _Take.ENDED:
@@ -825,13 +827,14 @@ class StreamingSTTSession:
                 asyncio.get_running_loop().call_soon(self._cancel_stream, st)
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
-            if take is None and meter is not None and 0 < q.nbytes < target and meter.busy():
-                # The process measured itself busy (every request costs the I/O thread ~0.1 ms of
+            level = meter.level() if take is None and meter is not None and 0 < q.nbytes < target else 0
+            if level:
+                # The process measured itself busy (every request costs the I/O thread ~0.2 ms of
                 # GIL in gRPC's Python layer, GIL that Pipecat's loop is then waiting for): let this
-                # stream's audio pile up to a batch before sending, so a loaded process sends
-                # fewer, fuller requests. Idle, nothing waits.
+                # stream's audio pile up a little before sending, so a loaded process sends fewer,
+                # fuller requests; the level only climbs as far as the load needs. Idle, nothing waits.
                 oldest = q.oldest_at()
-                delay = 0.0 if oldest is None else oldest + hold_s - self._clock()
+                delay = 0.0 if oldest is None else oldest + min(level * frame_s, max_hold_s) - self._clock()
                 if delay > 0:
                     self._spaced += 1
                     await asyncio.sleep(delay)

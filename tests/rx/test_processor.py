@@ -414,6 +414,45 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
     assert dst.q_at_arrival[:51] == [1] * 51  # nothing but the frame itself (in flight) was queued
 
 
+class Pusher(FrameProcessor):
+    """A queued processor upstream of RX: after each audio frame it pushes, notes how many frames
+    the recorder at the end of the pipeline had already seen when that push returned."""
+
+    def __init__(self, dst_count):
+        super().__init__()
+        self.dst_count = dst_count
+        self.seen_on_return: list[int] = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self.seen_on_return.append(self.dst_count())
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_rx_runs_in_direct_mode_by_default_so_audio_costs_no_extra_hop(direct):
+    """By default a frame goes through RX inside the pushing processor's own push (no input queue or task of RX's
+    own): it has reached the (direct-mode) recorder behind RX when the push returns. enable_direct_mode=False
+    brings Pipecat's queue back, and then it has not."""
+    kw = {} if direct else dict(enable_direct_mode=False)
+    proc = RxDrainProcessor(sink=GateSink(open_=True), **kw)
+    box = {}
+    pusher = Pusher(lambda: len(box["dst"].down(InputAudioRawFrame)))
+
+    async def script(worker, src, dst):
+        box["dst"] = dst
+        for k in range(5):
+            await worker.queue_frame(audio(k))
+            await wait_until(lambda k=k: len(dst.down()) == k + 1)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline([pusher, proc], script, watch=proc)
+    assert labels(dst.down()) == [0, 1, 2, 3, 4, "EndFrame"]
+    expected = [1, 2, 3, 4, 5] if direct else [0, 1, 2, 3, 4]
+    assert pusher.seen_on_return == expected
+
+
 async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_it():
     sink = GateSink(open_=False)
     proc = RxDrainProcessor(sink=sink)

@@ -1,4 +1,4 @@
-"""BusyMeter: the process's CPU share over a window, with hysteresis (FakeClock, a fake CPU counter)."""
+"""BusyMeter: the process's CPU share over a window, as a level with hysteresis (FakeClock, a fake CPU counter)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,21 @@ def test_a_long_quiet_spell_counts_as_one_idle_window():
     assert not m.busy()
 
 
-@pytest.mark.parametrize("kw", [dict(on_share=0.02, off_share=0.03), dict(off_share=0.0), dict(window_s=0.0)])
+def test_the_level_climbs_one_step_per_busy_window_and_comes_down_one_per_idle_window():
+    m, clock, cpu = meter(max_level=2)
+    assert m.level() == 0
+    levels = []
+    for share in (0.5, 0.5, 0.5, 0.05, 0.02, 0.05, 0.02, 0.02):
+        spend(clock, cpu, 0.5, share)
+        levels.append(m.level())
+    # busy x3: 1, 2, capped at 2; in between: stays; idle: one step down per window, floor 0
+    assert levels == [1, 2, 2, 2, 1, 1, 0, 0]
+    assert m.switches == 4
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(on_share=0.02, off_share=0.03), dict(off_share=0.0), dict(window_s=0.0), dict(max_level=0)]
+)
 def test_bad_settings_raise(kw):
     with pytest.raises(ValueError):
         BusyMeter(**kw)

@@ -58,6 +58,26 @@ def test_while_the_process_is_busy_a_stream_sends_fuller_requests():
     assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]  # in order, nothing skipped
 
 
+def test_at_the_first_busy_level_a_stream_waits_one_frame_not_a_whole_batch():
+    """Level 1 (the load needs only a little relief): the oldest chunk waits 20 ms, so requests carry
+    two 20 ms chunks, not batch_ms (60 ms); nothing lost or reordered."""
+    with SpeechEmulator(script=list(HELLO.segments)) as emu:
+        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
+        meter = s._io.meter
+        meter.on_share = meter.off_share = 1e-9
+        meter.window_s = 0.05
+        meter.max_level = 1
+        pcm = HELLO.pcm16[: 8000 * 2 * 2]
+        feed(s, pcm, speed=1.0)
+        assert s.close(5)
+        sizes = [c.size for c in emu.streams[0].chunks]
+        offsets = [c.offset for c in emu.streams[0].chunks]
+    assert s.stats.spaced_requests > 0
+    assert sizes.count(2 * CHUNK) >= len(sizes) // 2  # mostly two chunks per request
+    assert sizes.count(960) <= len(sizes) // 10  # rarely a full batch (a late wake-up)
+    assert sum(sizes) == len(pcm) and offsets == [sum(sizes[:i]) for i in range(len(sizes))]
+
+
 def test_watchdog_cancels_a_stalled_stream_and_replays_only_young_audio_each_word_once():
     bound, speed = 0.4, 2.0
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
