@@ -14,6 +14,12 @@ call), plus whatever threads the sessions use.
 * ``feed lag p99`` = how late the caller's 20 ms ticks run (the loop's health);
 * ``requests/frame`` = gRPC requests per pushed frame (1.0: one request per frame).
 
+Mode ``on_loop`` is stock Pipecat's pattern, for comparison: each call an ``asyncio.Queue`` and a
+grpc.aio stream on the caller's own loop (no thread hop; what the mission rules out for ours, since a
+stalled write then stalls the loop). Mode ``shared_bound`` is ``shared`` in a process whose caller loop has also run a grpc.aio call (a
+channel made ready on it first), as Pipecat's loop has when a bot uses another grpc.aio client there:
+grpc.aio keeps every such loop bound to its one completion queue and wakes it for every completion.
+
 ``--legacy PATH`` also runs a checkout of the package at PATH (e.g. the code
 before the shared thread) in a subprocess, with the default thread model it had.
 """
@@ -57,6 +63,36 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("emulator did not start")
 
 
+class OnLoopStream:
+    """Stock Pipecat's write path: ``push_audio`` puts into an ``asyncio.Queue``; a grpc.aio stream on the
+    caller's loop sends each chunk as one request."""
+
+    def __init__(self, spec, client, metadata) -> None:
+        import types
+
+        self.spec, self.client, self.metadata = spec, client, metadata
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stats = types.SimpleNamespace(requests_sent=0)
+
+    def push_audio(self, pcm: bytes) -> None:
+        self.queue.put_nowait(pcm)
+
+    async def run(self) -> None:
+        async def requests():
+            yield self.spec.config_request()
+            while True:
+                audio = await self.queue.get()
+                self.stats.requests_sent += 1
+                yield self.spec.audio_request(audio)
+
+        call = await self.client.streaming_recognize(requests=requests(), metadata=self.metadata)
+        async for _ in call:
+            pass
+
+    def close(self, timeout: float) -> None:
+        pass  # its task ends with the loop
+
+
 def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
     from loguru import logger
 
@@ -72,12 +108,12 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
     spec = build_v2_spec(sample_rate=8000, recognizer=recognizer_path("bench", "global"), language_codes=["en-US"],
                          model="latest_long")
     sessions = []
-    if mode != "null":
+    if mode not in ("null", "on_loop"):
         for i in range(calls):
             kw = dict(telemetry_interval_s=1.0, metadata=[(SESSION_METADATA_KEY, str(uuid.uuid4()))],
                       on_result=lambda r: None, name=f"bench-{i}")
             if mode != "legacy":
-                kw["io_thread"] = mode
+                kw["io_thread"] = "shared" if mode == "shared_bound" else mode
             sessions.append(
                 StreamingSTTSession(spec, lambda: emulator_client(address, api="v2", asynchronous=True), **kw).start()
             )
@@ -109,6 +145,17 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
 
     async def main():
         loop = asyncio.get_running_loop()
+        if mode == "shared_bound":
+            import grpc
+
+            bound = grpc.aio.insecure_channel(address)
+            await asyncio.wait_for(bound.channel_ready(), 10)
+        on_loop_tasks = []
+        if mode == "on_loop":
+            client = emulator_client(address, api="v2", asynchronous=True)
+            for _ in range(calls):
+                sessions.append(OnLoopStream(spec, client, [(SESSION_METADATA_KEY, str(uuid.uuid4()))]))
+                on_loop_tasks.append(asyncio.create_task(sessions[-1].run()))
         warm = 1.5
         start = loop.time()
         measure_from = start + warm
@@ -122,6 +169,8 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
         cpu = time.process_time() - c0
         wall = time.perf_counter() - w0
         req = sum(s.stats.requests_sent for s in sessions) - req0
+        if mode == "shared_bound":
+            await bound.close()
         return cpu, wall, req
 
     cpu, wall, req = asyncio.run(main())

@@ -584,7 +584,7 @@ def _method() -> list[str]:
         "after another (never concurrently: the blocking baseline blocks the event loop on purpose). Separate processes "
         "because grpc.aio keeps every event loop that ever ran a grpc.aio call bound to its one completion queue, woken by "
         "every gRPC completion in the process: in a shared process stock's on-loop client would make ours pay for it "
-        "(+67 µs of CPU per frame at 20 calls). The caller simulator (`pipecat_rxdrain.twilio.caller."
+        "(+40 to +70 µs of CPU per frame at 20 calls, `bench_stt_threads --modes shared,shared_bound`). The caller simulator (`pipecat_rxdrain.twilio.caller."
         "simulate_call`) sends Twilio's exact `connected`/`start`/`media`/`stop` messages (160-byte mu-law frames of the "
         "bundled `call_en` sample, looped, on an absolute 20 ms schedule, network stalls and bunches included) over a real "
         "websocket to a FastAPI app served by uvicorn on 127.0.0.1, where each call runs a Pipecat pipeline starting with "

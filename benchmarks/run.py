@@ -86,8 +86,9 @@ def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> list[
     Why: grpc.aio has one completion queue per process, and every event loop that ever ran a
     grpc.aio call stays bound to it, woken by every gRPC completion in the process. Stock's
     client binds the benchmark's loop (Pipecat's), so in one shared process ours would pay for
-    stock's gRPC design (measured +67 µs of CPU per frame, 20 calls), a cost a user swapping
-    stock for ours does not have. Each child still runs the warm-up and the ladder's stop rule.
+    stock's gRPC design (+40 to +70 µs of CPU per frame at 20 calls, ``bench_stt_threads --modes
+    shared,shared_bound``), a cost a user swapping stock for ours does not have. Each child still
+    runs the warm-up and the ladder's stop rule.
     """
     import pickle
     import subprocess

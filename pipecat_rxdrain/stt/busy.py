@@ -1,6 +1,6 @@
 """How busy is the STT I/O thread's process? Its CPU share over a short window, as a level with hysteresis (no timers, no threads).
 
-Why the process and not the I/O thread alone: every gRPC request costs the I/O thread ~0.1 ms of
+Why the process and not the I/O thread alone: every gRPC request costs the I/O thread ~0.2 ms of
 GIL in gRPC's Python layer, and the GIL is shared with Pipecat's loop. Batching requests pays
 when the Python threads together use most of a core (the loop is then waiting for the GIL), not
 when the I/O thread alone is loaded; the process's CPU share is the cheap measure of that.
