@@ -169,6 +169,9 @@ def run_one(address: str, calls: int, seconds: float, mode: str) -> dict:
         cpu = time.process_time() - c0
         wall = time.perf_counter() - w0
         req = sum(s.stats.requests_sent for s in sessions) - req0
+        for t in on_loop_tasks:  # a stream that died would leave its frames unsent: say so
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                print(f"on_loop stream failed: {t.exception()!r}", file=sys.stderr)
         if mode == "shared_bound":
             await bound.close()
         return cpu, wall, req

@@ -1,7 +1,7 @@
 """Side-by-side benchmark: stock Pipecat vs the blocking baseline vs pipecat-rxdrain, one run.
 
     python -m benchmarks.run --quick        # < 3 min: a few short scenarios (make bench-quick)
-    python -m benchmarks.run --full         # ~22 min: every scenario and the scale ladder (make bench)
+    python -m benchmarks.run --full         # ~19 min: every scenario and the scale ladder (make bench)
     python -m benchmarks.run --only steady,net_stall_2s --full
     python -m benchmarks.run --full --only ladder --pipelines stock,ours   # just the capacity ladder
     python -m benchmarks.run --timing google   # emulator timing profile (realistic finals), default fast
@@ -80,8 +80,8 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
     return rows
 
 
-def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> list[dict]:
-    """Every pipeline's scenarios in a child process of its own, rows merged in scenario order.
+def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> tuple[list[dict], list[str]]:
+    """Every pipeline's scenarios in a child process of its own: (rows in scenario order, pipelines whose child failed).
 
     Why: grpc.aio has one completion queue per process, and every event loop that ever ran a
     grpc.aio call stays bound to it, woken by every gRPC completion in the process. Stock's
@@ -96,6 +96,7 @@ def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> list[
 
     keys = ",".join(sc.key for sc in scenarios)
     by_key: dict[tuple[str, str], dict] = {}
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rxdrain-bench-") as tmp:
         for pipeline in pipelines:
             out = Path(tmp) / f"{pipeline}.pkl"
@@ -106,10 +107,11 @@ def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> list[
             proc = subprocess.run(cmd, cwd=HERE.parent, check=False)
             if proc.returncode or not out.exists():
                 print(f"  {pipeline}: child run failed (exit {proc.returncode}); its rows are missing", flush=True)
+                failed.append(pipeline)
                 continue
             for row in pickle.loads(out.read_bytes())["rows"]:
                 by_key[(row["scenario"], row["pipeline"])] = row
-    return [by_key[(sc.key, p)] for sc in scenarios for p in pipelines if (sc.key, p) in by_key]
+    return [by_key[(sc.key, p)] for sc in scenarios for p in pipelines if (sc.key, p) in by_key], failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             scenarios = [s for s in scenarios if s.key in keys] + [pool[k] for k in keys if k not in {s.key for s in scenarios} and k in pool]
     pipelines = [x for x in args.pipelines.split(",") if x]
+    if not scenarios:
+        p.error(f"no scenario matches --only {args.only!r}")
     mode_name = "full" if args.full else "quick"
-    print(f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines, emulator timing {args.timing}")
+    print(
+        f"benchmarks.run --{mode_name}: {len(scenarios)} scenarios x {len(pipelines)} pipelines, emulator timing {args.timing}",
+        flush=True,
+    )
     t0 = time.monotonic()
+    failed: list[str] = []
     if len(pipelines) > 1 and not args.same_process:
-        rows = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing)
+        rows, failed = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing)
     else:
         rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing))
     elapsed = time.monotonic() - t0
@@ -198,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=1, default=str))
+    if failed:
+        print(f"no report: the run of {', '.join(failed)} failed (a report without its rows would be wrong)")
+        return 1
     if not args.no_report:
         from .report import write_report
 

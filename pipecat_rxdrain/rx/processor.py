@@ -309,11 +309,16 @@ class RxDrainProcessor(FrameProcessor):
         frame = frames[0] if len(frames) == 1 else _merge(frames)
         start = self._clock()
         try:
-            await self.push_frame(frame)
-        finally:
-            end = self._clock()
-            self._inline_ok = end - start < _SLOW_PUSH_S
-            self._rx.on_release_result(True, end, write_s=end - start)
+            await self.push_frame(frame)  # Pipecat turns a downstream exception into push_error
+        except asyncio.CancelledError:
+            # Cancelled mid-push (direct mode runs in the upstream's task, which a stopping
+            # transport cancels, e.g. to pause): not handed on, so it stays pending (counted as one
+            # refusal) rather than counted as released, and the next release retries it.
+            self._rx.on_release_result(False, self._clock())
+            raise
+        end = self._clock()
+        self._inline_ok = end - start < _SLOW_PUSH_S
+        self._rx.on_release_result(True, end, write_s=end - start)
         return True
 
     def _sink_overflowing(self) -> bool:

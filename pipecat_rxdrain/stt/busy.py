@@ -33,7 +33,8 @@ class BusyMeter:
       window with its wall time: a share ``>= on_share`` raises the level by one (up to
       ``max_level``), a share ``< off_share`` lowers it by one (down to 0), and in between it stays
       (hysteresis). One step per window, so the level climbs only as far as the load needs: each
-      level makes the writer send fewer requests, which itself lowers the share.
+      level makes the writer send fewer requests, which itself lowers the share. An idle measure
+      over a spell of k windows (no calls meanwhile) lowers it by k steps.
     * Until the first full window has passed it answers 0: the process is idle until measured
       busy, so an idle process never pays anything for the meter.
     * ``busy()`` is ``level() > 0``.
@@ -83,7 +84,9 @@ class BusyMeter:
         if share >= self.on_share:
             level = min(self.max_level, level + 1)
         elif share < self.off_share:
-            level = max(0, level - 1)
+            # One step per window that passed: a long quiet spell (no audio, so no calls) is idle
+            # all along, and the next call starts at level 0.
+            level = max(0, level - max(1, int((now - t0) / self.window_s)))
         if level != self._level:
             self._level = level
             self.switches += 1

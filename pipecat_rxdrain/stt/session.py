@@ -8,7 +8,7 @@ Threads and data flow::
       writer    : request generator; sends at once when idle, and while a write is
                   in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB);
                   while the process measures itself busy, lets each stream's audio pile up
-                  one 20 ms frame more per busy level (up to batch_ms) before sending
+                  one 20 ms frame more per busy level (two levels, below batch_ms) before sending
       watchdog  : a write blocked past the stall bound cancels the stream
       reader    : response iterator → STTResult callbacks (session-relative times)
       supervisor: opens streams only when audio exists, rotates before the duration
@@ -77,6 +77,10 @@ _HEALTHY_AFTER_S = 2.0  # a stream that lived this long counts as healthy even w
 def _channel_of(client: Any) -> Any:
     """The grpc.aio channel under an official async Speech client, if any."""
     return getattr(getattr(client, "transport", None), "grpc_channel", None)
+
+
+#: Grace on top of a busy hold: the frame the hold waits for is due exactly at its end.
+_HOLD_GRACE_S = 0.005
 
 
 class SessionState(StrEnum):
@@ -235,7 +239,8 @@ class StreamingSTTSession:
         at most ``batch_ms`` of audio and 25 KB. Only while the process
         measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its CPU
         share, a proxy for GIL contention) does a stream's oldest queued chunk wait for a
-        fuller request: 20 ms per busy level, at most ``batch_ms`` less 20 ms, so a loaded
+        fuller request: 20 ms per busy level (two levels at most, never more than ``batch_ms``
+        less 20 ms) plus 5 ms of grace for the next frame, so a loaded
         process sends fewer requests (``stats.spaced_requests``) and a lightly loaded one
         waits less than a heavily loaded one.
       * A write blocked longer than the stall bound (``write_stall_s``, default
@@ -813,8 +818,10 @@ class StreamingSTTSession:
         wake = self._wake
         assert wake is not None
         meter = self._io.meter
-        # While busy, the oldest queued chunk waits one 20 ms frame per busy level, at most batch_ms
-        # less one frame, so each request carries level + 1 frames (a full batch goes at once).
+        # While busy, the oldest queued chunk waits one 20 ms frame per busy level (at most batch_ms
+        # less one frame), plus a little grace: the next frame is due exactly then, and without the
+        # grace a frame that arrives a moment late leaves the request one frame short for nothing.
+        # So each request carries about level + 1 frames (a full batch goes at once).
         frame_s = FRAME_UNIT_MS / 1000.0
         max_hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
         while True:
@@ -834,7 +841,8 @@ class StreamingSTTSession:
                 # stream's audio pile up a little before sending, so a loaded process sends fewer,
                 # fuller requests; the level only climbs as far as the load needs. Idle, nothing waits.
                 oldest = q.oldest_at()
-                delay = 0.0 if oldest is None else oldest + min(level * frame_s, max_hold_s) - self._clock()
+                hold_s = min(level * frame_s, max_hold_s) + _HOLD_GRACE_S
+                delay = 0.0 if oldest is None else oldest + hold_s - self._clock()
                 if delay > 0:
                     self._spaced += 1
                     await asyncio.sleep(delay)

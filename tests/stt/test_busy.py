@@ -53,13 +53,17 @@ def test_hysteresis_on_at_on_share_off_below_off_share():
     assert m.switches == 2
 
 
-def test_a_long_quiet_spell_counts_as_one_idle_window():
-    m, clock, cpu = meter()
-    m.busy()
+def test_a_long_quiet_spell_brings_the_level_back_to_zero():
+    m, clock, cpu = meter(max_level=2)
+    m.level()
     spend(clock, cpu, 0.5, 0.5)
-    assert m.busy()
+    assert m.level() == 1
+    spend(clock, cpu, 0.5, 0.5)
+    assert m.level() == 2
     spend(clock, cpu, 30.0, 0.001)  # no calls for 30 s (no audio): measured over the whole spell
-    assert not m.busy()
+    assert m.level() == 0  # the next call starts with no hold at all, not at level 1
+    spend(clock, cpu, 0.5, 0.5)
+    assert m.level() == 1
 
 
 def test_the_level_climbs_one_step_per_busy_window_and_comes_down_one_per_idle_window():
