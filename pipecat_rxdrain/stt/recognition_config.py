@@ -7,7 +7,8 @@ of audio make a millisecond (for the session's audio clock).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,13 +64,28 @@ class StreamSpec:
         return v1.StreamingRecognizeRequest(streaming_config=self.streaming_config)
 
     def audio_request(self, audio: bytes) -> Any:
-        if self.api == "v2":
-            from google.cloud.speech_v2.types import cloud_speech
+        return _audio_request_builder(self.api)(audio)
 
-            return cloud_speech.StreamingRecognizeRequest(audio=audio)
+
+@functools.cache
+def _audio_request_builder(api: Api) -> Callable[[bytes], Any]:
+    """``audio -> StreamingRecognizeRequest`` for ``api``, built once (one per 20 ms of audio is hot).
+
+    The raw protobuf message wrapped without a copy (proto-plus ``wrap``) is the same request as
+    ``StreamingRecognizeRequest(audio=...)`` at a quarter of the cost (~1.7 vs ~6 µs).
+    """
+    if api == "v2":
+        from google.cloud.speech_v2.types import cloud_speech
+
+        cls, field_name = cloud_speech.StreamingRecognizeRequest, "audio"
+    else:
         from google.cloud.speech_v1.types import cloud_speech as v1
 
-        return v1.StreamingRecognizeRequest(audio_content=audio)
+        cls, field_name = v1.StreamingRecognizeRequest, "audio_content"
+    pb, wrap = cls.pb(), cls.wrap
+    if field_name == "audio":
+        return lambda audio: wrap(pb(audio=audio))
+    return lambda audio: wrap(pb(audio_content=audio))
 
 
 def model_supports_adaptation(model: str | None) -> bool:

@@ -239,3 +239,22 @@ def test_invalid_parameters_are_clear_errors():
         StreamingSTTSession(spec_for(), lambda: None, max_queue=0)
     with pytest.raises(ValueError, match="batch_ms"):
         StreamingSTTSession(spec_for(), lambda: None, batch_ms=0)
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_audio_requests_are_the_official_message_on_the_wire(api):
+    """The fast builder (a wrapped raw protobuf) must put the same bytes on the wire as the proto-plus constructor,
+    and be the type the official client's serializer expects."""
+    from google.cloud.speech_v1.types import cloud_speech as v1
+    from google.cloud.speech_v2.types import cloud_speech as v2
+
+    audio = bytes(range(256)) * 2
+    request = spec_for(api).audio_request(audio)
+    cls, expected = (
+        (v2.StreamingRecognizeRequest, v2.StreamingRecognizeRequest(audio=audio))
+        if api == "v2"
+        else (v1.StreamingRecognizeRequest, v1.StreamingRecognizeRequest(audio_content=audio))
+    )
+    assert type(request) is cls
+    assert cls.serialize(request) == cls.serialize(expected)
+    assert spec_for(api).audio_request(audio) is not request  # a new message per call, never shared
