@@ -77,15 +77,12 @@ def _audio_request_builder(api: Api) -> Callable[[bytes], Any]:
     if api == "v2":
         from google.cloud.speech_v2.types import cloud_speech
 
-        cls, field_name = cloud_speech.StreamingRecognizeRequest, "audio"
-    else:
-        from google.cloud.speech_v1.types import cloud_speech as v1
+        v2_pb, v2_wrap = cloud_speech.StreamingRecognizeRequest.pb(), cloud_speech.StreamingRecognizeRequest.wrap
+        return lambda audio: v2_wrap(v2_pb(audio=audio))
+    from google.cloud.speech_v1.types import cloud_speech as v1
 
-        cls, field_name = v1.StreamingRecognizeRequest, "audio_content"
-    pb, wrap = cls.pb(), cls.wrap
-    if field_name == "audio":
-        return lambda audio: wrap(pb(audio=audio))
-    return lambda audio: wrap(pb(audio_content=audio))
+    v1_pb, v1_wrap = v1.StreamingRecognizeRequest.pb(), v1.StreamingRecognizeRequest.wrap
+    return lambda audio: v1_wrap(v1_pb(audio_content=audio))
 
 
 def model_supports_adaptation(model: str | None) -> bool:

@@ -213,12 +213,27 @@ def _obj(obj: dict, key: str) -> dict:
     return value
 
 
+def _check_order(name: str, n: int | None, last: int | None) -> None:
+    """Twilio's counters rule: strictly after ``last`` and at most MAX_SEQUENCE_JUMP ahead; else ``_Bad``."""
+    if n is None:
+        return
+    if last is not None:
+        if n == last:
+            raise _Bad(DropReason.DUPLICATE_SEQUENCE, f"{name} {n} repeated")
+        if n < last:
+            raise _Bad(DropReason.OUT_OF_ORDER, f"{name} {n} after {last}")
+    if n > (last or 0) + MAX_SEQUENCE_JUMP:
+        raise _Bad(DropReason.SEQUENCE_JUMP, f"{name} jumps more than {MAX_SEQUENCE_JUMP} ahead")
+
+
 def _next_in_order(raw: object, last: int | None) -> int | None:
     """``raw`` as an int if it is a well-formed counter that may follow ``last``; else None (the full parse decides)."""
     if type(raw) is not str or len(raw) > 19 or not raw.isascii() or not raw.isdigit():
         return None
     n = int(raw)
-    if n > MAX_SEQUENCE_JUMP if last is None else (n <= last or n > last + MAX_SEQUENCE_JUMP):
+    try:
+        _check_order("", n, last)  # the full parse's order rule, one copy of it
+    except _Bad:
         return None
     return n
 
@@ -386,21 +401,9 @@ class TwilioStreamParser:
                 raise
         return getattr(self, f"_parse_{event}")(data)
 
-    @staticmethod
-    def _check_order(name: str, n: int | None, last: int | None) -> None:
-        if n is None:
-            return
-        if last is not None:
-            if n == last:
-                raise _Bad(DropReason.DUPLICATE_SEQUENCE, f"{name} {n} repeated")
-            if n < last:
-                raise _Bad(DropReason.OUT_OF_ORDER, f"{name} {n} after {last}")
-        if n > (last or 0) + MAX_SEQUENCE_JUMP:
-            raise _Bad(DropReason.SEQUENCE_JUMP, f"{name} jumps more than {MAX_SEQUENCE_JUMP} ahead")
-
     def _check_sequence(self, data: dict) -> int | None:
         seq = _int(data, "sequenceNumber")
-        self._check_order("sequenceNumber", seq, self._last_seq)
+        _check_order("sequenceNumber", seq, self._last_seq)
         return seq
 
     def _commit_sequence(self, seq: int | None) -> None:
@@ -464,7 +467,7 @@ class TwilioStreamParser:
         if track != "inbound":
             raise _Bad(DropReason.OTHER_TRACK, "media on a non-inbound track")
         chunk = _int(media, "chunk")
-        self._check_order("chunk", chunk, self._last_chunk)
+        _check_order("chunk", chunk, self._last_chunk)
         timestamp = _int(media, "timestamp")
         payload_b64 = _text(media, "payload")
         if not payload_b64:
