@@ -24,7 +24,9 @@ The rules:
   inline.
 * **Rate bound, not a grid.** In ``normal`` a chunk may start only while the
   audio released so far is at most the wall-clock time since the call's first
-  chunk plus ``lead_ms`` (default 1 s). Its deadline advances by the accepted
+  chunk plus ``lead_ms`` (default 2 s: a start-up backlog that arrives with the
+  first chunk, when a pipeline was slow to start, passes at once up to that).
+  Its deadline advances by the accepted
   chunk's duration, only on acceptance; it is anchored at the first chunk's
   arrival and never follows later arrivals (no ratchet), and idle time is not
   forgiven or reset (there is nothing to reset: the bound only caps how far the
@@ -52,7 +54,18 @@ The rules:
   (a backlog is being released), consecutive chunks with the same merge key are
   handed out together, up to ``batch_ms`` of audio, never across a passenger,
   so everything downstream handles fewer frames. A chunk that arrives to an
-  empty queue is never held back to wait for a partner.
+  empty queue is never held back to wait for a partner, except while busy:
+* **Busy merge (optional, ``busy_level``).** While the injected level is above
+  0 (the process measured itself busy, see ``pipecat_rxdrain.busy``), the head
+  chunk in ``normal`` waits until the queue holds (level + 1) x 20 ms of audio
+  (at most ``batch_ms``) or it has waited level x 20 ms (+ 5 ms of grace: the
+  next frame is due exactly then), and consecutive chunks then leave together
+  (up to ``batch_ms``, as when merging). So a loaded process hands every
+  processor downstream fewer, longer frames, and the level climbs only as far
+  as the load needs. Nothing is held in ``drain`` or the flush (a busy backlog
+  still leaves merged), with a passenger queued or a refusal pending, or when
+  the head chunk is already that long (Pipecat's ~95 ms chunks at 16 kHz); at
+  level 0, nothing waits.
 * **Passengers.** Non-audio items (a Pipecat ``EndFrame``, data frames) can ride
   in the queue to keep their order relative to the audio offered before them.
   They are never dropped, not counted in q, and not paced: one is handed out
@@ -87,7 +100,7 @@ DEFAULT_MAX_QUEUE = 200
 DEFAULT_HIGH_WATERMARK = 100
 DEFAULT_LOW_WATERMARK = 20
 DEFAULT_FRAME_INTERVAL_MS = 20.0
-DEFAULT_LEAD_MS = 1000.0
+DEFAULT_LEAD_MS = 2000.0
 DEFAULT_BATCH_MS = 60.0
 DEFAULT_RETRY_INTERVAL_MS = 5.0
 DEFAULT_TELEMETRY_INTERVAL_S = 1.0
@@ -101,6 +114,9 @@ _RATE_LIMIT_US = 550_000
 
 # Deadlines within a nanosecond count as reached (float sums such as 0.025 + 0.005 overshoot).
 _EPS = 1e-9
+
+# Grace on top of a busy hold: the frame the hold waits for is due exactly at its end.
+_HOLD_GRACE_S = 0.005
 
 
 class RxMode(enum.StrEnum):
@@ -145,6 +161,7 @@ class RxStats:
     releases: int  # pushes downstream (fewer than frames_out when merging)
     inline_releases: int  # chunks released in the same step they were offered (no wait, no task hop)
     refusals: int  # times the sink said "not now" (each retried, never dropped for it)
+    busy_holds: int  # head chunks held back to merge with the next because the process was busy
     drain_episodes: int
     time_in_drain_s: float
     peak_q: float
@@ -223,6 +240,7 @@ class _Chunk:
     item: Any
     us: int  # duration in microseconds (integers keep the audio accounting exact)
     key: Hashable
+    at: float  # when it was offered
 
 
 class RxBackpressure:
@@ -248,6 +266,7 @@ class RxBackpressure:
         frame_interval_ms: float = DEFAULT_FRAME_INTERVAL_MS,
         lead_ms: float = DEFAULT_LEAD_MS,
         merge_backlog: bool = False,
+        busy_level: Callable[[], int] | None = None,
         batch_ms: float = DEFAULT_BATCH_MS,
         retry_interval_ms: float = DEFAULT_RETRY_INTERVAL_MS,
         telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S,
@@ -277,6 +296,9 @@ class RxBackpressure:
         self.lead_s = lead_ms / 1000.0
         self._lead_us = _us(self.lead_s)
         self.merge_backlog = bool(merge_backlog)
+        self._busy_level = busy_level
+        self._holding = False  # the last next_action held the head chunk for a busy merge
+        self._busy_holds = 0
         self._batch_us = _us(batch_ms / 1000.0)
         self.retry_interval_s = retry_interval_ms / 1000.0
         self.flush_timeout_s = float(flush_timeout_s)
@@ -356,6 +378,22 @@ class RxBackpressure:
         return not self._audio and not self._passengers and not self._in_flight
 
     @property
+    def holding(self) -> bool:
+        """Only a busy hold keeps the queued audio back (no passenger, refusal or release pending).
+
+        A chunk offered now may complete the merge: the caller can ask :meth:`next_action` in the
+        same step, as for a chunk offered to an idle queue.
+        """
+        return (
+            self._holding
+            and not self._in_flight
+            and not self._passengers
+            and self._retry_at is None
+            and self._mode is RxMode.NORMAL
+            and self._flush_deadline is None
+        )
+
+    @property
     def in_flight(self) -> bool:
         return self._in_flight > 0
 
@@ -385,6 +423,7 @@ class RxBackpressure:
             releases=self._releases,
             inline_releases=self._inline,
             refusals=self._refusals,
+            busy_holds=self._busy_holds,
             drain_episodes=self._drain_episodes,
             time_in_drain_s=in_drain,
             peak_q=_units(self._peak_us),
@@ -414,7 +453,7 @@ class RxBackpressure:
             us = 1  # a zero-length chunk still occupies its place in the order
         if self._anchor is None:
             self._anchor = now
-        self._audio.append(_Chunk(self._seq, frame, us, key))
+        self._audio.append(_Chunk(self._seq, frame, us, key, now))
         self._q_us += us
         dropped = self._trim()
         self._seq += 1
@@ -469,6 +508,7 @@ class RxBackpressure:
         self._audio.clear()
         self._q_us = 0
         self._in_flight = 0
+        self._holding = False
         self._discarded_on_cancel_us += n
         self._retry_at = None
         if self._mode is RxMode.DRAIN:
@@ -512,18 +552,26 @@ class RxBackpressure:
                 f"RX flush timed out after {self.flush_timeout_s:.1f}s; discarded {_units(n):.0f} queued frames"
             )
             return self.next_action(now)
+        level = self._busy_level() if self._busy_level is not None else 0
         if self._mode is RxMode.DRAIN or self._flush_deadline is not None:
-            return self._release(now, paced=False)
+            return self._release(now, paced=False, merge=level > 0)
+        if level > 0:
+            hold_until = self._hold_until(level)
+            if hold_until is not None and now + _EPS < hold_until:
+                if not self._holding:
+                    self._holding = True
+                    self._busy_holds += 1
+                return self._wait(hold_until, now)
         start_at = self._bound_start(self._paced_us)
         if now + _EPS >= start_at:
-            return self._release(now, paced=True)
+            return self._release(now, paced=True, merge=level > 0)
         ahead_until = self._input_ahead_until(now)
         if ahead_until is None:
             # The input is back at real time: what the bound still holds is a one-time offset (a late
             # first frame, a start-up backlog), not a fast sender. Holding it would only age it.
             assert self._anchor is not None  # set by the first chunk, before anything is queued
             self._paced_us = min(self._paced_us, _us(now - self._anchor) + self._lead_us - self._q_us)
-            return self._release(now, paced=True)
+            return self._release(now, paced=True, merge=level > 0)
         return self._wait(min(start_at, ahead_until), now)
 
     def on_release_result(self, accepted: bool, now: float | None = None, write_s: float = 0.0) -> None:
@@ -626,15 +674,26 @@ class RxBackpressure:
                 return t + _RATE_WINDOW_S
         return now + _RATE_WINDOW_S  # not reached (total ends at 0)
 
+    def _hold_until(self, level: int) -> float | None:
+        """Until when a busy merge at ``level`` holds the head chunk; None if it does not hold it."""
+        if self._passengers or self._retry_at is not None:
+            return None  # a passenger must not wait for the next frame; a refused chunk is retried
+        target_us = min(self._batch_us, (level + 1) * _UNIT_US)
+        if self._q_us >= target_us:
+            return None
+        hold_us = min(level * _UNIT_US, max(0, self._batch_us - _UNIT_US))
+        return self._audio[0].at + hold_us / 1_000_000 + _HOLD_GRACE_S
+
     def _bound_start(self, paced_us: int) -> float:
         """Earliest time a chunk may start once ``paced_us`` of audio went under the bound."""
         assert self._anchor is not None
         return self._anchor + (paced_us - self._lead_us) / 1_000_000
 
-    def _release(self, now: float, *, paced: bool) -> RxAction:
+    def _release(self, now: float, *, paced: bool, merge: bool = False) -> RxAction:
         audio = self._audio
         n = 1
-        if self.merge_backlog and len(audio) > 1:
+        self._holding = False
+        if (merge or self.merge_backlog) and len(audio) > 1:
             head = audio[0]
             total = head.us
             limit = self._passengers[0][0] if self._passengers else None

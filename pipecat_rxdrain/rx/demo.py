@@ -91,8 +91,12 @@ async def _run(args: argparse.Namespace) -> int:
             await self.push_frame(frame, direction)
 
     sink = SinkProcessor()
+    # merge_when_busy off: the demo follows each frame by its id through the queue (merging under
+    # load would hand the sink new, longer frames).
     rx = RxDrainProcessor(
-        params=RxDrainParams(max_queue=args.max_queue, high_watermark=args.high, low_watermark=args.low),
+        params=RxDrainParams(
+            max_queue=args.max_queue, high_watermark=args.high, low_watermark=args.low, merge_when_busy=False
+        ),
         sink=sink,
     )
     drain_started: list[float] = []

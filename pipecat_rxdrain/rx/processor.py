@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -29,6 +30,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel, model_validator
 
+from ..busy import BusyMeter
 from ..clock import Clock, monotonic
 from . import backpressure as rb
 from .backpressure import ActionKind, RxBackpressure, RxMode, RxStats
@@ -51,6 +53,11 @@ class RxDrainParams(BaseModel):
             of the wall-clock time since the call's first frame.
         merge_backlog: When releasing a backlog, hand consecutive frames downstream as one
             chunk of at most ``batch_ms`` (fewer frames for every processor downstream).
+        merge_when_busy: While the process measures itself busy (its CPU share over 0.5 s
+            windows, :class:`~pipecat_rxdrain.busy.BusyMeter`), hold a frame up to 20 ms per busy
+            level (two levels, + 5 ms) so consecutive frames go downstream as one: a loaded
+            process then spends less per frame in every processor downstream. An idle process
+            never holds anything.
         batch_ms: Longest merged chunk.
         retry_interval_ms: How soon a frame the sink refused is offered again.
         telemetry_interval_s: Period of the ``[RX]`` telemetry line.
@@ -66,6 +73,7 @@ class RxDrainParams(BaseModel):
     frame_interval_ms: float = rb.DEFAULT_FRAME_INTERVAL_MS
     lead_ms: float = rb.DEFAULT_LEAD_MS
     merge_backlog: bool = False
+    merge_when_busy: bool = True
     batch_ms: float = rb.DEFAULT_BATCH_MS
     retry_interval_ms: float = rb.DEFAULT_RETRY_INTERVAL_MS
     telemetry_interval_s: float = rb.DEFAULT_TELEMETRY_INTERVAL_S
@@ -91,7 +99,7 @@ class RxDrainParams(BaseModel):
 
     def backpressure_kwargs(self, *, merge: bool = True) -> dict:
         """The settings :class:`RxBackpressure` takes."""
-        kw = self.model_dump(exclude={"catchup_target", "catchup_speed", "merge_backlog"})
+        kw = self.model_dump(exclude={"catchup_target", "catchup_speed", "merge_backlog", "merge_when_busy"})
         if merge:
             kw["merge_backlog"] = self.merge_backlog
         return kw
@@ -139,6 +147,13 @@ class RxDrainProcessor(FrameProcessor):
       the ``EndFrame`` is dropped (``audio_after_end``) rather than sent
       downstream behind it.
 
+    * While the process is busy (``merge_when_busy``), a frame may wait up to
+      20 ms per busy level (+ 5 ms) to leave together with the next one; the
+      merged frame keeps the first frame's ``pts``, metadata and source.
+      ``busy_level`` injects the level (tests); the default meter compares the
+      process's CPU time with real time, so with an injected ``clock`` it is
+      off unless ``busy_level`` is given too.
+
     Event handlers: ``on_rx_mode_changed(processor, mode: RxMode)``.
     """
 
@@ -148,6 +163,7 @@ class RxDrainProcessor(FrameProcessor):
         params: RxDrainParams | None = None,
         sink: AudioSink | None = None,
         clock: Clock | None = None,
+        busy_level: Callable[[], int] | None = None,
         **kwargs,
     ) -> None:
         # Direct mode (Pipecat's own, as its pipeline source and sink use): no input queue and task
@@ -162,7 +178,13 @@ class RxDrainProcessor(FrameProcessor):
         # Optional AudioSink.audio_backlog, resolved once: it is consulted on every pacing step.
         self._sink_backlog = getattr(sink, "audio_backlog", None)
         self._clock: Clock = clock or monotonic
-        self._rx = RxBackpressure(**self._params.backpressure_kwargs(), clock=self._clock)
+        if not self._params.merge_when_busy:
+            busy_level = None
+        elif busy_level is None and clock is None:
+            busy_level = BusyMeter().level
+        self._rx = RxBackpressure(**self._params.backpressure_kwargs(), busy_level=busy_level, clock=self._clock)
+        # The merge key is a tuple and a getattr per frame: only computed when frames may merge.
+        self._keyed = self._params.merge_backlog or busy_level is not None
         self._wake = asyncio.Event()
         self._pacing_task: asyncio.Task | None = None
         self._sink_error_reported = False
@@ -235,15 +257,18 @@ class RxDrainProcessor(FrameProcessor):
         rx = self._rx
         now = self._clock()
         mode = rx.mode
-        inline = rx.idle and self._inline_ok
-        # The merge key only matters when merging is on (it is a tuple and a getattr per frame).
-        key = _merge_key(frame) if self._params.merge_backlog else None
+        # Inline also when a busy hold waits for this very frame: the merge leaves in this step.
+        was_holding = rx.holding
+        inline = (rx.idle or was_holding) and self._inline_ok
+        key = _merge_key(frame) if self._keyed else None
         rx.offer(frame, now, duration_s=_duration_s(frame), key=key)
         if inline:
             action = rx.next_action(now)  # this very frame, unless the rate bound says wait
-            if action.kind is ActionKind.RELEASE and await self._release(action):
+            if action.kind is ActionKind.RELEASE and await self._release(action) and action.items[-1] is frame:
                 rx.note_inline()
-        if rx.pending:
+        # A hold that goes on is already timed by the pacing task (its end is fixed by the head
+        # frame's arrival): waking the task for every frame it holds would only re-arm that timer.
+        if rx.pending and not (was_holding and rx.holding):
             self._wake.set()
         if rx.mode is not mode:
             await self._notify_mode(mode)

@@ -179,6 +179,13 @@ class AudioQueue:
         """Audio queued, in 20 ms-frame equivalents."""
         return self._bytes / self.frame20_bytes
 
+    def oldest_nbytes(self) -> int:
+        """Size of the oldest queued chunk (0 when empty)."""
+        try:
+            return len(self._q[0])
+        except IndexError:
+            return 0
+
     def oldest_at(self) -> float | None:
         try:
             return self._at[0]

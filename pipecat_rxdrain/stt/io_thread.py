@@ -13,9 +13,9 @@ from typing import Any
 
 from loguru import logger
 
+from ..busy import BusyMeter
 from ..deprecation import STT_RENAMES, renamed_attributes
 from ..event_loops import finish_event_loop
-from .busy import BusyMeter
 
 
 class IoThreadMode(StrEnum):

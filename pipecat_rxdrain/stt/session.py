@@ -237,12 +237,14 @@ class StreamingSTTSession:
         is audio to send. The writer sends a chunk as soon as the previous write
         finished (no fill wait); what piled up meanwhile goes in one request of
         at most ``batch_ms`` of audio and 25 KB. Only while the process
-        measured itself busy (:class:`~pipecat_rxdrain.stt.busy.BusyMeter`, its CPU
+        measured itself busy (:class:`~pipecat_rxdrain.busy.BusyMeter`, its CPU
         share, a proxy for GIL contention) does a stream's oldest queued chunk wait for a
         fuller request: 20 ms per busy level (two levels at most, never more than ``batch_ms``
         less 20 ms) plus 5 ms of grace for the next frame, so a loaded
         process sends fewer requests (``stats.spaced_requests``) and a lightly loaded one
-        waits less than a heavily loaded one.
+        waits less than a heavily loaded one. A chunk longer than one 20 ms frame does
+        not wait (RxDrainProcessor merged it for the same reason, or the transport
+        delivers long chunks).
       * A write blocked longer than the stall bound (``write_stall_s``, default
         the queue's audio time) cancels the stream; the next one replays only
         unfinalized audio younger than the bound (the rest is counted in
@@ -821,8 +823,11 @@ class StreamingSTTSession:
         # While busy, the oldest queued chunk waits one 20 ms frame per busy level (at most batch_ms
         # less one frame), plus a little grace: the next frame is due exactly then, and without the
         # grace a frame that arrives a moment late leaves the request one frame short for nothing.
-        # So each request carries about level + 1 frames (a full batch goes at once).
+        # So each request carries about level + 1 frames. A chunk longer than one frame goes at once:
+        # RxDrainProcessor merged it for the same busy signal (its meter and this one are not in step,
+        # and holding it again would add a second wait), or the transport delivers long chunks.
         frame_s = FRAME_UNIT_MS / 1000.0
+        frame_bytes = bpm * FRAME_UNIT_MS
         max_hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
         while True:
             take = self._next_action(st)
@@ -835,7 +840,7 @@ class StreamingSTTSession:
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
             level = meter.level() if take is None and meter is not None and 0 < q.nbytes < target else 0
-            if level:
+            if level and q.oldest_nbytes() <= frame_bytes and q.nbytes < min(target, (level + 1) * frame_bytes):
                 # The process measured itself busy (every request costs the I/O thread ~0.2 ms of
                 # GIL in gRPC's Python layer, GIL that Pipecat's loop is then waiting for): let this
                 # stream's audio pile up a little before sending, so a loaded process sends fewer,

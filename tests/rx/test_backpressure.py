@@ -581,6 +581,124 @@ def test_merging_respects_the_rate_bound():
     assert rx.next_action(0.020).items == (3,)
 
 
+# -- busy merge ------------------------------------------------------------------
+
+
+class Level:
+    """A busy level the test sets by hand (BusyMeter's place)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
+
+
+def stream(rx: RxBackpressure, clock: FakeClock, n: int, every_s: float = FRAME_S) -> list[tuple[float, tuple]]:
+    """Offer n frames ``every_s`` apart in simulated time, stepping as the adapter does (each
+    offer, then every wait it is told, to the millisecond); returns (time, items) per release."""
+    out: list[tuple[float, tuple]] = []
+    end = n * every_s + 0.5
+    nxt = 0
+    while clock.now <= end:
+        if nxt < n and clock.now + 1e-9 >= nxt * every_s:
+            rx.offer(nxt, clock.now)
+            nxt += 1
+        while True:
+            action = rx.next_action(clock.now)
+            if action.kind is not ActionKind.RELEASE:
+                break
+            rx.on_release_result(True, clock.now)
+            out.append((round(clock.now, 6), action.items))
+        if nxt >= n and not rx.pending:
+            break
+        clock.advance(0.001)
+    return out
+
+
+def test_at_busy_level_0_every_frame_leaves_the_moment_it_arrives():
+    rx, clock, _ = make(busy_level=Level(0))
+    out = stream(rx, clock, 10)
+    assert out == [(round(k * FRAME_S, 6), (k,)) for k in range(10)]
+    assert rx.stats().busy_holds == 0
+
+
+def test_while_busy_frames_leave_in_pairs_at_level_1_and_threes_at_level_2():
+    for level, size in ((1, 2), (2, 3)):
+        rx, clock, _ = make(busy_level=Level(level))
+        out = stream(rx, clock, 12)
+        assert [items for _, items in out] == [tuple(range(k, k + size)) for k in range(0, 12, size)]
+        # Each group leaves when its last frame arrives: the first frame waited (size - 1) frames.
+        assert [t for t, _ in out] == [round((k + size - 1) * FRAME_S, 6) for k in range(0, 12, size)]
+        assert rx.stats().busy_holds == 12 // size
+        assert rx.stats().frames_out == 12
+
+
+def test_a_busy_hold_ends_after_level_x_20_ms_plus_grace_when_no_frame_comes():
+    rx, clock, _ = make(busy_level=Level(2))
+    rx.offer("a", 0.0)
+    action = rx.next_action(0.0)
+    assert action.kind is ActionKind.WAIT and action.wait_s == pytest.approx(0.045)
+    assert rx.holding
+    assert rx.next_action(0.044).kind is ActionKind.WAIT
+    assert rx.next_action(0.045).items == ("a",)
+    rx.on_release_result(True, 0.045)
+    assert not rx.holding and rx.idle
+
+
+def test_a_busy_hold_never_makes_a_chunk_longer_than_batch_ms_wait():
+    # batch_ms 40 at level 2: the target is 40 ms (two frames) and the hold one frame.
+    rx, clock, _ = make(busy_level=Level(2), batch_ms=40)
+    out = stream(rx, clock, 4)
+    assert [items for _, items in out] == [(0, 1), (2, 3)]
+    # batch_ms 20: nothing may be merged, so nothing waits.
+    rx, clock, _ = make(busy_level=Level(2), batch_ms=20)
+    assert stream(rx, clock, 3) == [(0.0, (0,)), (0.02, (1,)), (0.04, (2,))]
+
+
+def test_a_long_chunk_is_not_held_while_busy():
+    # Pipecat's 16 kHz pipelines hand Twilio audio on in ~95 ms chunks: already longer than a batch.
+    rx, _, _ = make(busy_level=Level(2))
+    rx.offer("long", 0.0, duration_s=0.095)
+    assert rx.next_action(0.0).items == ("long",)
+
+
+def test_nothing_is_held_for_a_passenger_a_refusal_or_in_drain():
+    level = Level(1)
+    rx, _, _ = make(busy_level=level)
+    rx.offer("a", 0.0)
+    rx.add_passenger("P")
+    assert rx.next_action(0.0).items == ("a",)  # the passenger must not wait for the next frame
+    rx.on_release_result(True, 0.0)
+    assert rx.next_action(0.0).item == "P"
+    # A refused chunk is retried on its own schedule, not held on top of it: refused while idle,
+    # retried after the process turned busy, it goes at the retry (a hold would keep it 45 ms).
+    level.value = 0
+    rx.offer("b", 0.100)
+    assert rx.next_action(0.100).items == ("b",)
+    rx.on_release_result(False, 0.100)
+    level.value = 2
+    action = rx.next_action(0.101)
+    assert action.kind is ActionKind.WAIT and action.wait_s == pytest.approx(0.004)
+    assert rx.next_action(0.105).items == ("b",)
+    rx.on_release_result(True, 0.105)
+    # Drain releases back-to-back, merged while busy.
+    rx, _, _ = make(busy_level=Level(1), high_watermark=5, low_watermark=1, max_queue=10)
+    for k in range(6):
+        rx.offer(k, 0.0)
+    assert rx.mode is RxMode.DRAIN
+    assert rx.next_action(0.0).items == (0, 1, 2)  # up to batch_ms at once, no wait
+
+
+def test_the_busy_level_is_read_at_each_step():
+    level = Level(1)
+    rx, _, _ = make(busy_level=level)
+    rx.offer("a", 0.0)
+    assert rx.next_action(0.0).kind is ActionKind.WAIT
+    level.value = 0  # the process is idle again: what was held goes now
+    assert rx.next_action(0.001).items == ("a",)
+
+
 # -- passengers, flush -----------------------------------------------------------
 
 

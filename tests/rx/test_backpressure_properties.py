@@ -60,7 +60,9 @@ class RxMachine(RuleBasedStateMachine):
         low = data.draw(st.integers(0, high - 1), label="low")
         self.clock = FakeClock(0.0)
         self.lines: list[str] = []
+        self.busy = 0  # the busy level the mechanism reads (set_busy)
         self.rx = RxBackpressure(
+            busy_level=lambda: self.busy,
             max_queue=max_queue,
             high_watermark=high,
             low_watermark=low,
@@ -83,6 +85,7 @@ class RxMachine(RuleBasedStateMachine):
         self.offered_us = self.released_us = self.dropped_us = self.cancelled_us = self.ended_us = 0
         self.refused_pending = False
         self.offer_log: list[tuple[float, int]] = []  # (offered at, us)
+        self.offered_time: dict[int, float] = {}  # id -> when it was offered
 
     # -- helpers ------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class RxMachine(RuleBasedStateMachine):
             assert [i for i, _, _ in list(self.model)[: len(ids)]] == list(ids), "released out of order"
             chunks = list(self.model)[: len(ids)]
             if len(ids) > 1:
-                assert self.merge, "merged with merge_backlog off"
+                assert self.merge or self.busy > 0, "merged with merge_backlog off and the process idle"
                 assert sum(d for _, d, _ in chunks) <= self.batch_us
                 assert len({k for _, _, k in chunks}) == 1, "merged across a format change"
                 if self.passengers_expected:
@@ -157,7 +160,18 @@ class RxMachine(RuleBasedStateMachine):
             assert self.refused_pending, "drain / flush waited with nothing refused"
             return
         held_by_bound = not self._bound_allows(rx.paced_audio_s) and self._input_ahead()
-        assert self.refused_pending or held_by_bound, "waited while it could release"
+        assert self.refused_pending or held_by_bound or self._held_by_busy(), "waited while it could release"
+
+    def _held_by_busy(self) -> bool:
+        """A busy hold may keep the head back: no passenger or refusal, less than (level + 1) x 20 ms
+        queued (at most batch_ms), for at most level x 20 ms (at most batch_ms - 20) + 5 ms."""
+        level = self.busy
+        if level <= 0 or self.passengers_expected or self.refused_pending:
+            return False
+        if self._q_us() >= min(self.batch_us, (level + 1) * UNIT_US):
+            return False
+        hold_s = min(level * UNIT_US, max(0, self.batch_us - UNIT_US)) / 1e6 + 0.005
+        return self.clock.now < self.offered_time[self.model[0][0]] + hold_s + 1e-9
 
     def _sync_end_discard(self, before: int) -> None:
         """The flush timed out inside next_action: the model drops everything still queued, counted."""
@@ -221,12 +235,18 @@ class RxMachine(RuleBasedStateMachine):
             dropped = rx.offer(fid, self.clock.now, duration_s=dur / 1e6, key=key)
             self.offered_us += dur
             self.offer_log.append((self.clock.now, dur))
+            self.offered_time[fid] = self.clock.now
             spared = len(self.in_flight) if self.in_flight is not None else 0
             self.model.append((fid, dur, key))
             assert dropped == self._model_trim(spared)
             self._check_mode_transition(mode, "offer")
             self.check_state()
-            if was_idle and rx.mode == "normal" and (self._bound_allows(rx.paced_audio_s) or not self._input_ahead()):
+            if (
+                was_idle
+                and rx.mode == "normal"
+                and self.busy == 0
+                and (self._bound_allows(rx.paced_audio_s) or not self._input_ahead())
+            ):
                 # Offered to an idle queue within the bound (or with the input not ahead of real
                 # time, when the bound holds nothing back): released in the same step (inline).
                 action = rx.next_action(self.clock.now)
@@ -257,6 +277,10 @@ class RxMachine(RuleBasedStateMachine):
         tag = f"{name}#{len(self.out)}:{self.next_id}:{len(self.passengers_expected)}"
         self.rx.add_passenger(tag)
         self.passengers_expected.append((self.next_id, tag))
+
+    @rule(level=st.sampled_from([0, 0, 1, 2]))
+    def set_busy(self, level):
+        self.busy = level
 
     @rule(dt=st.sampled_from([0.0, 0.001, 0.005, 0.02, 0.05, 0.3, 2.0]))
     def tick(self, dt):
@@ -314,12 +338,16 @@ class RxMachine(RuleBasedStateMachine):
     def teardown(self):
         if not hasattr(self, "rx"):
             return
-        # Let everything left drain out (accepting), in fake time: nothing may be stuck.
+        # Let everything left drain out (accepting), in fake time: nothing may be stuck. Driven as
+        # RxDrainProcessor drives it: a due telemetry line is reported before asking what to do (a
+        # wait the bound asks for can end exactly when the line is due: next_action then says
+        # "wait 0" until the line is out).
         for _ in range(10_000):
             if self.in_flight is not None:
                 self._report(True)
             if not self.rx.pending:
                 break
+            self.rx.report_if_due(self.clock.now)
             ended_before = self.rx._discarded_on_end_us
             action = self.rx.next_action(self.clock.now)
             self._sync_end_discard(ended_before)

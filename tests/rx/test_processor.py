@@ -36,6 +36,17 @@ from tests.helpers.waiting import wait_until
 SLOW = dict(max_queue=200, high_watermark=200, low_watermark=0, lead_ms=0)
 
 
+def never_busy() -> int:
+    return 0
+
+
+def make_rx(**kw) -> RxDrainProcessor:
+    """An RxDrainProcessor whose busy level is 0 unless the test sets one: these tests count frames,
+    and a loaded test machine must not make RX merge them (the busy merge has tests of its own)."""
+    kw.setdefault("busy_level", never_busy)
+    return RxDrainProcessor(**kw)
+
+
 def audio(k: int, n: int = 160) -> InputAudioRawFrame:
     """``n`` samples (160: 20 ms at 8 kHz), each holding ``k``: the frame's id."""
     return InputAudioRawFrame(audio=k.to_bytes(2, "little") * n, sample_rate=8000, num_channels=1)
@@ -54,7 +65,7 @@ def labels(frames: list[Frame]) -> list:
 
 async def test_data_frames_keep_their_place_among_queued_audio():
     sink = GateSink(open_=False)  # holds a backlog in RX until opened
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
+    proc = make_rx(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(60)])
@@ -74,7 +85,7 @@ async def test_data_frames_keep_their_place_among_queued_audio():
 
 
 async def test_drain_burst_arrives_complete_and_in_order():
-    proc = RxDrainProcessor()  # defaults: 200 / 100 / 20
+    proc = make_rx()  # defaults: 200 / 100 / 20
     modes: list[str] = []
 
     @proc.event_handler("on_rx_mode_changed")
@@ -82,12 +93,13 @@ async def test_drain_burst_arrives_complete_and_in_order():
         modes.append(mode)
 
     async def script(worker, src, dst):
-        await worker.queue_frames([audio(k) for k in range(180)])
-        await wait_until(lambda: proc.stats.frames_out >= 170)
+        # 5 s at once: the first 2 s (the rate bound's lead) leave inline, the rest reaches the high watermark.
+        await worker.queue_frames([audio(k) for k in range(250)])
+        await wait_until(lambda: proc.stats.frames_out >= 240)
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline([proc], script, watch=proc)
-    assert labels(dst.down()) == list(range(180)) + ["EndFrame"]
+    assert labels(dst.down()) == list(range(250)) + ["EndFrame"]
     s = proc.stats
     assert s.drain_episodes == 1 and s.peak_q >= 100 and s.drops == 0
     await wait_until(lambda: modes == ["drain", "normal"], timeout=5)
@@ -98,7 +110,7 @@ async def test_drain_burst_arrives_complete_and_in_order():
 
 async def test_system_frames_are_not_delayed_behind_the_backlog():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
+    proc = make_rx(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(150)])
@@ -120,7 +132,7 @@ async def test_system_frames_are_not_delayed_behind_the_backlog():
 
 async def test_upstream_frames_pass_immediately():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
+    proc = make_rx(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(100)])
@@ -139,7 +151,7 @@ async def test_upstream_frames_pass_immediately():
 
 async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW), sink=sink)
+    proc = make_rx(params=RxDrainParams(**SLOW), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(40)])
@@ -165,7 +177,7 @@ async def test_interruption_passes_at_once_and_keeps_the_callers_audio():
 
 async def test_end_frame_flushes_the_queued_audio_first():
     # 20 ms cadence, no drain: without the flush this backlog would take 3 s to leave.
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))
+    proc = make_rx(params=RxDrainParams(**SLOW))
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(150)])
@@ -179,7 +191,7 @@ async def test_end_frame_flushes_the_queued_audio_first():
 
 
 async def test_cancel_is_prompt_and_discards_the_backlog():
-    proc = RxDrainProcessor(params=RxDrainParams(**SLOW))  # 150 frames = 3 s at 20 ms
+    proc = make_rx(params=RxDrainParams(**SLOW))  # 150 frames = 3 s at 20 ms
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(150)])
@@ -219,7 +231,7 @@ class GateSink:
 
 async def test_sink_holds_frames_until_it_accepts():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(sink=sink)
+    proc = make_rx(sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(30)])
@@ -238,7 +250,7 @@ async def test_sink_holds_frames_until_it_accepts():
 
 async def test_end_flush_gives_up_on_a_sink_that_never_accepts():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=0.3), sink=sink)
+    proc = make_rx(params=RxDrainParams(flush_timeout_s=0.3), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(10)])
@@ -253,7 +265,7 @@ async def test_end_flush_gives_up_on_a_sink_that_never_accepts():
 
 def test_a_sink_without_the_protocol_is_rejected():
     with pytest.raises(TypeError, match="can_accept_audio"):
-        RxDrainProcessor(sink=object())
+        make_rx(sink=object())
 
 
 # -- overflow and telemetry ------------------------------------------------------------
@@ -262,7 +274,7 @@ def test_a_sink_without_the_protocol_is_rejected():
 async def test_overflow_drops_oldest_counts_it_and_logs_rx_lines():
     sink = GateSink(open_=False)
     params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, telemetry_interval_s=0.2)
-    proc = RxDrainProcessor(params=params, sink=sink)
+    proc = make_rx(params=params, sink=sink)
     lines: list[str] = []
     handler = logger.add(lambda m: lines.append(m.record["message"]), filter=lambda r: r["message"].startswith("[RX]"))
 
@@ -353,7 +365,7 @@ async def test_rx_and_a_full_sink_together_hold_at_most_max_queue_dropping_the_o
     """
     sink = BoundedSink(cap=30)
     params = RxDrainParams(max_queue=50, high_watermark=40, low_watermark=10, frame_interval_ms=20, flush_timeout_s=0.2)
-    proc = RxDrainProcessor(params=params, sink=sink)
+    proc = make_rx(params=params, sink=sink)
     worst = 0
 
     def total() -> int:
@@ -387,31 +399,31 @@ async def test_a_frame_arriving_to_an_empty_queue_goes_downstream_inline():
     """With the clock frozen no timer can ever fire: what leaves, left inline from process_frame.
 
     (Under the old 20 ms grid only the first frame would ever have left.) Past the rate bound's
-    lead (1 s of audio ahead of a clock that does not move), with all that audio offered within the
+    lead (2 s of audio ahead of a clock that does not move), with all that audio offered within the
     (frozen) last 500 ms, the input is ahead of real time: frames wait in the queue, and the
     EndFrame flush releases them.
     """
     sink = GateSink(open_=True)
     clock = FakeClock(100.0)
-    proc = RxDrainProcessor(sink=sink, clock=clock)
+    proc = make_rx(sink=sink, clock=clock)
 
     async def script(worker, src, dst):
-        for k in range(51):  # the 1 s lead: frames starting at 0 .. 1000 ms of audio may go at t=0
+        for k in range(101):  # the 2 s lead: frames starting at 0 .. 2000 ms of audio may go at t=0
             await worker.queue_frame(audio(k))
             await wait_until(lambda: len(dst.down()) == k + 1)
         s = proc.stats
-        assert (s.inline_releases, s.releases, s.frames_out, s.q, s.refusals) == (51, 51, 51, 0, 0)
+        assert (s.inline_releases, s.releases, s.frames_out, s.q, s.refusals) == (101, 101, 101, 0, 0)
         assert proc.pacing_steps <= 3  # the pacing task slept through all of it
-        for k in range(51, 80):
+        for k in range(101, 130):
             await worker.queue_frame(audio(k))
-        await wait_until(lambda: proc.stats.frames_in == 80)
+        await wait_until(lambda: proc.stats.frames_in == 130)
         await asyncio.sleep(0.05)
-        assert proc.stats.q == 29 and proc.stats.inline_releases == 51  # held by the bound, not lost
+        assert proc.stats.q == 29 and proc.stats.inline_releases == 101  # held by the bound, not lost
         await worker.queue_frame(EndFrame())
 
     _, dst = await run_pipeline([proc], script, watch=proc)
-    assert labels(dst.down()) == list(range(80)) + ["EndFrame"]
-    assert dst.q_at_arrival[:51] == [1] * 51  # nothing but the frame itself (in flight) was queued
+    assert labels(dst.down()) == list(range(130)) + ["EndFrame"]
+    assert dst.q_at_arrival[:101] == [1] * 101  # nothing but the frame itself (in flight) was queued
 
 
 class Pusher(FrameProcessor):
@@ -436,7 +448,7 @@ async def test_rx_runs_in_direct_mode_by_default_so_audio_costs_no_extra_hop(dir
     own): it has reached the (direct-mode) recorder behind RX when the push returns. enable_direct_mode=False
     brings Pipecat's queue back, and then it has not."""
     kw = {} if direct else dict(enable_direct_mode=False)
-    proc = RxDrainProcessor(sink=GateSink(open_=True), **kw)
+    proc = make_rx(sink=GateSink(open_=True), **kw)
     box = {}
     pusher = Pusher(lambda: len(box["dst"].down(InputAudioRawFrame)))
 
@@ -453,9 +465,52 @@ async def test_rx_runs_in_direct_mode_by_default_so_audio_costs_no_extra_hop(dir
     assert pusher.seen_on_return == expected
 
 
+async def test_while_busy_consecutive_frames_go_downstream_as_one_frame():
+    """Busy level 1 (pairs), on a FakeClock moved 20 ms per frame: each odd frame waits and leaves
+    merged with the next one, inline from the push that brought the partner. The merged frame
+    carries both frames' audio in order and the first one's pts."""
+    clock = FakeClock(100.0)
+    proc = make_rx(sink=GateSink(open_=True), clock=clock, busy_level=lambda: 1)
+    pts: list[int] = []
+
+    async def script(worker, src, dst):
+        for k in range(6):
+            frame = audio(k)
+            frame.pts = 1000 + k
+            pts.append(frame.pts)
+            await worker.queue_frame(frame)
+            await wait_until(lambda k=k: proc.stats.frames_in == k + 1)
+            clock.advance(0.020)
+        await wait_until(lambda: proc.stats.frames_out == 6)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline([proc], script, watch=proc)
+    frames = dst.down(InputAudioRawFrame)
+    assert [f.audio for f in frames] == [audio(k).audio + audio(k + 1).audio for k in (0, 2, 4)]
+    assert [f.pts for f in frames] == [1000, 1002, 1004]
+    s = proc.stats
+    assert (s.frames_out, s.releases, s.busy_holds, s.inline_releases) == (6, 3, 3, 3)
+
+
+async def test_a_busy_hold_with_no_partner_coming_releases_the_frame_alone():
+    """Busy level 2, one frame and nothing after it: the pacing task lets it go alone when the hold
+    (2 x 20 ms + 5 ms) is over, not later than the EndFrame."""
+    proc = make_rx(sink=GateSink(open_=True), busy_level=lambda: 2)
+
+    async def script(worker, src, dst):
+        await worker.queue_frame(audio(7))
+        await wait_until(lambda: proc.stats.frames_out == 1)
+        await worker.queue_frame(EndFrame())
+
+    _, dst = await run_pipeline([proc], script, watch=proc)
+    assert labels(dst.down()) == [7, "EndFrame"]
+    s = proc.stats
+    assert (s.busy_holds, s.inline_releases, s.releases) == (1, 0, 1)
+
+
 async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_it():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(sink=sink)
+    proc = make_rx(sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frame(audio(0))  # arrives to an empty queue, refused inline
@@ -477,7 +532,7 @@ async def test_a_refused_frame_is_queued_retried_first_and_the_rest_wait_behind_
 
 async def test_merge_backlog_hands_a_backlog_downstream_as_batch_ms_chunks():
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(merge_backlog=True, batch_ms=60), sink=sink)
+    proc = make_rx(params=RxDrainParams(merge_backlog=True, batch_ms=60), sink=sink)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(k) for k in range(8)])
@@ -535,7 +590,7 @@ async def test_queue_watermarks_and_drops_count_audio_time_with_the_twilio_seria
         assert chunk > 4  # ~95 ms (16 kHz) / ~137 ms (24 kHz): a chunk count would mean 19 s / 27 s
     audio_in = sum(len(f.audio) for f in frames) / 2 / rate / 0.020
     sink = GateSink(open_=False)
-    proc = RxDrainProcessor(params=RxDrainParams(max_queue=100, high_watermark=60, low_watermark=10), sink=sink)
+    proc = make_rx(params=RxDrainParams(max_queue=100, high_watermark=60, low_watermark=10), sink=sink)
     modes: list = []
 
     @proc.event_handler("on_rx_mode_changed")
@@ -584,7 +639,7 @@ def test_the_old_module_paths_are_deprecated_aliases_of_the_rx_package():
 
 async def test_rx_drops_empty_frames_and_audio_after_end_counted():
     gate = GateSink(open_=False)  # holds the EndFrame flush open
-    proc = RxDrainProcessor(params=RxDrainParams(flush_timeout_s=10.0), sink=gate)
+    proc = make_rx(params=RxDrainParams(flush_timeout_s=10.0), sink=gate)
 
     async def script(worker, src, dst):
         await worker.queue_frames([audio(1), InputAudioRawFrame(audio=b"", sample_rate=8000, num_channels=1), audio(2)])
@@ -607,7 +662,7 @@ async def test_rx_counts_frames_that_do_not_match_the_interval_by_their_duration
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
     try:
-        proc = RxDrainProcessor()
+        proc = make_rx()
         await run_test(proc, frames_to_send=[audio(k, n=80) for k in range(5)])  # 10 ms frames, 20 ms interval
     finally:
         logger.remove(sink)

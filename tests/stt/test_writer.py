@@ -78,6 +78,23 @@ def test_at_the_first_busy_level_a_stream_waits_one_frame_not_a_whole_batch():
     assert sum(sizes) == len(pcm) and offsets == [sum(sizes[:i]) for i in range(len(sizes))]
 
 
+def test_while_busy_a_chunk_longer_than_one_frame_does_not_wait():
+    """RxDrainProcessor merges frames for the same busy signal: its 40 ms chunks go at once, also
+    at level 2, where single frames would wait for a 60 ms request (no second wait on top)."""
+    with SpeechEmulator(script=list(HELLO.segments)) as emu:
+        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
+        meter = s._io.meter
+        meter.on_share = meter.off_share = 1e-9
+        meter.window_s = 0.05
+        pcm = HELLO.pcm16[: 8000 * 2 * 2]
+        feed(s, pcm, speed=1.0, chunk=2 * CHUNK)
+        assert s.close(5)
+        sizes = [c.size for c in emu.streams[0].chunks]
+    assert meter.level() == meter.max_level == 2  # busy all along
+    assert s.stats.spaced_requests == 0
+    assert sum(sizes) == len(pcm) and sizes.count(2 * CHUNK) >= len(sizes) * 9 // 10
+
+
 def test_watchdog_cancels_a_stalled_stream_and_replays_only_young_audio_each_word_once():
     bound, speed = 0.4, 2.0
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:

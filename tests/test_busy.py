@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipecat_rxdrain.stt.busy import BusyMeter
+from pipecat_rxdrain.busy import BusyMeter
 from pipecat_rxdrain.testing import FakeClock
 
 
@@ -51,6 +51,19 @@ def test_hysteresis_on_at_on_share_off_below_off_share():
     spend(clock, cpu, 0.5, 0.05)
     assert not m.busy()  # between the two: stays idle
     assert m.switches == 2
+
+
+def test_a_saturated_window_goes_to_the_top_level_at_once():
+    m, clock, cpu = meter(max_level=2, saturated_share=0.6)
+    m.level()
+    spend(clock, cpu, 0.5, 0.59)
+    assert m.level() == 1  # busy, not saturated: one step
+    spend(clock, cpu, 0.5, 0.02)
+    assert m.level() == 0
+    spend(clock, cpu, 0.5, 0.6)
+    assert m.level() == 2  # saturated: straight to the top, no window spent climbing
+    with pytest.raises(ValueError, match="saturated_share"):
+        BusyMeter(on_share=0.9, off_share=0.5, saturated_share=0.8)
 
 
 def test_a_long_quiet_spell_brings_the_level_back_to_zero():

@@ -1,9 +1,11 @@
-"""How busy is the STT I/O thread's process? Its CPU share over a short window, as a level with hysteresis (no timers, no threads).
+"""How busy is this process? Its CPU share over a short window, as a level with hysteresis (no timers, no threads).
 
-Why the process and not the I/O thread alone: every gRPC request costs the I/O thread ~0.2 ms of
-GIL in gRPC's Python layer, and the GIL is shared with Pipecat's loop. Batching requests pays
-when the Python threads together use most of a core (the loop is then waiting for the GIL), not
-when the I/O thread alone is loaded; the process's CPU share is the cheap measure of that.
+Both halves of the package read it to batch only while it pays: RX merges consecutive frames (every
+processor downstream then handles fewer frames) and the STT writer sends fewer, fuller requests.
+Why the process and not one thread: Pipecat's loop and the STT I/O thread share the GIL, and every
+frame costs the loop ~1 ms of it in Pipecat's plumbing and every gRPC request ~0.2 ms more. Batching
+pays when the Python threads together use most of a core (each then waits for the GIL), and the
+process's CPU share is the cheap measure of that.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..clock import Clock, monotonic
+from .clock import Clock, monotonic
 
 #: Busy when the process used at least this share of one core over a window (the GIL nears saturation)...
 BUSY_ON_SHARE = 0.85
 #: ... and idle again below this (batching itself lowers the share: the gap keeps it from flapping).
 BUSY_OFF_SHARE = 0.70
+#: ... and saturated at this: the process is past what one core of GIL gives it, so already behind.
+BUSY_SATURATED_SHARE = 0.95
 #: Length of one measurement window.
 BUSY_WINDOW_S = 0.5
-#: Highest level (the writer holds a stream's audio up to one 20 ms frame per level).
+#: Highest level (RX and the writer hold audio up to one 20 ms frame per level).
 BUSY_MAX_LEVEL = 2
 
 
@@ -33,12 +37,15 @@ class BusyMeter:
       window with its wall time: a share ``>= on_share`` raises the level by one (up to
       ``max_level``), a share ``< off_share`` lowers it by one (down to 0), and in between it stays
       (hysteresis). One step per window, so the level climbs only as far as the load needs: each
-      level makes the writer send fewer requests, which itself lowers the share. An idle measure
-      over a spell of k windows (no calls meanwhile) lowers it by k steps.
+      level makes RX pass fewer frames and the writer send fewer requests, which itself lowers
+      the share. A share ``>= saturated_share`` goes to ``max_level`` at once: the process is
+      already falling behind, and every window spent climbing adds to a backlog that the spare
+      CPU then has to work off. An idle measure over a spell of k windows (no calls meanwhile)
+      lowers it by k steps.
     * Until the first full window has passed it answers 0: the process is idle until measured
       busy, so an idle process never pays anything for the meter.
     * ``busy()`` is ``level() > 0``.
-    * Not thread-safe: call it from one thread (the I/O thread).
+    * Not thread-safe: call it from one thread (an event loop's, or the STT I/O thread's).
     """
 
     def __init__(
@@ -46,19 +53,24 @@ class BusyMeter:
         *,
         on_share: float = BUSY_ON_SHARE,
         off_share: float = BUSY_OFF_SHARE,
+        saturated_share: float = BUSY_SATURATED_SHARE,
         window_s: float = BUSY_WINDOW_S,
         max_level: int = BUSY_MAX_LEVEL,
         clock: Clock = monotonic,
         cpu: Callable[[], float] = time.process_time,
     ) -> None:
-        if not (0 < off_share <= on_share):
-            raise ValueError(f"need 0 < off_share <= on_share, got off_share={off_share}, on_share={on_share}")
+        if not (0 < off_share <= on_share <= saturated_share):
+            raise ValueError(
+                "need 0 < off_share <= on_share <= saturated_share, got "
+                f"off_share={off_share}, on_share={on_share}, saturated_share={saturated_share}"
+            )
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if not (isinstance(max_level, int) and max_level >= 1):
             raise ValueError(f"max_level must be an int >= 1, got {max_level!r}")
         self.on_share = on_share
         self.off_share = off_share
+        self.saturated_share = saturated_share
         self.window_s = window_s
         self.max_level = max_level
         self._clock = clock
@@ -81,7 +93,9 @@ class BusyMeter:
         share = self.share = (cpu - self._c0) / (now - t0)
         self._t0, self._c0 = now, cpu
         level = self._level
-        if share >= self.on_share:
+        if share >= self.saturated_share:
+            level = self.max_level
+        elif share >= self.on_share:
             level = min(self.max_level, level + 1)
         elif share < self.off_share:
             # One step per window that passed: a long quiet spell (no audio, so no calls) is idle
