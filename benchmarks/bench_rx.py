@@ -284,7 +284,10 @@ async def _pipeline_run(kind: str, mode: str, frames: int) -> tuple[float, float
         # inline while nothing is behind); backlog: 100 frames held behind a closed sink, then
         # released back-to-back (the drain path), merged or not.
         lead = {"lead_ms": 1e9} if mode == "burst" else {}  # bursts beyond real time: lift the rate bound
-        x = RxDrainProcessor(params=RxDrainParams(merge_backlog=kind == "rx_merge", **lead), sink=gate)
+        # merge_when_busy off: this measures the per-frame path (a loaded machine would merge otherwise).
+        x = RxDrainProcessor(
+            params=RxDrainParams(merge_backlog=kind == "rx_merge", merge_when_busy=False, **lead), sink=gate
+        )
     else:
         x = PassThrough()
     counter = Counter()

@@ -30,7 +30,15 @@ from loguru import logger
 
 from .emulation import DEFAULT_TIMING, bench_script, make_emulator
 from .feed import FRAME_S, caller_options, loop_frames
-from .pipelines import BUILDERS, BuildOptions, CallProbe, HiccupProcessor, TranscriptCollector, stamping_serializer
+from .pipelines import (
+    BUILDERS,
+    BuildOptions,
+    CallProbe,
+    HiccupProcessor,
+    TranscriptCollector,
+    record_merges,
+    stamping_serializer,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class Scenario:
     profile: bool = False  # sample the loop thread's stack for the µs/frame profile
     reply: bool = False  # full mode: user aggregator -> rule LLM -> espeak TTS -> transport output
     pipelines: tuple[str, ...] | None = None  # only these pipelines (None: all)
+    rx_busy_level: int | None = None  # ours: RxDrainProcessor's busy level fixed at this (None: measured)
     plot: bool = False
     group: str = "fault"  # "fault" | "scale" | "profile"
 
@@ -341,10 +350,13 @@ async def run_scenario(
 
     emu = make_emulator(scenario, timing)
     await emu.start()
+    record_merges(True)
     notes: list[str] = []
     emulator_cpu = float("nan")
     try:
-        opts = BuildOptions(address=emu.address, hiccup=scenario.hiccup, sample_rate=scenario.pipeline_rate)
+        opts = BuildOptions(
+            address=emu.address, hiccup=scenario.hiccup, sample_rate=scenario.pipeline_rate, rx_busy_level=scenario.rx_busy_level
+        )
         if scenario.max_stream_s:
             # Scale the clients' proactive rotation like Google's: 240 s (+30 s grace) of 305 s.
             opts.stream_limit_s = scenario.max_stream_s * 240 / 305
@@ -442,8 +454,10 @@ async def run_scenario(
         await asyncio.sleep(0.3)  # last results / stream ends recorded by the emulator
         streams, emulator_cpu = await emu.finish()
     except BaseException:
+        record_merges(False)
         await emu.abort()
         raise
+    record_merges(False)  # every ledger is complete: the writers have stopped
 
     started = [p.start_at for p in probes if p.start_at]
     profile: dict[str, float] = {}

@@ -222,6 +222,7 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
     before_stt, after_stt = [], []
     rx_drops = stt_drops = reconnects = 0
     drain_s = 0.0
+    rx_frames_out = rx_releases = 0
     rate = getattr(sc, "pipeline_rate", 8000)
     bytes_per_s = 2 * rate
     script = getattr(run, "script", None) or []
@@ -271,6 +272,8 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         stt_drops += probe.stt_drops
         reconnects += max(0, len(probe.origins) - 1)
         drain_s += probe.time_in_drain_s
+        rx_frames_out += probe.rx_frames_out
+        rx_releases += probe.rx_releases
 
     # q timelines
     peak_rx = peak_stt = 0
@@ -349,6 +352,7 @@ def summarize(run, expected_utts: int | None = None) -> dict[str, Any]:
         "stt_drops": round(stt_drops),
         "drops": round(rx_drops + stt_drops),
         "time_in_drain_s": drain_s if run.pipeline == "ours" else float("nan"),
+        "rx_frames_per_push": rx_frames_out / rx_releases if rx_releases else float("nan"),
         "recover_q_s": recover_q,
         "recover_age_s": recover_age,
         "enqueue_p50_us": pct(enqueue_us, 50),

@@ -48,6 +48,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat_rxdrain.baseline import BlockingSyncWriter as _BlockingSyncWriter
 from pipecat_rxdrain.baseline import PacedRxQueue
 from pipecat_rxdrain.google_clients import SESSION_METADATA_KEY as SESSION_KEY
+from pipecat_rxdrain.rx import processor as _rx_processor
 from pipecat_rxdrain.stt.replay import ReplayBuffer
 
 PCM_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
@@ -68,6 +69,30 @@ def _recording_pieces(self: ReplayBuffer, max_piece: int):
 
 ReplayBuffer.pieces = _recording_pieces  # benchmark-only instrumentation
 
+# --- ours: frames RxDrainProcessor merged into one ------------------------------------------
+# A merged frame carries new bytes; record which frames' bytes it joined so the probe can map its
+# audio back to them. The references keep the ids from being reused while the entry lives. Only
+# while a scenario runs (record_merges), and forgotten after it: nothing accumulates elsewhere.
+_MERGED: dict[int, tuple[bytes, list[bytes]]] = {}
+_RECORDING = [False]
+_orig_merge = _rx_processor._merge
+
+
+def _recording_merge(frames):
+    merged = _orig_merge(frames)
+    if _RECORDING[0]:
+        _MERGED[id(merged.audio)] = (merged.audio, [f.audio for f in frames])
+    return merged
+
+
+def record_merges(on: bool) -> None:
+    """Start (or stop) recording RX merges for the probes; either way, forget the old records."""
+    _RECORDING[0] = on
+    _MERGED.clear()
+
+
+_rx_processor._merge = _recording_merge  # benchmark-only instrumentation
+
 
 @dataclass
 class CallProbe:
@@ -80,6 +105,7 @@ class CallProbe:
     src: list[int] = field(default_factory=list)  # frame index -> index of the caller's last media message in it
     media_in: int = 0  # media messages deserialized (at 16 kHz the resampler merges them into fewer frames)
     by_id: dict[int, int] = field(default_factory=dict)  # id(frame.audio) -> frame index (while in flight)
+    split_parts: dict[int, tuple[bytes, list[tuple[int, int]]]] = field(default_factory=dict)  # a split's tail
     ledger: list[tuple[int, int]] = field(default_factory=list)  # (frame index, bytes) in gRPC byte order
     origins: list[int] = field(default_factory=list)  # ledger byte position of each stream's first byte
     dropped: list[int] = field(default_factory=list)  # frame indexes dropped by an STT-side queue
@@ -96,6 +122,8 @@ class CallProbe:
     time_in_drain_s: float = 0.0
     reconnects: int = 0
     rx_refusals: int = 0
+    rx_frames_out: int = 0  # ours: frames RX handed downstream ...
+    rx_releases: int = 0  # ... in this many pushes (fewer while it merged frames of a busy process)
     ended_at: float = 0.0
     q_fn: object = None  # () -> (rx_q, stt_q), sampled by the harness
     stats_fn: object = None  # () -> None: fill the counters above at the end
@@ -115,7 +143,29 @@ class CallProbe:
     def take(self, audio: bytes) -> int:
         return self.by_id.pop(id(audio), -1)
 
+    def take_parts(self, audio: bytes) -> list[tuple[int, int]]:
+        """(frame index, bytes) of each frame ``audio`` carries: one frame, or the frames RX merged or a split left."""
+        # The split and merge records first: their keys are alive, while by_id may still hold the
+        # id of a frame RX dropped, whose bytes are gone (and whose id a new object can reuse).
+        key = id(audio)
+        parts = self.split_parts.pop(key, None)
+        if parts is not None and parts[0] is audio:
+            return parts[1]
+        merged = _MERGED.pop(key, None)
+        if merged is not None and merged[0] is audio:
+            return [(self.by_id.pop(id(a), -1), len(a)) for a in merged[1]]
+        if key in self.by_id:
+            return [(self.by_id.pop(key), len(audio))]
+        return [(-1, len(audio))]
+
     def at_stt(self, audio: bytes, now: float) -> None:
+        merged = _MERGED.get(id(audio))
+        if merged is not None and merged[0] is audio:
+            for a in merged[1]:
+                i = self.by_id.get(id(a))
+                if i is not None:
+                    self.stt_at[i] = now
+            return
         idx = self.by_id.get(id(audio))
         if idx is not None:
             self.stt_at[idx] = now
@@ -279,6 +329,7 @@ class BuildOptions:
     rotate_grace_s: float | None = None
     hiccup: tuple[float, float] | None = None  # (every_s, block_s)
     sample_rate: int = 8000  # the pipeline's audio_in_sample_rate, which the STT services get
+    rx_busy_level: int | None = None  # ours: RX's busy level fixed at this (None: BusyMeter measures it)
 
 
 
@@ -379,23 +430,29 @@ class _RecordingDeque(deque):
     def popleft(self):
         item = super().popleft()
         probe = self._probe
-        idx = probe.take(item)
+        parts = probe.take_parts(item)
         if threading.current_thread().name.startswith("rxdrain-stt-"):
-            probe.ledger.append((idx, len(item)))
+            probe.ledger.extend(parts)
         else:
-            probe.dropped.append(idx)
+            probe.dropped.extend(i for i, _ in parts if i >= 0)
         return item
 
     def appendleft(self, rest):
         # AudioQueue.take() splits a chunk larger than it may send at once (the session: one 25 KB
         # request; a bare take(max_bytes): max_bytes): it pops the chunk, then puts its tail back.
-        # The sent head does not complete the frame (-1: bytes of no frame); the tail carries the
-        # frame's index, so the frame counts as read when its last byte is.
+        # The chunk's parts are the last ledger entries; the frames wholly in the tail go back with
+        # it, and the frame cut in two completes only when its last byte (in the tail) is read.
         probe = self._probe
-        idx, n = probe.ledger.pop()
-        probe.ledger.append((-1, n - len(rest)))
-        if idx >= 0:
-            probe.by_id[id(rest)] = idx
+        ledger, popped, acc = probe.ledger, [], 0
+        while acc < len(rest) and ledger:
+            entry = ledger.pop()
+            popped.insert(0, entry)
+            acc += entry[1]
+        head = acc - len(rest)  # bytes of the first popped frame that were sent
+        if head > 0:
+            ledger.append((-1, head))
+            popped[0] = (popped[0][0], popped[0][1] - head)
+        probe.split_parts[id(rest)] = (rest, popped)
         super().appendleft(rest)
 
 
@@ -423,7 +480,8 @@ def build_ours(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
         settings=GoogleSTTSettings(languages=[Language.EN_US]),
         **kwargs,
     )
-    rx = RxDrainProcessor(sink=svc)
+    busy_level = None if opts.rx_busy_level is None else (lambda level=opts.rx_busy_level: level)
+    rx = RxDrainProcessor(sink=svc, busy_level=busy_level)
     state = {"session": None}
 
     def before(audio: bytes):
@@ -455,6 +513,8 @@ def build_ours(probe: CallProbe, opts: BuildOptions) -> list[FrameProcessor]:
         probe.rx_drops = s.drops
         probe.time_in_drain_s = s.time_in_drain_s
         probe.rx_refusals = s.refusals
+        probe.rx_frames_out = s.frames_out
+        probe.rx_releases = s.releases
         st = svc.stats
         if st is not None:
             probe.stt_drops = st.drops

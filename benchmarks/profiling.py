@@ -26,6 +26,7 @@ from collections import Counter
 # (path fragment, stage); first match from the innermost frame outwards wins.
 _STAGES = (
     ("pipecat_rxdrain/rx/", "RX (RxDrainProcessor)"),
+    ("pipecat_rxdrain/busy.py", "RX (RxDrainProcessor)"),  # on the loop only RX reads the busy level
     ("pipecat_rxdrain/stt/", "STT push (ours, on the loop)"),
     ("pipecat/services/google/stt", "STT service (stock)"),
     ("pipecat/services/stt_service", "STT service base"),

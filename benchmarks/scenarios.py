@@ -12,7 +12,7 @@ from .harness import Scenario
 # The emulator timing of the realistic scenarios (a steady call and its variants, the reply): None follows the run's
 # --timing; "google" pins them to TimingProfile.GOOGLE (finals ~0.9 s after the end of speech) whatever --timing says.
 REALISTIC_TIMING: str | None = "google"
-REALISTIC = ("steady", "jitter", "bunches_small", "steady_16k", "reply")
+REALISTIC = ("steady", "jitter", "bunches_small", "steady_16k", "reply", "reply_merged")
 LADDER = [10, 15, 20, 25, 30, 40, 50, 60]
 QUICK_LADDER = [10, 20]
 CAPACITY_P99_MS = 200.0  # a rung passes at audio-age p99 below this and 0 drops
@@ -43,8 +43,16 @@ def full() -> list[Scenario]:
             max_stream_s=12,
         ),
         reply(),
+        reply_merged(),
         profile(15, audio_s=10),
     ] + scale(LADDER, audio_s=10)
+
+
+def reply_merged(audio_s: float = 23.0) -> Scenario:
+    """The reply scenario with RX merging as on a busy process, all call long (what it does to VAD and turns)."""
+    return Scenario("reply_merged", f"Offline full mode, RX busy level fixed at 2 (every frame held into a 60 ms chunk), "
+                    f"{audio_s:g} s call", audio_s=audio_s, reply=True, pipelines=("ours",), timing=REALISTIC_TIMING,
+                    rx_busy_level=2)
 
 
 def reply(audio_s: float = 23.0) -> Scenario:

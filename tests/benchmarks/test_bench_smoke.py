@@ -169,6 +169,46 @@ def test_probe_ledger_follows_a_chunk_split_across_requests():
     assert probe.ledger == [(-1, 1920), (0, 1112), (-1, 1920), (1, 1112)]
 
 
+def test_probe_ledger_maps_frames_rx_merged_back_to_each_frame_also_across_a_split():
+    """RxDrainProcessor merges frames while busy: the merged chunk's bytes are credited to each frame it
+    carries, in order, also when the writer then splits it across two requests."""
+    from pipecat.frames.frames import InputAudioRawFrame
+
+    from benchmarks import pipelines
+    from benchmarks.pipelines import CallProbe, _RecordingDeque, record_merges
+    from pipecat_rxdrain.rx import processor as rx_processor
+    from pipecat_rxdrain.stt.audio_queue import AudioQueue
+
+    probe = CallProbe(call_id="c", pipeline="ours")
+    q = AudioQueue(max_frames=100, bytes_per_ms=32.0)
+    q._q = _RecordingDeque(q._q, probe)
+    frames = [InputAudioRawFrame(audio=bytes([k]) * 1000, sample_rate=16000, num_channels=1) for k in range(3)]
+    for f in frames:
+        probe.stamp(f, 0.0)
+    record_merges(True)  # as run_scenario does
+    try:
+        merged = rx_processor._merge(tuple(frames))  # the benchmark records what it joined
+        probe.at_stt(merged.audio, 1.0)
+        assert probe.stt_at == {0: 1.0, 1: 1.0, 2: 1.0}
+        q.push(merged.audio)
+        batches = []
+
+        def writer():
+            while (b := q.take(1920)) is not None:
+                batches.append(b.data)
+
+        t = threading.Thread(target=writer, name="rxdrain-stt-test")
+        t.start()
+        t.join(5)
+    finally:
+        record_merges(False)
+    assert b"".join(batches) == merged.audio
+    # Frame 1 straddles the two requests: it is credited to the second, which holds its last byte.
+    assert probe.ledger == [(0, 1000), (-1, 920), (1, 80), (2, 1000)]
+    rx_processor._merge(tuple(frames))
+    assert not pipelines._MERGED  # nothing is recorded outside a run
+
+
 def test_words_lost_compare_against_the_script():
     script = ["hello there friend u0", "it did not come u1", "thanks u2"]
     assert words_lost_vs_script(list(script), script, 3) == (0, 0, 0)
