@@ -40,7 +40,7 @@ LADDER_STOP_AFTER = 2  # consecutive failing rungs before a pipeline stops climb
 async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=print) -> list[dict]:
     from .harness import BenchServer, run_scenario
     from .metrics import expected_utterances, summarize
-    from .scenarios import rung_passes
+    from .scenarios import rung_worth_climbing
 
     server = BenchServer()
     url = await server.start()
@@ -67,7 +67,7 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
                 row["bench_wall_s"] = time.monotonic() - t0
                 rows.append(row)
                 if sc.group == "scale":
-                    failed_rungs[pipeline] = [] if rung_passes(row) else failed + [sc.calls]
+                    failed_rungs[pipeline] = [] if rung_worth_climbing(row) else failed + [sc.calls]
                 progress(
                     f"  {sc.key:<18} {pipeline:<9} age p50/p99/max {row['age_p50_ms']:7.1f} {row['age_p99_ms']:8.1f} "
                     f"{row['age_max_ms']:8.1f} ms  steady p99 {row['age_p99_steady_ms']:8.1f}  wire p99 "

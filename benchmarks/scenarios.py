@@ -13,7 +13,9 @@ from .harness import Scenario
 # --timing; "google" pins them to TimingProfile.GOOGLE (finals ~0.9 s after the end of speech) whatever --timing says.
 REALISTIC_TIMING: str | None = "google"
 REALISTIC = ("steady", "jitter", "bunches_small", "steady_16k", "reply", "reply_merged")
-LADDER = [10, 15, 20, 25, 30, 40, 50, 60]
+# The issue's ladder, with 5 below it: stock can fail 10 calls on call setup alone, and a capacity of "none of
+# the rungs" says nothing to compare against.
+LADDER = [5, 10, 15, 20, 25, 30, 40, 50, 60]
 QUICK_LADDER = [10, 20]
 CAPACITY_P99_MS = 200.0  # a rung passes at audio-age p99 below this and 0 drops
 
@@ -100,7 +102,13 @@ def smoke() -> list[Scenario]:
     return [Scenario("smoke", "Smoke: 1.5 s call", audio_s=1.5)]
 
 
-def rung_passes(row: dict) -> bool:
-    """The capacity criterion: audio-age p99 < 200 ms and 0 drops (NaN p99 = nothing measured = fail)."""
-    p99 = row.get("age_p99_ms")
+def rung_passes(row: dict, key: str = "age_p99_ms") -> bool:
+    """The capacity criterion: audio-age p99 (``key``; the steady-state one for the steady-state capacity) < 200 ms
+    and 0 drops (NaN p99 = nothing measured = fail)."""
+    p99 = row.get(key)
     return isinstance(p99, (int, float)) and p99 == p99 and p99 < CAPACITY_P99_MS and row.get("drops", 1) == 0
+
+
+def rung_worth_climbing(row: dict) -> bool:
+    """A pipeline climbs the ladder while it passes overall or in steady state (so both capacities are measured)."""
+    return rung_passes(row) or rung_passes(row, "age_p99_steady_ms")
