@@ -140,6 +140,21 @@ async def test_16khz_pipeline_maps_merged_frames_back_to_the_caller():
     assert r["words_lost"] == 0 and r["finals_missing"] == 0, r
 
 
+def take_on_an_stt_thread(q, max_bytes: int) -> list[bytes]:
+    """Empty ``q`` in requests of ``max_bytes`` on a thread named like the STT I/O thread (the probe's
+    ledger only records what that thread takes)."""
+    batches: list[bytes] = []
+
+    def writer():
+        while (b := q.take(max_bytes)) is not None:
+            batches.append(b.data)
+
+    t = threading.Thread(target=writer, name="rxdrain-stt-test")
+    t.start()
+    t.join(5)
+    return batches
+
+
 def test_probe_ledger_follows_a_chunk_split_across_requests():
     """AudioQueue.take() splits a chunk bigger than the request; the ledger keeps every byte, and the
     frame is credited to the piece holding its last byte."""
@@ -155,15 +170,7 @@ def test_probe_ledger_follows_a_chunk_split_across_requests():
     for f in frames:
         probe.stamp(f, 0.0)
         q.push(f.audio)
-    batches = []
-
-    def writer():
-        while (b := q.take(1920)) is not None:
-            batches.append(b.data)
-
-    t = threading.Thread(target=writer, name="rxdrain-stt-test")
-    t.start()
-    t.join(5)
+    batches = take_on_an_stt_thread(q, 1920)
     assert b"".join(batches) == frames[0].audio + frames[1].audio
     # Each frame once, on the piece holding its last byte; the heads (-1) belong to no frame yet.
     assert probe.ledger == [(-1, 1920), (0, 1112), (-1, 1920), (1, 1112)]
@@ -191,15 +198,7 @@ def test_probe_ledger_maps_frames_rx_merged_back_to_each_frame_also_across_a_spl
         probe.at_stt(merged.audio, 1.0)
         assert probe.stt_at == {0: 1.0, 1: 1.0, 2: 1.0}
         q.push(merged.audio)
-        batches = []
-
-        def writer():
-            while (b := q.take(1920)) is not None:
-                batches.append(b.data)
-
-        t = threading.Thread(target=writer, name="rxdrain-stt-test")
-        t.start()
-        t.join(5)
+        batches = take_on_an_stt_thread(q, 1920)
     finally:
         record_merges(False)
     assert b"".join(batches) == merged.audio

@@ -19,6 +19,16 @@ from tests.helpers.waiting import wait_until_blocking
 HELLO = load_sample("hello_en")  # speech 0.52-2.78 s and 4.00-5.90 s
 
 
+def busy_session(emu, max_level: int = 2):
+    """A session on its own I/O thread whose meter calls any CPU share busy (it climbs a level per 50 ms)."""
+    s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
+    meter = s._io.meter
+    meter.on_share = meter.off_share = 1e-9
+    meter.window_s = 0.05
+    meter.max_level = max_level
+    return s, meter
+
+
 def test_idle_writer_sends_each_chunk_at_once_and_coalesces_only_while_busy():
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
         # 0.3 s into the stream the server stops reading for 0.3 s: the writer blocks on HTTP/2.
@@ -42,10 +52,7 @@ def test_while_the_process_is_busy_a_stream_sends_fuller_requests():
     each request carries about batch_ms (60 ms) of audio; none is lost or reordered.
     (The meter is told any CPU share is busy.)"""
     with SpeechEmulator(script=list(HELLO.segments)) as emu:
-        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
-        meter = s._io.meter
-        meter.on_share = meter.off_share = 1e-9
-        meter.window_s = 0.05
+        s, _ = busy_session(emu)
         pcm = HELLO.pcm16[: 8000 * 2 * 2]
         feed(s, pcm, speed=1.0)  # a chunk every 20 ms for 2 s
         assert s.close(5)
@@ -62,11 +69,7 @@ def test_at_the_first_busy_level_a_stream_waits_one_frame_not_a_whole_batch():
     """Level 1 (the load needs only a little relief): the oldest chunk waits 20 ms, so requests carry
     two 20 ms chunks, not batch_ms (60 ms); nothing lost or reordered."""
     with SpeechEmulator(script=list(HELLO.segments)) as emu:
-        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
-        meter = s._io.meter
-        meter.on_share = meter.off_share = 1e-9
-        meter.window_s = 0.05
-        meter.max_level = 1
+        s, _ = busy_session(emu, max_level=1)
         pcm = HELLO.pcm16[: 8000 * 2 * 2]
         feed(s, pcm, speed=1.0)
         assert s.close(5)
@@ -82,10 +85,7 @@ def test_while_busy_a_chunk_longer_than_one_frame_does_not_wait():
     """RxDrainProcessor merges frames for the same busy signal: its 40 ms chunks go at once, also
     at level 2, where single frames would wait for a 60 ms request (no second wait on top)."""
     with SpeechEmulator(script=list(HELLO.segments)) as emu:
-        s = make_session(emu, max_queue=1000, io_thread=IoThreadMode.PER_SESSION)
-        meter = s._io.meter
-        meter.on_share = meter.off_share = 1e-9
-        meter.window_s = 0.05
+        s, meter = busy_session(emu)
         pcm = HELLO.pcm16[: 8000 * 2 * 2]
         feed(s, pcm, speed=1.0, chunk=2 * CHUNK)
         assert s.close(5)
