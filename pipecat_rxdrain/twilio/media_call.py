@@ -305,6 +305,8 @@ class MediaStreamCall:
                 "peak_q": s.peak_q,
                 "time_in_drain_s": round(s.time_in_drain_s, 3),
                 "drain_episodes": s.drain_episodes,
+                # frames handed to a full STT because RX + STT would hold more than max_queue (it drops its oldest)
+                "overflow_releases": self.rx.overflow_releases,
                 "frames_in": s.frames_in,
                 "frames_out": s.frames_out,
                 "write_ms": round(s.write_ms, 2),

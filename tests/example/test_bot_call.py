@@ -178,9 +178,14 @@ async def test_malformed_messages_floods_and_a_silent_client_are_counted_not_fat
     assert tw["by_event"]["media"] == sent_valid
     rx = call["rx"]
     assert rx["frames_in"] == sent_valid  # every valid frame reached the RX queue ...
-    # ... and the flood went through the bounded queue: drained (or, beyond the cap, counted as drops)
+    # ... and the flood went through the bounded queues: the first 2 s (the rate bound's lead) went on at once,
+    # the rest either filled RX to its high watermark and drained, or, when the STT's queue still held what went
+    # on at once (a writer slow on a loaded machine), RX and the STT together reached max_queue and RX handed
+    # the head on to the STT, which drops its oldest beyond that (counted). Either way RX held <= max_queue.
     assert rx["frames_in"] == rx["frames_out"] + rx["drops"] + rx["q"]
-    assert cfg.rx_high_watermark <= rx["peak_q"] <= cfg.rx_max_queue and rx["drain_episodes"] >= 1
+    assert rx["peak_q"] <= cfg.rx_max_queue
+    drained = rx["peak_q"] >= cfg.rx_high_watermark and rx["drain_episodes"] >= 1
+    assert drained or rx["overflow_releases"] > 0, (rx, call["stt"])
     text = logs.text
     assert "reason=oversized" in text and "no message from Twilio" in text
     assert not stt_threads()
