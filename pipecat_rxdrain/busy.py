@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from .clock import Clock, monotonic
+from .units import FRAME_UNIT_MS
 
 #: Busy when the process used at least this share of one core over a window (the GIL nears saturation)...
 BUSY_ON_SHARE = 0.85
@@ -25,6 +26,23 @@ BUSY_SATURATED_SHARE = 0.95
 BUSY_WINDOW_S = 0.5
 #: Highest level (RX and the writer hold audio up to one 20 ms frame per level).
 BUSY_MAX_LEVEL = 2
+#: Grace on top of a busy hold: the frame the hold waits for is due exactly at its end, and without
+#: it a frame that arrives a moment late leaves the merge one frame short for nothing.
+BUSY_HOLD_GRACE_S = 0.005
+
+
+def busy_hold_s(level: int, queued_ms: float, batch_ms: float) -> float | None:
+    """How long after it arrived the oldest queued audio may wait for more, at busy ``level``.
+
+    The one batching rule RX and the STT writer share: at level L > 0, audio waits until
+    (L + 1) x 20 ms of it is queued (never more than ``batch_ms``), or until L x 20 ms (never
+    more than ``batch_ms`` less one frame) plus :data:`BUSY_HOLD_GRACE_S` have passed since the
+    oldest of it arrived, whichever comes first. So each merge carries about L + 1 frames and
+    adds at most L frames' wait. None means: do not wait (level 0, or enough is queued already).
+    """
+    if level <= 0 or queued_ms >= min(batch_ms, (level + 1) * FRAME_UNIT_MS):
+        return None
+    return min(level * FRAME_UNIT_MS, max(0.0, batch_ms - FRAME_UNIT_MS)) / 1000.0 + BUSY_HOLD_GRACE_S
 
 
 class BusyMeter:

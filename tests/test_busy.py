@@ -97,3 +97,17 @@ def test_the_level_climbs_one_step_per_busy_window_and_comes_down_one_per_idle_w
 def test_bad_settings_raise(kw):
     with pytest.raises(ValueError):
         BusyMeter(**kw)
+
+
+def test_the_shared_hold_rule_waits_level_frames_for_level_plus_one():
+    from pipecat_rxdrain.busy import BUSY_HOLD_GRACE_S, busy_hold_s
+
+    assert busy_hold_s(0, 20, 60) is None  # idle: nothing waits
+    assert busy_hold_s(1, 20, 60) == pytest.approx(0.020 + BUSY_HOLD_GRACE_S)
+    assert busy_hold_s(1, 40, 60) is None  # two frames queued: a level-1 merge is full
+    assert busy_hold_s(2, 40, 60) == pytest.approx(0.040 + BUSY_HOLD_GRACE_S)
+    assert busy_hold_s(2, 60, 60) is None
+    # batch_ms caps both the merge and the wait (one frame less than the batch)
+    assert busy_hold_s(2, 20, 40) == pytest.approx(0.020 + BUSY_HOLD_GRACE_S)
+    assert busy_hold_s(2, 40, 40) is None
+    assert busy_hold_s(1, 20, 20) is None  # a one-frame batch is already full

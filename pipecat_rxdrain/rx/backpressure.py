@@ -90,6 +90,7 @@ from typing import Any
 
 from loguru import logger
 
+from ..busy import busy_hold_s
 from ..clock import Clock, monotonic
 from ..telemetry import SlidingCount, TelemetryWindow, WindowSample, format_rx_line
 from ..units import FRAME_UNIT_MS  # q, max_queue, watermarks and drops are counted in this unit
@@ -114,9 +115,6 @@ _RATE_LIMIT_US = 550_000
 
 # Deadlines within a nanosecond count as reached (float sums such as 0.025 + 0.005 overshoot).
 _EPS = 1e-9
-
-# Grace on top of a busy hold: the frame the hold waits for is due exactly at its end.
-_HOLD_GRACE_S = 0.005
 
 
 class RxMode(enum.StrEnum):
@@ -678,11 +676,8 @@ class RxBackpressure:
         """Until when a busy merge at ``level`` holds the head chunk; None if it does not hold it."""
         if self._passengers or self._retry_at is not None:
             return None  # a passenger must not wait for the next frame; a refused chunk is retried
-        target_us = min(self._batch_us, (level + 1) * _UNIT_US)
-        if self._q_us >= target_us:
-            return None
-        hold_us = min(level * _UNIT_US, max(0, self._batch_us - _UNIT_US))
-        return self._audio[0].at + hold_us / 1_000_000 + _HOLD_GRACE_S
+        hold_s = busy_hold_s(level, self._q_us / 1000, self._batch_us / 1000)
+        return None if hold_s is None else self._audio[0].at + hold_s
 
     def _bound_start(self, paced_us: int) -> float:
         """Earliest time a chunk may start once ``paced_us`` of audio went under the bound."""

@@ -23,7 +23,8 @@ class STTSessionParams:
     """
 
     max_queue: int = 200  # audio held while gRPC is slow, in 20 ms frames; drop-oldest beyond
-    batch_ms: float = 60.0  # most audio per request while the writer is busy (idle: sent at once)
+    batch_ms: float = 60.0  # most audio per request while the writer is busy (idle: sent at once; a backlog
+    # over half of max_queue goes in requests up to Google's 25 KB while the stream is behind its wall clock)
     stream_limit_s: float = 240.0  # rotate after this (Google cuts at 305 s)
     rotate_grace_s: float = 30.0  # ... at the latest this much later if an utterance is open
     config_change_grace_s: float = 3.0  # a config change rotates within this

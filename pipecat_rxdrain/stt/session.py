@@ -45,6 +45,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
+from ..busy import busy_hold_s
 from ..clock import Clock, monotonic
 from ..deprecation import STT_RENAMES, renamed_attributes
 from ..telemetry import TelemetryWindow, format_stt_line
@@ -77,10 +78,6 @@ _HEALTHY_AFTER_S = 2.0  # a stream that lived this long counts as healthy even w
 def _channel_of(client: Any) -> Any:
     """The grpc.aio channel under an official async Speech client, if any."""
     return getattr(getattr(client, "transport", None), "grpc_channel", None)
-
-
-#: Grace on top of a busy hold: the frame the hold waits for is due exactly at its end.
-_HOLD_GRACE_S = 0.005
 
 
 class SessionState(StrEnum):
@@ -236,7 +233,9 @@ class StreamingSTTSession:
       * At most one gRPC stream at a time; a stream is opened only when there
         is audio to send. The writer sends a chunk as soon as the previous write
         finished (no fill wait); what piled up meanwhile goes in one request of
-        at most ``batch_ms`` of audio and 25 KB. Only while the process
+        at most ``batch_ms`` of audio and 25 KB (a backlog of more than half the
+        queue: up to 25 KB, as far as the stream is behind its wall clock, so a
+        burst drains in few writes). Only while the process
         measured itself busy (:class:`~pipecat_rxdrain.busy.BusyMeter`, its CPU
         share, a proxy for GIL contention) does a stream's oldest queued chunk wait for a
         fuller request: 20 ms per busy level (two levels at most, never more than ``batch_ms``
@@ -820,15 +819,13 @@ class StreamingSTTSession:
         wake = self._wake
         assert wake is not None
         meter = self._io.meter
-        # While busy, the oldest queued chunk waits one 20 ms frame per busy level (at most batch_ms
-        # less one frame), plus a little grace: the next frame is due exactly then, and without the
-        # grace a frame that arrives a moment late leaves the request one frame short for nothing.
-        # So each request carries about level + 1 frames. A chunk longer than one frame goes at once:
-        # RxDrainProcessor merged it for the same busy signal (its meter and this one are not in step,
-        # and holding it again would add a second wait), or the transport delivers long chunks.
-        frame_s = FRAME_UNIT_MS / 1000.0
+        # While busy, the oldest queued chunk waits for more as busy_hold_s says (the rule RX merges
+        # by), so each request carries about level + 1 frames. A chunk longer than one frame goes at
+        # once: RxDrainProcessor merged it for the same busy signal (its meter and this one are not
+        # in step, and holding it again would add a second wait), or the transport delivers long chunks.
         frame_bytes = bpm * FRAME_UNIT_MS
-        max_hold_s = max(0.0, self.params.batch_ms - FRAME_UNIT_MS) / 1000.0
+        batch_ms = min(self.params.batch_ms, target / bpm)
+        catch_up_bytes = q.bound_bytes // 2
         while True:
             take = self._next_action(st)
             if take is _Take.ENDED:
@@ -840,19 +837,30 @@ class StreamingSTTSession:
                 await st.ended.wait()  # the cancel ends the call (and usually this task)
                 return
             level = meter.level() if take is None and meter is not None and 0 < q.nbytes < target else 0
-            if level and q.oldest_nbytes() <= frame_bytes and q.nbytes < min(target, (level + 1) * frame_bytes):
+            hold_s = (
+                busy_hold_s(level, q.nbytes / bpm, batch_ms) if level and q.oldest_nbytes() <= frame_bytes else None
+            )
+            if hold_s is not None:
                 # The process measured itself busy (every request costs the I/O thread ~0.2 ms of
                 # GIL in gRPC's Python layer, GIL that Pipecat's loop is then waiting for): let this
                 # stream's audio pile up a little before sending, so a loaded process sends fewer,
                 # fuller requests; the level only climbs as far as the load needs. Idle, nothing waits.
                 oldest = q.oldest_at()
-                hold_s = min(level * frame_s, max_hold_s) + _HOLD_GRACE_S
                 delay = 0.0 if oldest is None else oldest + hold_s - self._clock()
                 if delay > 0:
                     self._spaced += 1
                     await asyncio.sleep(delay)
                     continue
-            batch = q.take(target, MAX_REQUEST_BYTES)
+            # A backlog over half the queue (a network burst, the end of a stall) goes in requests up
+            # to Google's 25 KB, as Google's own streaming sample sends whatever is buffered: the writer
+            # may get few turns at the GIL while Pipecat's loop takes the burst in, and at batch_ms per
+            # turn the bounded queue would drop audio that is still fresh. Only as far as the stream
+            # is behind its own wall clock: catching up never puts it ahead (a replay already may be).
+            take_bytes = target
+            if q.nbytes > catch_up_bytes:
+                behind = int(-st.lead.lead_ms() * bpm)
+                take_bytes = max(target, min(MAX_REQUEST_BYTES, behind))
+            batch = q.take(take_bytes, MAX_REQUEST_BYTES)
             if batch is None:
                 if take is _Take.HALF_CLOSE:
                     break
