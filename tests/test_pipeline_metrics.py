@@ -9,6 +9,8 @@ from pipecat.processors.frame_processor import FrameProcessor
 
 from pipecat_rxdrain.metrics import RxdrainMetrics
 from pipecat_rxdrain.pipeline_metrics import RxMetricsData, STTMetricsData, metrics_frame
+from pipecat_rxdrain.samples import sample_path
+from pipecat_rxdrain.twilio.audio import wav_to_twilio_frames
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
 from pipecat_rxdrain.twilio.server import BotServer, create_app
 from tests.helpers.bot_harness import load_bot_module, make_config
@@ -29,7 +31,7 @@ class MetricsTap(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def run_call(cfg, tap: MetricsTap):
+async def run_call(cfg, tap: MetricsTap, frames: list[bytes] | None = None):
     bot = load_bot_module()
 
     def build(call):
@@ -40,7 +42,10 @@ async def run_call(cfg, tap: MetricsTap):
     task = asyncio.create_task(server.serve())
     try:
         assert await wait_until(lambda: server.started or task.done(), timeout=15) and server.started
-        summary = await simulate_call(CallerOptions(url=f"ws://127.0.0.1:{server.port}/ws", sample="hello_en"))
+        opts = CallerOptions(url=f"ws://127.0.0.1:{server.port}/ws", sample="hello_en")
+        if frames is not None:
+            opts = CallerOptions(url=opts.url, frames=frames, tail_silence_s=0.2)
+        summary = await simulate_call(opts)
         await wait_until(lambda: list(server.app.state.calls.completed), timeout=10)
         return summary, server.app.state.calls.completed[0].as_dict()
     finally:
@@ -67,7 +72,8 @@ async def test_a_call_emits_rx_and_stt_metrics_frames_each_second(emulator):
 async def test_no_metrics_frames_unless_asked(emulator):
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
     tap = MetricsTap()
-    summary, _ = await run_call(cfg, tap)
+    # 3 s of the call: with metrics on, that is three metrics frames already.
+    summary, _ = await run_call(cfg, tap, wav_to_twilio_frames(sample_path("hello_en"))[:150])
     assert summary.ok, summary.error
     assert not [d for f in tap.seen for d in f.data if isinstance(d, (RxMetricsData, STTMetricsData))]
 

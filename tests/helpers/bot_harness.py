@@ -122,7 +122,7 @@ def clean_env(tmp_path, **extra) -> dict[str, str]:
 class BotProcess:
     """The example bot as a subprocess on a free loopback port (``python -m``), its output collected."""
 
-    def __init__(self, env: dict[str, str], *, nofile: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], *, nofile: int | None = None, cwd: str | Path | None = None) -> None:
         import subprocess
 
         def limit_fds():  # runs in the child before exec
@@ -135,7 +135,7 @@ class BotProcess:
         self.err: list[str] = []
         self.ready = threading.Event()
         self.url: str | None = None
-        self.p = subprocess.Popen([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=env, text=True,
+        self.p = subprocess.Popen([sys.executable, "-m", BOT_MODULE, "--port", "0"], env=env, text=True, cwd=cwd,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   preexec_fn=limit_fds if nofile else None)
         self._t = [threading.Thread(target=self._pump, args=(self.p.stdout, self.out), daemon=True),
