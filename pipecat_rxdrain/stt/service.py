@@ -102,7 +102,8 @@ class GoogleSTTService(STTService):
 
     Guarantees on top of the stock service: ``run_stt`` only appends to a
     bounded drop-oldest queue (``max_queue`` chunks, drops counted); a
-    dedicated thread writes to gRPC in batches of at most ``batch_ms``;
+    dedicated thread writes to gRPC in batches of at most ``batch_ms`` (a
+    backlog over half the queue in requests up to 25 KB, never ahead of real time);
     streams rotate before Google's limit and reconnect with backoff, replaying
     unfinalized audio so no word is lost or repeated; a non-retriable error is
     reported once (``push_error``, permanent categories make the service
@@ -159,7 +160,8 @@ class GoogleSTTService(STTService):
                 settings / ttfs_p99_latency: exactly as ``pipecat.services.google.stt.GoogleSTTService``.
             max_queue: Audio held while gRPC is slow, in 20 ms frames of audio whatever the chunk size
                 (200 = 4 s); the oldest is dropped (and counted) beyond it.
-            batch_ms: Most audio per request while a write is in flight (an idle writer sends at once).
+            batch_ms: Most audio per request while a write is in flight (an idle writer sends at once;
+                a backlog over half of ``max_queue`` goes in requests up to 25 KB, never ahead of real time).
             debounce_ms: At most one InterimTranscriptionFrame per this many ms (newest text). None/0: off.
             final_timeout_ms: After the VAD stop (+ hangover), how long to wait for Google's final
                 before emitting the newest interim as the final. None/0: no early finals.

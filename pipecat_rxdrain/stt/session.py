@@ -6,7 +6,8 @@ Threads and data flow::
                                             │  wake only when the writer is idle
     gRPC I/O loop (shared "rxdrain-stt-io"  ▼  thread, or one per session)
       writer    : request generator; sends at once when idle, and while a write is
-                  in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB);
+                  in flight lets audio pile up, then sends it together (<= batch_ms, <= 25 KB;
+                  a backlog over half the queue: <= 25 KB, as far as the stream is behind);
                   while the process measures itself busy, lets each stream's audio pile up
                   one 20 ms frame more per busy level (two levels, below batch_ms) before sending
       watchdog  : a write blocked past the stall bound cancels the stream

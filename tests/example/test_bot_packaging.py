@@ -26,10 +26,11 @@ def _build_wheel(out: Path) -> Path:
 
 
 async def test_the_bot_runs_from_an_installed_wheel_and_takes_a_call(tmp_path):
-    """Before: ``rxdrain demo`` from an installed package said "the example bot is not at …/site-packages/…".
+    """The example bot ships in the wheel, loads from it (not from this checkout) and takes a real call.
 
-    The bot ships in the wheel, loads from it (not from this checkout) and takes a real call. The whole
-    ``rxdrain demo --quick`` from a wheel installed with its dependencies is ``make wheel-demo`` (.ci/run).
+    (``rxdrain demo`` from an installed package once said "the example bot is not at …/site-packages/…";
+    the whole ``rxdrain demo --quick`` from a wheel installed with its dependencies is ``make wheel-demo``,
+    which .ci/run runs after the suite.)
     """
     wheel = _build_wheel(tmp_path / "dist")
     site = tmp_path / "site"

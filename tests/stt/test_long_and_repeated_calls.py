@@ -175,7 +175,7 @@ async def test_twelve_sequential_calls_leave_nothing_behind():
                 assert len([t for t in asyncio.all_tasks() if not t.done()]) <= base_tasks, k
                 rss.append(PROC.memory_info().rss / 1e6)
             print(f"RSS over 12 calls (MB): first {rss[0]:.1f}, last {rss[-1]:.1f}, max {max(rss):.1f}")
-            assert rss[-1] - rss[2] < 20, rss  # flat after the first few calls
+            assert rss[-1] - rss[2] < 10, rss  # flat after the first few calls (measured: under 1 MB)
             assert emu.stream_count == 13
         finally:
             mp.undo()

@@ -48,23 +48,28 @@ def test_idle_writer_sends_each_chunk_at_once_and_coalesces_only_while_busy():
 
 
 def test_a_backlog_over_half_the_queue_drains_in_requests_up_to_25_kb():
-    """After a stall that left more than half the 4 s queue waiting, the writer sends what is queued in
-    requests up to Google's 25 KB (not 60 ms each), so a burst drains in few writes; nothing is lost or
-    reordered, and once caught up requests are back to batch_ms."""
+    """After a stall that left more than half the 6 s queue waiting, the writer sends what is queued in
+    requests up to Google's 25 KB (not 60 ms each), but never further than the stream is behind its wall
+    clock; nothing is lost or reordered, and once caught up requests are back to batch_ms."""
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
-        emu.faults.stall(1.5, after_s=0.2)  # at 2x real time, 3 s of audio piles up: over half of 4 s
-        s = make_session(emu, max_queue=200)
-        pcm = HELLO.pcm16[: 8000 * 2 * 5]
+        # At 2x real time, 5 s of audio piles up: over half of 6 s even when the HTTP/2 window took 1 s of it.
+        emu.faults.stall(2.5, after_s=0.2)
+        s = make_session(emu, max_queue=300)
+        pcm = HELLO.pcm16[: 8000 * 2 * 6]
         feed(s, pcm, speed=2)
         assert s.close(5)
-        chunks = emu.streams[0].chunks
+        stream = emu.streams[0]
+        chunks = stream.chunks
         sizes = [c.size for c in chunks]
         assert s.stats.drops == 0
     assert sum(sizes) == len(pcm)
     assert [c.offset for c in chunks] == sorted(c.offset for c in chunks)
     assert max(sizes) <= 25 * 1024
-    big = [n for n in sizes if n > 960]
-    assert big and sum(big) >= 8000 * 2 * 1.0  # at least 1 s of the backlog went in requests over 60 ms
+    big = [c for c in chunks if c.size > 960]
+    assert big and sum(c.size for c in big) >= 8000 * 2 * 1.0  # at least 1 s of the backlog went in requests over 60 ms
+    for c in big:  # ... none of which ran ahead of the stream's wall clock (the client's opens a little earlier)
+        audio_end_ms = (c.offset + c.size) / 16.0
+        assert audio_end_ms <= (c.received_at - stream.started_at) * 1000 + 200, (audio_end_ms, c)
     assert max(sizes[-10:]) <= 960  # caught up: batch_ms again
 
 
@@ -72,14 +77,16 @@ def test_catching_up_never_puts_a_stream_ahead_of_its_wall_clock():
     """Audio pushed at 8x real time runs ahead of the stream's wall clock: a backlog over half the queue
     then still goes batch_ms per request (a 25 KB request would send audio faster than real time)."""
     with SpeechEmulator(script=list(HELLO.segments), small_window=True) as emu:
-        emu.faults.stall(0.3, after_s=0.1)
+        # 3.6 s of audio piles up during the stall: over half of 4 s even when the HTTP/2 window took 1 s of it.
+        emu.faults.stall(0.45, after_s=0.1)
         s = make_session(emu, max_queue=200)
         backlog: list[float] = []
-        feed(s, HELLO.pcm16[: 8000 * 2 * 4], speed=8, on_push=lambda x: backlog.append(x.stats.backlog_frames))
+        pcm = HELLO.pcm16[: 8000 * 2 * 5]
+        feed(s, pcm, speed=8, on_push=lambda x: backlog.append(x.stats.backlog_frames))
         assert s.close(5)
         sizes = [c.size for c in emu.streams[0].chunks]
     assert max(backlog) > 100  # the backlog did pass half the queue
-    assert max(sizes) <= 960 and sum(sizes) == 8000 * 2 * 4
+    assert max(sizes) <= 960 and sum(sizes) == len(pcm)
 
 
 def test_while_the_process_is_busy_a_stream_sends_fuller_requests():
