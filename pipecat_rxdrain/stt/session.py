@@ -50,7 +50,6 @@ from ..busy import busy_hold_s
 from ..clock import Clock, monotonic
 from ..deprecation import STT_RENAMES, renamed_attributes
 from ..telemetry import TelemetryWindow, format_stt_line
-from ..units import FRAME_UNIT_MS
 from .audio_queue import AudioQueue, Pushed
 from .backoff import Backoff
 from .io_thread import IoThreadMode, STTIoThread, run_blocking, shared_io_thread
@@ -824,7 +823,6 @@ class StreamingSTTSession:
         # by), so each request carries about level + 1 frames. A chunk longer than one frame goes at
         # once: RxDrainProcessor merged it for the same busy signal (its meter and this one are not
         # in step, and holding it again would add a second wait), or the transport delivers long chunks.
-        frame_bytes = bpm * FRAME_UNIT_MS
         batch_ms = min(self.params.batch_ms, target / bpm)
         catch_up_bytes = q.bound_bytes // 2
         while True:
@@ -839,7 +837,7 @@ class StreamingSTTSession:
                 return
             level = meter.level() if take is None and meter is not None and 0 < q.nbytes < target else 0
             hold_s = (
-                busy_hold_s(level, q.nbytes / bpm, batch_ms) if level and q.oldest_nbytes() <= frame_bytes else None
+                busy_hold_s(level, q.nbytes / bpm, batch_ms) if level and q.oldest_nbytes() <= q.frame20_bytes else None
             )
             if hold_s is not None:
                 # The process measured itself busy (every request costs the I/O thread ~0.2 ms of
