@@ -171,9 +171,15 @@ class Callers:
 
 
 class BenchServer:
-    """A FastAPI websocket endpoint that runs the pipeline named in ``start.customParameters``."""
+    """A FastAPI websocket endpoint that runs the pipeline named in ``start.customParameters``.
 
-    def __init__(self) -> None:
+    ``read_ahead``: uvicorn runs our :class:`ReadAheadWebSocketProtocol` (as the bundled bot does) instead of its
+    ``websockets-sansio`` protocol, which pauses reading after every message. ``run_all`` sets it when every
+    pipeline of the process is one of ours: stock and blocking get uvicorn's default, as a stock user would.
+    """
+
+    def __init__(self, *, read_ahead: bool = False) -> None:
+        self.read_ahead = read_ahead
         self.pending: dict[str, tuple[CallProbe, BuildOptions, Scenario]] = {}
         self.live: dict[str, CallProbe] = {}
         self.finished: dict[str, CallProbe] = {}
@@ -305,10 +311,12 @@ class BenchServer:
             def capture_signals(self):
                 yield
 
+        from pipecat_rxdrain.twilio.ws_read_ahead import read_ahead_ws_protocol
+
         try:
             import websockets.asyncio.server  # noqa: F401
 
-            ws_impl = "websockets-sansio"
+            ws_impl = read_ahead_ws_protocol() if self.read_ahead else "websockets-sansio"
         except ImportError:  # pragma: no cover
             ws_impl = "websockets"
         config = uvicorn.Config(

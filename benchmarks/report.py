@@ -346,7 +346,7 @@ def write_report(rows: list[dict], out: Path, *, mode: str, elapsed_s: float) ->
         + "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + "."
     )
     L.append("")
-    L += _method()
+    L += _method(rows)
     targets = _targets(by)
     if targets:
         L.append("## Targets (ours)")
@@ -605,7 +605,17 @@ def _analysis(by) -> list[str]:
     return out
 
 
-def _method() -> list[str]:
+def _method(rows) -> list[str]:
+    ours_ws = {r.get("ws_protocol", "uvicorn") for r in rows if r["pipeline"].startswith("ours")}
+    if ours_ws == {"read_ahead"}:
+        ws_note = (
+            " Its websocket server runs `ReadAheadWebSocketProtocol` (`pipecat_rxdrain.twilio.ws_read_ahead`, as the "
+            "bundled bot does): uvicorn's `websockets-sansio` protocol, which stock and blocking get, pauses and resumes "
+            "reading the socket around every message (two `epoll_ctl`, each a GIL release on the loop); ours pauses only "
+            "above uvicorn's `ws_max_queue` (32) queued messages (`python -m benchmarks.bench_ws_read`)."
+        )
+    else:
+        ws_note = " Its websocket server runs uvicorn's `websockets-sansio` protocol, like stock's (`--uvicorn-ws`)."
     return [
         "## How it is measured",
         "",
@@ -633,7 +643,7 @@ def _method() -> list[str]:
         "one frame and then sleeps 20 ms whatever its backlog, feeding a writer that hands each frame to a *synchronous* "
         "`streaming_recognize` (one-slot request queue) and waits on the event loop until gRPC has taken it.",
         "* **ours** = `transport.input() → RxDrainProcessor(sink=stt) → pipecat_rxdrain.stt.service.GoogleSTTService` "
-        "with default settings (RX queue 200/100/20, STT queue 200, batch 60 ms).",
+        "with default settings (RX queue 200/100/20, STT queue 200, batch 60 ms)." + ws_note,
         "* **Emulator**: `SpeechEmulator` (real gRPC server, loopback), scripted recognizer, built in one place "
         "(`benchmarks/emulation.py`) with the run's `--timing` profile. The scale ladder and the profile scenario run it "
         "in its own process (`benchmarks/emulator_proc.py`, which hands back the per-chunk records at the end); the other "

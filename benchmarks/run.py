@@ -37,12 +37,14 @@ HERE = Path(__file__).resolve().parent
 LADDER_STOP_AFTER = 2  # consecutive failing rungs before a pipeline stops climbing
 
 
-async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=print) -> list[dict]:
+async def run_all(
+    scenarios, pipelines, *, timing: str | None = None, uvicorn_ws: bool = False, progress=print
+) -> list[dict]:
     from .harness import BenchServer, run_scenario
     from .metrics import expected_utterances, summarize
     from .scenarios import rung_worth_climbing
 
-    server = BenchServer()
+    server = BenchServer(read_ahead=not uvicorn_ws and all(p.startswith("ours") for p in pipelines))
     url = await server.start()
     rows: list[dict] = []
     try:
@@ -65,6 +67,7 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
                 run = await run_scenario(server, url, sc, pipeline, timing=timing)
                 row = summarize(run, expected)
                 row["bench_wall_s"] = time.monotonic() - t0
+                row["ws_protocol"] = "read_ahead" if server.read_ahead else "uvicorn"
                 rows.append(row)
                 if sc.group == "scale":
                     failed_rungs[pipeline] = [] if rung_worth_climbing(row) else failed + [sc.calls]
@@ -80,7 +83,9 @@ async def run_all(scenarios, pipelines, *, timing: str | None = None, progress=p
     return rows
 
 
-def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> tuple[list[dict], list[str]]:
+def isolated_rows(
+    scenarios, pipelines, *, mode_name: str, timing: str, uvicorn_ws: bool = False
+) -> tuple[list[dict], list[str]]:
     """Every pipeline's scenarios in a child process of its own: (rows in scenario order, pipelines whose child failed).
 
     Why: grpc.aio has one completion queue per process, and every event loop that ever ran a
@@ -103,7 +108,7 @@ def isolated_rows(scenarios, pipelines, *, mode_name: str, timing: str) -> tuple
             cmd = [
                 sys.executable, "-m", "benchmarks.run", f"--{mode_name}", "--child", "--only", keys,
                 "--pipelines", pipeline, "--timing", timing, "--no-report", "--rows-out", str(out),
-            ]
+            ] + (["--uvicorn-ws"] if uvicorn_ws else [])
             proc = subprocess.run(cmd, cwd=HERE.parent, check=False)
             if proc.returncode or not out.exists():
                 print(f"  {pipeline}: child run failed (exit {proc.returncode}); its rows are missing", flush=True)
@@ -121,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="every scenario at full length")
     p.add_argument("--only", help="comma-separated scenario keys to run")
     p.add_argument("--pipelines", default="stock,blocking,ours")
+    p.add_argument(
+        "--uvicorn-ws", action="store_true",
+        help="serve ours with uvicorn's websockets-sansio protocol too (default: ours gets ReadAheadWebSocketProtocol, "
+        "as the bundled bot does; stock and blocking always get uvicorn's)",
+    )
     p.add_argument(
         "--timing", default=None, metavar="PROFILE",
         help="emulator timing profile, passed to every emulator the run builds, in-process or its own process "
@@ -191,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     failed: list[str] = []
     if len(pipelines) > 1 and not args.same_process:
-        rows, failed = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing)
+        rows, failed = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing, uvicorn_ws=args.uvicorn_ws)
     else:
-        rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing))
+        rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing, uvicorn_ws=args.uvicorn_ws))
     elapsed = time.monotonic() - t0
     print(f"done in {elapsed:.0f} s")
     try:  # kept so the report can be re-rendered without re-running (--report-only)

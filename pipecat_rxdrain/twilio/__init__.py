@@ -8,6 +8,7 @@
 * :mod:`.calls` – call slots (``max_calls``), call records, health. No Pipecat import.
 * :mod:`.input_backlog` – the bound on Pipecat's input-transport queue. No Pipecat import.
 * :mod:`.connections` – pending-socket cap and request deadline for uvicorn. No Pipecat import.
+* :mod:`.ws_read_ahead` – uvicorn's websocket protocol without a read pause per message. No Pipecat import.
 * :mod:`.serializer` – ``HardenedTwilioFrameSerializer`` and ``InputBacklogMeter`` (Pipecat adapters).
 * :mod:`.media_call` – ``MediaStreamCall``: one call's transport, pipeline life and numbers.
 * :mod:`.transcripts` – ``TranscriptRecorder``: logs finals with their latency.
@@ -31,6 +32,8 @@ _EXPORTS = {
     "CallRegistry": ".calls",
     "CallRecord": ".calls",
     "InputBacklog": ".input_backlog",
+    "ReadAheadWebSocketProtocol": ".ws_read_ahead",
+    "read_ahead_ws_protocol": ".ws_read_ahead",
     "HardenedTwilioFrameSerializer": ".serializer",
     "InputBacklogMeter": ".serializer",
     "MediaStreamCall": ".media_call",

@@ -65,6 +65,7 @@ from .loop_lag import LoopLagMonitor
 from .media_call import BuildPipeline, MediaStreamCall
 from .messages import Rejected, Start, TwilioStreamParser, is_sid
 from .security import TOKEN_PARAMETER, MediaTokens, PublicOrigin, WebhookVerifier, public_origin
+from .ws_read_ahead import read_ahead_ws_protocol
 
 #: close codes (RFC 6455 / IANA)
 CLOSE_POLICY = 1008
@@ -436,7 +437,7 @@ class BotServer:
                         f"[BOT] closed a connection: no complete request within {config.request_timeout_s:g}s",
                     ),
                 ),
-                ws="websockets-sansio" if _has_sansio() else "websockets",
+                ws=read_ahead_ws_protocol(),
                 ws_max_size=config.ws_max_size,
                 ws_ping_interval=None,
                 backlog=LISTEN_BACKLOG,
@@ -494,14 +495,6 @@ class BotServer:
         logger.info(f"[BOT] {reason}: shutting down")
         await end_all_calls(registry, reason, self.config.shutdown_grace_s)
         self._server.should_exit = True
-
-
-def _has_sansio() -> bool:
-    try:
-        import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def serve_forever(config: ServerConfig, app: FastAPI) -> int:
