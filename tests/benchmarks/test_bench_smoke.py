@@ -335,3 +335,14 @@ def test_profiler_stages_follow_the_package_layout():
     assert classify(_stack("/usr/lib/python3.11/asyncio/events.py", base, run)) == LOOP
     assert classify(_stack("/usr/lib/python3.11/selectors.py", base, run)) == IDLE
     assert classify(_stack("/repo/benchmarks/metrics.py", run)) == "benchmark probes"
+
+
+def test_the_websocket_read_benchmark_runs_both_protocols_and_counts_every_message():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_ws_read", "--streams", "2", "--seconds", "0.5", "--rounds", "1"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["1"]]
+    assert [r[1] for r in rows] == ["uvicorn", "read_ahead"], out.stdout
+    assert all(int(r[2]) == 50 and float(r[3]) > 0 for r in rows), out.stdout  # 2 streams x 25 messages
