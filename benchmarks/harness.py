@@ -180,6 +180,7 @@ class BenchServer:
 
     def __init__(self, *, read_ahead: bool = False) -> None:
         self.read_ahead = read_ahead
+        self.ws_protocol = ""  # what uvicorn actually runs, once started ("read_ahead", "websockets-sansio", ...)
         self.pending: dict[str, tuple[CallProbe, BuildOptions, Scenario]] = {}
         self.live: dict[str, CallProbe] = {}
         self.finished: dict[str, CallProbe] = {}
@@ -311,7 +312,7 @@ class BenchServer:
             def capture_signals(self):
                 yield
 
-        from pipecat_rxdrain.twilio.ws_read_ahead import read_ahead_ws_protocol
+        from pipecat_rxdrain.twilio.ws_read_ahead import read_ahead_ws_protocol, ws_protocol_name
 
         try:
             import websockets.asyncio.server  # noqa: F401
@@ -319,6 +320,7 @@ class BenchServer:
             ws_impl = read_ahead_ws_protocol() if self.read_ahead else "websockets-sansio"
         except ImportError:  # pragma: no cover
             ws_impl = "websockets"
+        self.ws_protocol = ws_protocol_name(ws_impl)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, ws=ws_impl, ws_ping_interval=None, log_config=None,
             access_log=False, lifespan="off", backlog=1024,

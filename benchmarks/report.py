@@ -289,7 +289,11 @@ def _s(x):
 
 
 def scale_capacity(by, key: str = "age_p99_ms") -> dict:
-    """Largest ladder N per pipeline with ``key`` < 200 ms and 0 drops (0 if none; the ladder stops at a failure)."""
+    """Largest ladder N per pipeline such that it and every rung below it had ``key`` < 200 ms and 0 drops (0 if none).
+
+    A rung passed above a failed one (the ladder climbs on while a pipeline passes in steady state, and rungs near
+    the knee pass or fail run to run) does not count: the capacity is where the pipeline stops being reliable.
+    """
     scale = sorted((int(k.split("_")[1]), v) for k, v in by.items() if k.startswith("scale_"))
     if not scale:
         return {}
@@ -298,8 +302,11 @@ def scale_capacity(by, key: str = "age_p99_ms") -> dict:
         best = 0
         for n, rows in scale:
             r = rows.get(pipe)
-            if r and finite(r.get(key)) and r[key] < 200 and r["drops"] == 0:
-                best = max(best, n)
+            if r is None:  # not run (the ladder stopped) or not this pipeline
+                break
+            if not (finite(r.get(key)) and r[key] < 200 and r["drops"] == 0):
+                break
+            best = n
         cap[pipe] = best
     return cap
 
@@ -374,7 +381,7 @@ def write_report(rows: list[dict], out: Path, *, mode: str, elapsed_s: float) ->
         L += scale_table(by, order)
         steady_cap = scale_capacity(by, "age_p99_steady_ms")
         L.append(
-            f"Largest N with audio-age p99 < 200 ms and 0 drops (ladder {', '.join(map(str, cap['tested']))}; a pipeline "
+            f"Largest N such that it and every rung below it had audio-age p99 < 200 ms and 0 drops (ladder {', '.join(map(str, cap['tested']))}; a pipeline "
             f"stops climbing after two consecutive rungs that fail both overall and in steady state, shown as *stopped*): **stock {cap['stock']}, blocking "
             f"{cap['blocking']}, ours {cap['ours']}**. Counting steady state only (frames entering more than 1 s after "
             f"the last call started): stock {steady_cap['stock']}, blocking {steady_cap['blocking']}, ours {steady_cap['ours']}."
@@ -606,16 +613,22 @@ def _analysis(by) -> list[str]:
 
 
 def _method(rows) -> list[str]:
-    ours_ws = {r.get("ws_protocol", "uvicorn") for r in rows if r["pipeline"].startswith("ours")}
+    ours_ws = {r.get("ws_protocol", "websockets-sansio") for r in rows if r["pipeline"].startswith("ours")}
     if ours_ws == {"read_ahead"}:
         ws_note = (
             " Its websocket server runs `ReadAheadWebSocketProtocol` (`pipecat_rxdrain.twilio.ws_read_ahead`, as the "
             "bundled bot does): uvicorn's `websockets-sansio` protocol, which stock and blocking get, pauses and resumes "
             "reading the socket around every message (two `epoll_ctl`, each a GIL release on the loop); ours pauses only "
-            "above uvicorn's `ws_max_queue` (32) queued messages (`python -m benchmarks.bench_ws_read`)."
+            "at uvicorn's `ws_max_queue` (32) queued messages (`python -m benchmarks.bench_ws_read`). A stock user could "
+            "make the same change, so ours' numbers include it."
+        )
+    elif len(ours_ws) == 1:
+        ws_note = (
+            f" Its websocket server runs uvicorn's `{next(iter(ours_ws))}` protocol, like stock's (`--uvicorn-ws`, or "
+            "ours shared its process with another pipeline)."
         )
     else:
-        ws_note = " Its websocket server runs uvicorn's `websockets-sansio` protocol, like stock's (`--uvicorn-ws`)."
+        ws_note = f" Its websocket server protocol differed between scenarios ({', '.join(sorted(ours_ws))})."
     return [
         "## How it is measured",
         "",

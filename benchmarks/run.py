@@ -67,7 +67,7 @@ async def run_all(
                 run = await run_scenario(server, url, sc, pipeline, timing=timing)
                 row = summarize(run, expected)
                 row["bench_wall_s"] = time.monotonic() - t0
-                row["ws_protocol"] = "read_ahead" if server.read_ahead else "uvicorn"
+                row["ws_protocol"] = server.ws_protocol
                 rows.append(row)
                 if sc.group == "scale":
                     failed_rungs[pipeline] = [] if rung_worth_climbing(row) else failed + [sc.calls]

@@ -239,10 +239,11 @@ def test_capacity_ladder_and_verdicts_from_rows():
     by = {
         "scale_10": {"stock": row("scale_10", "stock", 50), "ours": row("scale_10", "ours", 60, push=8.0)},
         "scale_20": {"stock": row("scale_20", "stock", 250), "ours": row("scale_20", "ours", 150, push=12.0)},
-        "scale_30": {"ours": row("scale_30", "ours", 190, drops=3, push=20.0)},
+        "scale_30": {"stock": row("scale_30", "stock", 150), "ours": row("scale_30", "ours", 190, drops=3, push=20.0)},
         "steady": {"stock": row("steady", "stock", 10.0), "ours": row("steady", "ours", 16.0)},
     }
     cap = scale_capacity(by)
+    # stock's 30 passes above its failed 20: not counted (capacity is the last rung of an unbroken run of passes)
     assert (cap["stock"], cap["ours"], cap["tested"]) == (10, 20, [10, 20, 30])
     assert rung_passes(by["scale_10"]["ours"]) and not rung_passes(by["scale_30"]["ours"])
     assert not rung_passes(row("x", "ours", float("nan")))

@@ -13,11 +13,12 @@ class UvicornThread:
     """``with UvicornThread(app) as server: server.port`` — a free loopback port, joined on exit."""
 
     def __init__(
-        self, app, *, host: str = "127.0.0.1", start_timeout_s: float = 10.0, ws="websockets-sansio", ws_max_queue: int = 32
+        self, app, *, host: str = "127.0.0.1", start_timeout_s: float = 10.0, ws="websockets-sansio", ws_max_queue: int = 32,
+        ws_max_size: int = 16 * 1024 * 1024,
     ) -> None:
         self._config = uvicorn.Config(
             app, host=host, port=0, log_config=None, access_log=False, lifespan="off", ws=ws,
-            ws_max_queue=ws_max_queue, ws_ping_interval=None, timeout_graceful_shutdown=2,
+            ws_max_queue=ws_max_queue, ws_max_size=ws_max_size, ws_ping_interval=None, timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(self._config)
         self._server.install_signal_handlers = lambda: None  # uvicorn < 0.29
