@@ -144,6 +144,9 @@ class MediaStreamCall:
             ),
             idle_timeout_secs=None,  # the media idle watchdog and the websocket decide
             cancel_on_idle_timeout=False,
+            # A phone line has no RTVI client, and Pipecat's default RTVI processor and observer cost 70-160 µs
+            # of loop CPU per audio frame with 20 calls (python -m benchmarks.bench_rtvi).
+            enable_rtvi=False,
         )
 
         @transport.event_handler("on_client_disconnected")

@@ -347,3 +347,14 @@ def test_the_websocket_read_benchmark_runs_both_protocols_and_counts_every_messa
     rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["1"]]
     assert [r[1] for r in rows] == ["uvicorn", "read_ahead"], out.stdout
     assert all(int(r[2]) == 50 and float(r[3]) > 0 for r in rows), out.stdout  # 2 streams x 25 messages
+
+
+def test_the_rtvi_benchmark_runs_both_configurations():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_rtvi", "--calls", "2", "--seconds", "0.5", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["1"]]
+    assert [r[1] for r in rows] == ["on", "off"], out.stdout
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), out.stdout
