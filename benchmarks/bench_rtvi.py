@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from .bench_stt_threads import start_emulator
+from .bench_stt_threads import start_emulator, stop_emulator
 
 
 async def _run(address: str, rtvi: bool, calls: int, seconds: float) -> dict:
@@ -97,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{rnd:>5} {rtvi:>4} {r['loop_us']:>13.0f} {r['process_us']:>16.0f}", flush=True)
     finally:
-        emu.terminate()
-        try:
-            emu.wait(10)
-        except subprocess.TimeoutExpired:
-            emu.kill()
-            emu.wait(5)
+        stop_emulator(emu)
     return 0
 
 

@@ -63,6 +63,16 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("emulator did not start")
 
 
+def stop_emulator(proc: subprocess.Popen) -> None:
+    """Stop what :func:`start_emulator` started (killed if it does not exit within 10 s)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class OnLoopStream:
     """Stock Pipecat's write path: ``push_audio`` puts into an ``asyncio.Queue``; a grpc.aio stream on the
     caller's loop sends each chunk as one request."""
@@ -231,8 +241,7 @@ def main(argv=None) -> int:
                       f"{r['push_p50_us']:6.1f} {r['push_p99_us']:7.1f} {r['push_max_us']:8.1f} us  feed lag p99 "
                       f"{r['lag_p99_ms']:5.2f} ms  requests/frame {r['requests_per_frame']:.2f}", flush=True)
     finally:
-        emu.terminate()
-        emu.wait(10)
+        stop_emulator(emu)
     print()
     print("| calls | model | CPU µs/frame (minus null) | push_audio p50 / p99 / max µs | feed lag p99 ms | requests/frame |")
     print("|---|---|---|---|---|---|")

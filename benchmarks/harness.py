@@ -312,7 +312,7 @@ class BenchServer:
             def capture_signals(self):
                 yield
 
-        from pipecat_rxdrain.twilio.ws_read_ahead import read_ahead_ws_protocol, ws_protocol_name
+        from pipecat_rxdrain.twilio.ws_read_ahead import ReadAheadWebSocketProtocol, read_ahead_ws_protocol
 
         try:
             import websockets.asyncio.server  # noqa: F401
@@ -320,7 +320,7 @@ class BenchServer:
             ws_impl = read_ahead_ws_protocol() if self.read_ahead else "websockets-sansio"
         except ImportError:  # pragma: no cover
             ws_impl = "websockets"
-        self.ws_protocol = ws_protocol_name(ws_impl)
+        self.ws_protocol = "read_ahead" if ws_impl is ReadAheadWebSocketProtocol else str(ws_impl)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, ws=ws_impl, ws_ping_interval=None, log_config=None,
             access_log=False, lifespan="off", backlog=1024,

@@ -84,10 +84,3 @@ else:  # pragma: no cover
 def read_ahead_ws_protocol() -> Any:
     """The ``ws=`` value for ``uvicorn.Config``: :class:`ReadAheadWebSocketProtocol`, else ``"websockets"``."""
     return ReadAheadWebSocketProtocol if ReadAheadWebSocketProtocol is not None else "websockets"
-
-
-def ws_protocol_name(ws: Any) -> str:
-    """``"read_ahead"`` for :class:`ReadAheadWebSocketProtocol`, else uvicorn's name (or class name) for ``ws``."""
-    if ReadAheadWebSocketProtocol is not None and ws is ReadAheadWebSocketProtocol:
-        return "read_ahead"
-    return ws if isinstance(ws, str) else getattr(ws, "__name__", repr(ws))

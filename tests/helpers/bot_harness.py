@@ -64,15 +64,17 @@ class LogCapture:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(config, *, metrics=None):
+async def running_bot(config, *, metrics=None, app=None):
     """Serve the example's ``create_app(config)`` on 127.0.0.1:<free port>; yields the ``BotServer``.
 
     ``metrics``: an ``RxdrainMetrics`` of the test's own (default: a fresh one, so tests never share counters).
+    ``app``: serve this app (e.g. the library's ``create_app`` with a test pipeline) instead of the example's.
     """
     from pipecat_rxdrain.metrics import RxdrainMetrics
 
-    bot = load_bot_module()
-    server = BotServer(config, bot.create_app(config, metrics=metrics or RxdrainMetrics()))
+    if app is None:
+        app = load_bot_module().create_app(config, metrics=metrics or RxdrainMetrics())
+    server = BotServer(config, app)
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + 15

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pipecat.pipeline.worker import PipelineWorker
 
 from pipecat_rxdrain.twilio.caller import CallerOptions, simulate_call
-from pipecat_rxdrain.twilio.server import BotServer, create_app
-from tests.helpers.bot_harness import make_config
+from pipecat_rxdrain.twilio.server import create_app
+from tests.helpers.bot_harness import make_config, running_bot
 from tests.helpers.waiting import wait_until
 
 
@@ -22,18 +20,12 @@ async def test_a_phone_call_runs_without_rtvi(emulator):
 
     cfg = make_config(speech_emulator_host=emulator.address, require_media_token=False)
     app = create_app(cfg, build_pipeline)
-    server = BotServer(cfg, app)
-    task = asyncio.create_task(server.serve())
-    try:
-        assert await wait_until(lambda: server.started or task.done(), timeout=15) and server.started
+    async with running_bot(cfg, app=app) as server:
         summary = await simulate_call(
             CallerOptions(url=f"ws://127.0.0.1:{server.port}/ws", sample="hello_en", tail_silence_s=0, speed=4.0)
         )
         assert summary.ok, summary.error
         assert await wait_until(lambda: len(app.state.calls.completed) == 1, timeout=10)
-    finally:
-        await asyncio.wait_for(server.shutdown("test teardown"), 30)
-        await asyncio.wait_for(task, 30)
     (call,) = calls
     assert isinstance(call.worker, PipelineWorker)
     with pytest.raises(Exception, match="RTVI is not enabled"):
