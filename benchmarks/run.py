@@ -1,7 +1,7 @@
 """Side-by-side benchmark: stock Pipecat vs the blocking baseline vs pipecat-rxdrain, one run.
 
     python -m benchmarks.run --quick        # < 3 min: a few short scenarios (make bench-quick)
-    python -m benchmarks.run --full         # ~19 min: every scenario and the scale ladder (make bench)
+    python -m benchmarks.run --full         # ~25 min: every scenario, and the scale ladder twice (make bench)
     python -m benchmarks.run --only steady,net_stall_2s --full
     python -m benchmarks.run --full --only ladder --pipelines stock,ours   # just the capacity ladder
     python -m benchmarks.run --timing google   # emulator timing profile (realistic finals), default fast
@@ -18,7 +18,10 @@ goes. Asserts nothing.
 The scale ladder (``scale_<N>``) climbs N per pipeline and stops climbing for a pipeline after two
 consecutive rungs that fail the capacity criterion (audio-age p99 < 200 ms and 0 drops; two, so one
 noisy rung on a shared machine does not end it), so a saturated pipeline does not spend minutes at N
-it cannot carry.
+it cannot carry. With ``--full`` the ladder runs in two rounds (``--ladder-rounds``): the second, after
+every other scenario, runs the pipelines in reverse order, so each pipeline's ladder is measured once
+early and once late and a slow spell of a shared machine does not fall on one pipeline only; capacity
+is reported per round.
 """
 
 from __future__ import annotations
@@ -149,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "--same-process", action="store_true",
         help="run every pipeline in this one process (default: one child process per pipeline, see isolated_rows)",
     )
+    p.add_argument(
+        "--ladder-rounds", type=int, default=None, metavar="N",
+        help="run the scale ladder N times, every pipeline in each round, the pipelines' order reversed in every "
+        "other round; capacity is reported per round (default: 2 with --full, 1 with --quick)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run --only's keys in the order given
     args = p.parse_args(argv)
 
@@ -200,8 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.monotonic()
     failed: list[str] = []
+    rounds = args.ladder_rounds if args.ladder_rounds is not None else (2 if args.full else 1)
+    if rounds < 1:
+        p.error(f"--ladder-rounds must be >= 1, got {rounds}")
     if len(pipelines) > 1 and not args.same_process:
         rows, failed = isolated_rows(scenarios, pipelines, mode_name=mode_name, timing=args.timing, uvicorn_ws=args.uvicorn_ws)
+        ladder = [sc for sc in scenarios if sc.group == "scale"]
+        for k in range(2, rounds + 1 if ladder else 1):
+            order = pipelines[::-1] if k % 2 == 0 else pipelines
+            print(f"scale ladder, round {k} of {rounds}: {', '.join(order)}", flush=True)
+            more, more_failed = isolated_rows(ladder, order, mode_name=mode_name, timing=args.timing, uvicorn_ws=args.uvicorn_ws)
+            rows += [{**r, "round": k} for r in more]
+            failed += [f"{p_} (ladder round {k})" for p_ in more_failed]
     else:
         rows = asyncio.run(run_all(scenarios, pipelines, timing=args.timing, uvicorn_ws=args.uvicorn_ws))
     elapsed = time.monotonic() - t0
