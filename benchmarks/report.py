@@ -280,7 +280,7 @@ def verdicts(by, later: dict | None = None) -> list[tuple[str, str, str]]:
                     per_round(lambda b: _cap_text(scale_capacity(b, "age_p99_steady_ms"))),
                     "met" if all(twice(c) for c in steady) else "NOT met"))
         points = []  # (round, N, push_audio p99) at each round's capacity point
-        for (k, b), c in zip(ladders, caps):
+        for (k, b), c in zip(ladders, caps, strict=True):
             n = c.get("ours")
             r = b.get(f"scale_{n}", {}).get("ours") if n else None
             if r is not None and finite(r.get("push_audio_p99_us")):
